@@ -1,0 +1,65 @@
+"""The hub's settings: every flag of `kubearc hub` lands here."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kubearc import __version__
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass
+class StatusThresholds:
+    """When a cluster counts as Offline or as never having installed its agents."""
+
+    offline_after: dt.timedelta = dt.timedelta(minutes=15)
+    agent_install_timeout: dt.timedelta = dt.timedelta(hours=1)
+
+
+@dataclass
+class HubConfig:
+    state_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 8443
+    # How clients and agents reach this hub; the issuer URL and token audiences derive from it.
+    public_url: str | None = None
+    database_url: str | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # Audiences the hub's own API accepts in user tokens.
+    audiences: list[str] = field(default_factory=lambda: ["api://kubearc-hub"])
+    # Entra tenants whose v1 and v2 tokens are accepted besides the local issuer.
+    entra_tenants: list[str] = field(default_factory=list)
+    local_issuer: bool = True
+    status: StatusThresholds = field(default_factory=StatusThresholds)
+    identity_validity: dt.timedelta = dt.timedelta(days=90)
+    # Renewal is accepted from this age of the certificate on (Arc: day 46 of 90).
+    renewal_after: dt.timedelta = dt.timedelta(days=45)
+    relay_credential_ttl: dt.timedelta = dt.timedelta(minutes=15)
+    access_token_ttl: dt.timedelta = dt.timedelta(hours=1)
+    latest_agent_version: str = __version__
+    clock: Callable[[], dt.datetime] = utcnow
+
+    @property
+    def url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "localhost" if self.host in ("127.0.0.1", "0.0.0.0", "::") else self.host
+        return f"https://{host}:{self.port}"
+
+    @property
+    def agent_audience(self) -> str:
+        """`aud` of agent tokens and onboarding assertions: the hub's URL."""
+        return self.url
+
+    @property
+    def database(self) -> str:
+        from hub.store.db import sqlite_url
+
+        return self.database_url or sqlite_url(self.state_dir)

@@ -1,0 +1,91 @@
+"""Encryption at rest, and the hub-wide keys every replica shares.
+
+The data key (Fernet) lives outside the database: `$KUBEARC_HUB_ENCRYPTION_KEY`
+or `<state-dir>/encryption.key`, so a database dump alone reveals no protected
+setting and no CA key. Hub-wide keys (cluster CA, issuer signing key) are stored
+encrypted in `hub_secrets`, so stateless replicas on one database agree on them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from cryptography.fernet import Fernet, InvalidToken
+from cryptography.hazmat.primitives.asymmetric import rsa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from hub.store.models import HubSecret
+from kubearc import pki
+
+ENV_KEY = "KUBEARC_HUB_ENCRYPTION_KEY"
+
+
+class SecretBox:
+    def __init__(self, key: bytes) -> None:
+        self._fernet = Fernet(key)
+
+    @classmethod
+    def from_state_dir(cls, state_dir: Path) -> SecretBox:
+        env = os.environ.get(ENV_KEY)
+        if env:
+            return cls(env.encode())
+        path = state_dir / "encryption.key"
+        if not path.exists():
+            pki.write_private(path, Fernet.generate_key())
+        return cls(path.read_bytes().strip())
+
+    def seal(self, data: bytes) -> bytes:
+        return self._fernet.encrypt(data)
+
+    def open(self, token: bytes) -> bytes:
+        try:
+            return self._fernet.decrypt(token)
+        except InvalidToken:
+            raise ValueError(
+                "stored secret cannot be decrypted: the hub's encryption key differs from the one "
+                f"that wrote it (check ${ENV_KEY} or <state-dir>/encryption.key)"
+            ) from None
+
+
+async def load_or_create(
+    sessions: async_sessionmaker[AsyncSession], box: SecretBox, name: str, make: Callable[[], bytes]
+) -> bytes:
+    """Return the hub secret `name`, creating it once; concurrent replicas agree on one value."""
+    for _ in range(2):
+        async with sessions() as session:
+            row = await session.get(HubSecret, name)
+            if row is not None:
+                return box.open(row.value)
+            session.add(HubSecret(name=name, value=box.seal(make()), created_at=dt.datetime.now(dt.UTC)))
+            try:
+                await session.commit()
+            except IntegrityError:
+                continue  # another replica won the race: read its value
+    raise RuntimeError(f"could not create hub secret {name}")
+
+
+async def load_cluster_ca(sessions: async_sessionmaker[AsyncSession], box: SecretBox) -> pki.KeyPair:
+    def make() -> bytes:
+        ca = pki.create_ca("kubearc cluster identity CA")
+        return ca.key_pem + ca.cert_pem
+
+    pem = await load_or_create(sessions, box, "cluster-ca", make)
+    return pki.KeyPair(pki.load_private_key(pem), pki.load_cert(pem))
+
+
+async def load_issuer_key(sessions: async_sessionmaker[AsyncSession], box: SecretBox) -> rsa.RSAPrivateKey:
+    def make() -> bytes:
+        return pki.key_to_pem(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+
+    key = pki.load_private_key(await load_or_create(sessions, box, "issuer-signing-key", make))
+    assert isinstance(key, rsa.RSAPrivateKey)
+    return key
+
+
+async def load_tenant_id(sessions: async_sessionmaker[AsyncSession], box: SecretBox) -> str:
+    return (await load_or_create(sessions, box, "tenant-id", lambda: str(uuid.uuid4()).encode())).decode()

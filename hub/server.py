@@ -1,0 +1,146 @@
+"""Running the hub: TLS material, uvicorn, and an in-process handle for tests and the demo."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvicorn
+from starlette.routing import BaseRoute
+
+from hub.app import build_app
+from hub.config import HubConfig
+from hub.context import Hub, open_hub
+from kubearc import pki
+
+log = logging.getLogger("kubearc.hub")
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    cert: Path
+    key: Path
+    ca: Path | None  # the CA clients should trust, when the hub made its own
+
+
+def ensure_tls(config: HubConfig) -> TlsFiles:
+    """Use the given serving certificate, or create a CA and a certificate in the state dir."""
+    if config.tls_cert and config.tls_key:
+        return TlsFiles(config.tls_cert, config.tls_key, None)
+    names = ["localhost", "127.0.0.1", "::1"]
+    host = config.url.split("://", 1)[1].rsplit(":", 1)[0].strip("[]")
+    if host not in names:
+        names.insert(0, host)
+    if config.host not in names and config.host not in ("0.0.0.0", "::"):
+        names.append(config.host)
+    ca, cert, key = pki.ensure_serving_pair(config.state_dir / "tls", names)
+    return TlsFiles(cert, key, ca)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock
+
+
+def uvicorn_server(app: object, tls: TlsFiles) -> uvicorn.Server:
+    cfg = uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        ssl_certfile=str(tls.cert),
+        ssl_keyfile=str(tls.key),
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=5,
+    )
+    return uvicorn.Server(cfg)
+
+
+async def serve(
+    config: HubConfig,
+    extra_routes: Callable[[Hub], list[BaseRoute]] | None = None,
+    on_ready: Callable[[Hub, TlsFiles], None] | None = None,
+    sock: socket.socket | None = None,
+) -> None:
+    """Run the hub until cancelled or signalled."""
+    sock = sock or bind(config.host, config.port)
+    hub = await open_hub(config)
+    try:
+        tls = ensure_tls(config)
+        app = build_app(hub, extra_routes(hub) if extra_routes else None)
+        server = uvicorn_server(app, tls)
+        if on_ready:
+            on_ready(hub, tls)
+        await server.serve(sockets=[sock])
+    finally:
+        await hub.close()
+
+
+class HubThread:
+    """A hub served over real HTTPS from a background thread (tests, `kubearc demo`).
+
+    The socket is bound before the thread starts, so `url` is valid at once.
+    """
+
+    def __init__(self, config: HubConfig, extra_routes: Callable[[Hub], list[BaseRoute]] | None = None):
+        self.sock = bind(config.host, config.port)
+        config.port = self.sock.getsockname()[1]
+        self.config = config
+        self.extra_routes = extra_routes
+        self.hub: Hub | None = None
+        self.tls: TlsFiles | None = None
+        self._server: uvicorn.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="hub", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return self.config.url
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # surfaced by start()
+            self._error = exc
+            self._ready.set()
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        hub = await open_hub(self.config)
+        try:
+            self.tls = ensure_tls(self.config)
+            app = build_app(hub, self.extra_routes(hub) if self.extra_routes else None)
+            self._server = uvicorn_server(app, self.tls)
+            self.hub = hub
+            task = asyncio.create_task(self._server.serve(sockets=[self.sock]))
+            while not self._server.started and not task.done():
+                await asyncio.sleep(0.01)
+            self._ready.set()
+            await task
+        finally:
+            await hub.close()
+
+    def start(self, timeout: float = 30) -> HubThread:
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError("hub did not start")
+        if self._error:
+            raise RuntimeError(f"hub failed to start: {self._error}") from self._error
+        return self
+
+    def stop(self, timeout: float = 15) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        self._thread.join(timeout)
+        self.sock.close()

@@ -1,0 +1,83 @@
+"""Signed tokens kubearc parts exchange, all through PyJWT.
+
+- *Agent tokens*: an agent proves it holds its identity certificate's key by
+  signing a short-lived JWT whose `x5c` header carries the certificate. The
+  receiver checks the chain to the cluster CA and the signature; the token is
+  bound to that certificate and useless without it.
+- *Onboarding assertions*: the same shape signed with the onboarding private key,
+  whose public half the cluster resource holds.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+from typing import Any
+
+import jwt
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from kubearc.pki import KeyPair, PrivateKey, PublicKey
+
+AGENT_TOKEN_TTL = 300
+CLOCK_LEEWAY = 60
+
+
+def algorithm_for(key: PrivateKey | PublicKey) -> str:
+    if isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
+        return "ES256"
+    if isinstance(key, rsa.RSAPrivateKey | rsa.RSAPublicKey):
+        return "RS256"
+    raise ValueError("unsupported key type")
+
+
+def make_agent_token(pair: KeyPair, audience: str, ttl: int = AGENT_TOKEN_TTL) -> str:
+    now = int(time.time())
+    der = pair.cert.public_bytes(serialization.Encoding.DER)
+    return jwt.encode(
+        {"aud": audience, "iat": now, "nbf": now - 5, "exp": now + ttl, "jti": uuid.uuid4().hex},
+        pair.key,  # type: ignore[arg-type]
+        algorithm=algorithm_for(pair.key),
+        headers={"x5c": [base64.b64encode(der).decode()], "typ": "kubearc-agent+jwt"},
+    )
+
+
+def agent_token_certificate(token: str) -> x509.Certificate:
+    """The certificate an agent token claims to be signed with (not yet verified)."""
+    try:
+        header = jwt.get_unverified_header(token)
+        chain = header["x5c"]
+        return x509.load_der_x509_certificate(base64.b64decode(chain[0], validate=True))
+    except (jwt.InvalidTokenError, KeyError, IndexError, TypeError, ValueError) as exc:
+        raise jwt.InvalidTokenError(f"agent token has no usable x5c certificate: {exc}") from None
+
+
+def verify_signed(token: str, public_key: PublicKey, audience: str, max_ttl: int) -> dict[str, Any]:
+    """Verify signature, audience and lifetime of a token signed by `public_key`."""
+    alg = algorithm_for(public_key)
+    claims: dict[str, Any] = jwt.decode(
+        token,
+        public_key,  # type: ignore[arg-type]
+        algorithms=[alg],
+        audience=audience,
+        leeway=CLOCK_LEEWAY,
+        options={"require": ["exp", "iat", "aud"]},
+    )
+    if claims["exp"] - claims["iat"] > max_ttl:
+        raise jwt.InvalidTokenError(f"token lifetime exceeds {max_ttl} seconds")
+    return claims
+
+
+def make_onboarding_assertion(
+    key: PrivateKey, resource_id: str, audience: str, ttl: int = AGENT_TOKEN_TTL
+) -> str:
+    now = int(time.time())
+    return jwt.encode(
+        {"sub": resource_id, "aud": audience, "iat": now, "nbf": now - 5, "exp": now + ttl,
+         "jti": uuid.uuid4().hex},
+        key,  # type: ignore[arg-type]
+        algorithm=algorithm_for(key),
+    )
