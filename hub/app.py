@@ -60,4 +60,3 @@ def build_app(hub: Hub, extra_routes: list[BaseRoute] | None = None) -> Starlett
     app.state.authenticator = Authenticator(hub)
     app.state.registry = registry
     return app
-

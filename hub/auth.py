@@ -106,8 +106,9 @@ class Authenticator:
         oid = claims.get("oid")
         if not isinstance(oid, str):
             raise unauthorized("token has no oid claim")
-        is_app = claims.get("idtyp") == "app" or ("scp" not in claims and "upn" not in claims
-                                                   and "preferred_username" not in claims)
+        is_app = claims.get("idtyp") == "app" or (
+            "scp" not in claims and "upn" not in claims and "preferred_username" not in claims
+        )
         groups = claims.get("groups") or []
         if "groups" in (claims.get("_claim_names") or {}):
             groups = await self._overage_groups(issuer, oid)
@@ -142,7 +143,9 @@ class Authenticator:
                 raise unauthorized("agent certificate is not issued by this hub's cluster CA")
             try:
                 claims = tokens.verify_signed(
-                    token, cert.public_key(), self.hub.config.agent_audience,  # type: ignore[arg-type]
+                    token,
+                    cert.public_key(),
+                    self.hub.config.agent_audience,  # type: ignore[arg-type]
                     max_ttl=tokens.AGENT_TOKEN_TTL + 60,
                 )
             except jwt.InvalidTokenError as exc:
@@ -163,8 +166,11 @@ class Authenticator:
         if row is None or row.revoked_at is not None:
             raise unauthorized("identity certificate has been revoked (cluster deleted or re-onboarded)")
         return Principal(
-            kind="agent", object_id=row.resource_key, name=row.resource_key,
-            cluster_id=row.id, cert_serial=serial,
+            kind="agent",
+            object_id=row.resource_key,
+            name=row.resource_key,
+            cluster_id=row.id,
+            cert_serial=serial,
         )
 
 

@@ -13,10 +13,7 @@ _RG = re.compile(r"^[-\w._()]{1,90}$")
 
 
 def cluster_id(subscription: str, resource_group: str, name: str) -> str:
-    return (
-        f"/subscriptions/{subscription}/resourceGroups/{resource_group}"
-        f"/providers/{CLUSTER_TYPE}/{name}"
-    )
+    return f"/subscriptions/{subscription}/resourceGroups/{resource_group}/providers/{CLUSTER_TYPE}/{name}"
 
 
 def validate_names(subscription: str, resource_group: str, name: str) -> None:

@@ -61,7 +61,9 @@ class OidcVerifier:
         return verifier
 
     async def _refresh(self) -> None:
-        verify = ssl.create_default_context(cafile=self.verify) if isinstance(self.verify, str) else self.verify
+        verify = (
+            ssl.create_default_context(cafile=self.verify) if isinstance(self.verify, str) else self.verify
+        )
         async with httpx.AsyncClient(verify=verify, timeout=self.http_timeout) as client:
             meta = (await client.get(discovery_url(self.issuer))).raise_for_status().json()
             jwks = (await client.get(meta["jwks_uri"])).raise_for_status().json()
@@ -80,8 +82,10 @@ class OidcVerifier:
         if kid in self._keys:
             return self._keys[kid]
         async with self._lock:
-            if kid not in self._keys and not self._static and (
-                not self._fetched_at or time.monotonic() - self._fetched_at >= self.min_refresh_interval
+            if (
+                kid not in self._keys
+                and not self._static
+                and (not self._fetched_at or time.monotonic() - self._fetched_at >= self.min_refresh_interval)
             ):
                 try:
                     await self._refresh()

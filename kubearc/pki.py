@@ -122,9 +122,15 @@ def create_ca(common_name: str, days: int = 3650) -> KeyPair:
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                crl_sign=True, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -193,9 +199,7 @@ def issue_keypair(ca: KeyPair, common_name: str, **kwargs: object) -> KeyPair:
 
 
 def make_csr(key: PrivateKey, common_name: str) -> bytes:
-    csr = x509.CertificateSigningRequestBuilder().subject_name(_name(common_name)).sign(
-        key, hashes.SHA256()
-    )
+    csr = x509.CertificateSigningRequestBuilder().subject_name(_name(common_name)).sign(key, hashes.SHA256())
     return csr.public_bytes(serialization.Encoding.PEM)
 
 

@@ -76,8 +76,14 @@ def make_onboarding_assertion(
 ) -> str:
     now = int(time.time())
     return jwt.encode(
-        {"sub": resource_id, "aud": audience, "iat": now, "nbf": now - 5, "exp": now + ttl,
-         "jti": uuid.uuid4().hex},
+        {
+            "sub": resource_id,
+            "aud": audience,
+            "iat": now,
+            "nbf": now - 5,
+            "exp": now + ttl,
+            "jti": uuid.uuid4().hex,
+        },
         key,  # type: ignore[arg-type]
         algorithm=algorithm_for(key),
     )

@@ -88,7 +88,9 @@ class RunningHub:
 
     def client(self, token: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.Client(base_url=self.url, verify=ssl.create_default_context(cafile=self.ca), headers=headers, timeout=30)
+        return httpx.Client(
+            base_url=self.url, verify=ssl.create_default_context(cafile=self.ca), headers=headers, timeout=30
+        )
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run a coroutine on the hub's event loop (test setup through the store)."""
@@ -108,8 +110,12 @@ class RunningHub:
         """A token from the hub's local issuer (the same signer its token endpoint uses)."""
         oid = oid or str(uuid.uuid4())
         token, _ = issue_access_token(
-            self.hub, oid=oid, audience=audience, kind=kind,  # type: ignore[arg-type]
-            client_id="kubearc-tests", upn=upn or (f"{oid[:8]}@kubearc.test" if kind == "user" else None),
+            self.hub,
+            oid=oid,
+            audience=audience,
+            kind=kind,  # type: ignore[arg-type]
+            client_id="kubearc-tests",
+            upn=upn or (f"{oid[:8]}@kubearc.test" if kind == "user" else None),
             groups=groups,
         )
         return token
@@ -135,9 +141,7 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def start_hub(
-    tmp_path: Path, database_url: str, clock: FakeClock
-) -> Iterator[Callable[..., RunningHub]]:
+def start_hub(tmp_path: Path, database_url: str, clock: FakeClock) -> Iterator[Callable[..., RunningHub]]:
     started: list[RunningHub] = []
 
     def start(**overrides: Any) -> RunningHub:

@@ -13,9 +13,7 @@ async def member_groups(session: AsyncSession, object_id: str) -> list[str]:
     seen: set[str] = set()
     frontier = {object_id}
     while frontier:
-        rows = await session.execute(
-            select(GroupMember.group_id).where(GroupMember.member_id.in_(frontier))
-        )
+        rows = await session.execute(select(GroupMember.group_id).where(GroupMember.member_id.in_(frontier)))
         found = {g for (g,) in rows} - seen
         seen |= found
         frontier = found

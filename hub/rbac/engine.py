@@ -34,19 +34,21 @@ def role_permits(role: Role, action: str, data_action: bool) -> bool:
     allow, deny = (
         (role.data_actions, role.not_data_actions) if data_action else (role.actions, role.not_actions)
     )
-    return any(action_matches(p, action) for p in allow) and not any(
-        action_matches(p, action) for p in deny
-    )
+    return any(action_matches(p, action) for p in allow) and not any(action_matches(p, action) for p in deny)
 
 
 def role_from_row(row: RoleDefinition) -> Role:
     perms = row.permissions
     return Role(
-        id=row.id, name=row.name, description=row.description,
-        actions=tuple(perms.get("actions", [])), not_actions=tuple(perms.get("notActions", [])),
+        id=row.id,
+        name=row.name,
+        description=row.description,
+        actions=tuple(perms.get("actions", [])),
+        not_actions=tuple(perms.get("notActions", [])),
         data_actions=tuple(perms.get("dataActions", [])),
         not_data_actions=tuple(perms.get("notDataActions", [])),
-        assignable_scopes=tuple(row.assignable_scopes), builtin=False,
+        assignable_scopes=tuple(row.assignable_scopes),
+        builtin=False,
     )
 
 
@@ -71,10 +73,10 @@ async def grants_for(session: AsyncSession, principal_ids: list[str], scope: str
     """Assignments to any of `principal_ids` at `scope` or above, with their roles."""
     key = scope_key(scope)
     rows = (
-        await session.execute(
-            select(RoleAssignment).where(RoleAssignment.principal_id.in_(principal_ids))
-        )
-    ).scalars().all()
+        (await session.execute(select(RoleAssignment).where(RoleAssignment.principal_id.in_(principal_ids))))
+        .scalars()
+        .all()
+    )
     applicable = [r for r in rows if scope_within(key, r.scope_key)]
     custom_ids = {r.role_definition_id for r in applicable} - BUILTIN_BY_ID.keys()
     custom: dict[str, Role] = {}

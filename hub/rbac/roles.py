@@ -50,22 +50,58 @@ def _on(resources: list[str], suffix: str) -> tuple[str, ...]:
 
 
 _VIEWER_RESOURCES = [
-    "apps/controllerrevisions", "apps/daemonsets", "apps/deployments", "apps/replicasets",
-    "apps/statefulsets", "autoscaling/horizontalpodautoscalers", "batch/cronjobs", "batch/jobs",
-    "configmaps", "endpoints", "events.k8s.io/events", "events", "extensions/daemonsets",
-    "extensions/deployments", "extensions/ingresses", "extensions/networkpolicies",
-    "extensions/replicasets", "limitranges", "namespaces", "networking.k8s.io/ingresses",
-    "networking.k8s.io/networkpolicies", "persistentvolumeclaims", "pods",
-    "policy/poddisruptionbudgets", "replicationcontrollers", "resourcequotas", "serviceaccounts",
+    "apps/controllerrevisions",
+    "apps/daemonsets",
+    "apps/deployments",
+    "apps/replicasets",
+    "apps/statefulsets",
+    "autoscaling/horizontalpodautoscalers",
+    "batch/cronjobs",
+    "batch/jobs",
+    "configmaps",
+    "endpoints",
+    "events.k8s.io/events",
+    "events",
+    "extensions/daemonsets",
+    "extensions/deployments",
+    "extensions/ingresses",
+    "extensions/networkpolicies",
+    "extensions/replicasets",
+    "limitranges",
+    "namespaces",
+    "networking.k8s.io/ingresses",
+    "networking.k8s.io/networkpolicies",
+    "persistentvolumeclaims",
+    "pods",
+    "policy/poddisruptionbudgets",
+    "replicationcontrollers",
+    "resourcequotas",
+    "serviceaccounts",
     "services",
 ]
 _WRITER_ALL = [
-    "apps/daemonsets", "apps/deployments", "apps/replicasets", "apps/statefulsets",
-    "autoscaling/horizontalpodautoscalers", "batch/cronjobs", "batch/jobs", "configmaps",
-    "endpoints", "extensions/daemonsets", "extensions/deployments", "extensions/ingresses",
-    "extensions/networkpolicies", "extensions/replicasets", "networking.k8s.io/ingresses",
-    "networking.k8s.io/networkpolicies", "persistentvolumeclaims", "pods",
-    "policy/poddisruptionbudgets", "replicationcontrollers", "secrets", "serviceaccounts",
+    "apps/daemonsets",
+    "apps/deployments",
+    "apps/replicasets",
+    "apps/statefulsets",
+    "autoscaling/horizontalpodautoscalers",
+    "batch/cronjobs",
+    "batch/jobs",
+    "configmaps",
+    "endpoints",
+    "extensions/daemonsets",
+    "extensions/deployments",
+    "extensions/ingresses",
+    "extensions/networkpolicies",
+    "extensions/replicasets",
+    "networking.k8s.io/ingresses",
+    "networking.k8s.io/networkpolicies",
+    "persistentvolumeclaims",
+    "pods",
+    "policy/poddisruptionbudgets",
+    "replicationcontrollers",
+    "secrets",
+    "serviceaccounts",
     "services",
 ]
 _WRITER_READ = ["events.k8s.io/events", "events", "limitranges", "namespaces", "resourcequotas"]
@@ -83,18 +119,22 @@ _ARC_READER_ACTIONS = (
 )
 
 ARC_VIEWER = Role(
-    "63f0a09d-1495-4db4-a681-037d84835eb4", "Azure Arc Kubernetes Viewer",
+    "63f0a09d-1495-4db4-a681-037d84835eb4",
+    "Azure Arc Kubernetes Viewer",
     "Lets you view all resources in cluster/namespace, except secrets.",
-    actions=_ARC_READER_ACTIONS, data_actions=_on(_VIEWER_RESOURCES, "read"),
+    actions=_ARC_READER_ACTIONS,
+    data_actions=_on(_VIEWER_RESOURCES, "read"),
 )
 ARC_WRITER = Role(
-    "5b999177-9696-4545-85c7-50de3797e5a1", "Azure Arc Kubernetes Writer",
-    "Lets you update everything in cluster/namespace, except (cluster)roles and (cluster)role "
-    "bindings.",
-    actions=_ARC_READER_ACTIONS, data_actions=_WRITER_DATA,
+    "5b999177-9696-4545-85c7-50de3797e5a1",
+    "Azure Arc Kubernetes Writer",
+    "Lets you update everything in cluster/namespace, except (cluster)roles and (cluster)role bindings.",
+    actions=_ARC_READER_ACTIONS,
+    data_actions=_WRITER_DATA,
 )
 ARC_ADMIN = Role(
-    "dffb1e0c-446f-4dde-a09f-99eb5cc68b96", "Azure Arc Kubernetes Admin",
+    "dffb1e0c-446f-4dde-a09f-99eb5cc68b96",
+    "Azure Arc Kubernetes Admin",
     "Lets you manage all resources under cluster/namespace, except update or delete resource "
     "quotas and namespaces.",
     actions=_ARC_READER_ACTIONS,
@@ -106,12 +146,15 @@ ARC_ADMIN = Role(
     ),
 )
 ARC_CLUSTER_ADMIN = Role(
-    "8393591c-06b9-48a2-a542-1bd6b377f6a2", "Azure Arc Kubernetes Cluster Admin",
+    "8393591c-06b9-48a2-a542-1bd6b377f6a2",
+    "Azure Arc Kubernetes Cluster Admin",
     "Lets you manage all resources in the cluster.",
-    actions=_ARC_READER_ACTIONS, data_actions=(f"{CC}/*",),
+    actions=_ARC_READER_ACTIONS,
+    data_actions=(f"{CC}/*",),
 )
 ARC_CLUSTER_USER = Role(
-    "00493d72-78f6-4148-b6c5-d3ce8e4799dd", "Azure Arc Enabled Kubernetes Cluster User Role",
+    "00493d72-78f6-4148-b6c5-d3ce8e4799dd",
+    "Azure Arc Enabled Kubernetes Cluster User Role",
     "List cluster user credentials action.",
     actions=(
         "Microsoft.Resources/deployments/write",
@@ -122,7 +165,8 @@ ARC_CLUSTER_USER = Role(
     ),
 )
 ARC_ONBOARDING = Role(
-    "34e09817-6cbe-4d01-b1a2-e0eac5743d41", "Kubernetes Cluster - Azure Arc Onboarding",
+    "34e09817-6cbe-4d01-b1a2-e0eac5743d41",
+    "Kubernetes Cluster - Azure Arc Onboarding",
     "Role definition to authorize any user/service to create connectedClusters resource.",
     actions=(
         "Microsoft.Resources/subscriptions/read",
@@ -132,11 +176,14 @@ ARC_ONBOARDING = Role(
     ),
 )
 OWNER = Role(
-    "8e3af657-a8ff-443c-a75c-2fe8c4bcb635", "Owner",
-    "Grants full access to manage all resources, including assigning roles.", actions=("*",),
+    "8e3af657-a8ff-443c-a75c-2fe8c4bcb635",
+    "Owner",
+    "Grants full access to manage all resources, including assigning roles.",
+    actions=("*",),
 )
 CONTRIBUTOR = Role(
-    "b24988ac-6180-42a0-ab88-20f7382dd24c", "Contributor",
+    "b24988ac-6180-42a0-ab88-20f7382dd24c",
+    "Contributor",
     "Grants full access to manage all resources, but does not allow you to assign roles.",
     actions=("*",),
     not_actions=(
@@ -146,11 +193,18 @@ CONTRIBUTOR = Role(
     ),
 )
 READER = Role(
-    "acdd72a7-3385-48ef-bd42-f606fba81ae7", "Reader", "View all resources.", actions=("*/read",),
+    "acdd72a7-3385-48ef-bd42-f606fba81ae7",
+    "Reader",
+    "View all resources.",
+    actions=("*/read",),
 )
 
 ARC_KUBERNETES_ROLES: tuple[Role, ...] = (
-    ARC_VIEWER, ARC_WRITER, ARC_ADMIN, ARC_CLUSTER_ADMIN, ARC_CLUSTER_USER,
+    ARC_VIEWER,
+    ARC_WRITER,
+    ARC_ADMIN,
+    ARC_CLUSTER_ADMIN,
+    ARC_CLUSTER_USER,
 )
 BUILTIN_ROLES: tuple[Role, ...] = (*ARC_KUBERNETES_ROLES, ARC_ONBOARDING, OWNER, CONTRIBUTOR, READER)
 BUILTIN_BY_ID = {r.id: r for r in BUILTIN_ROLES}

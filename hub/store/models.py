@@ -108,9 +108,7 @@ class AgentUsage(Base):
     """The latest CPU and memory each agent of a cluster reported."""
 
     __tablename__ = "agent_usage"
-    cluster_id: Mapped[int] = mapped_column(
-        ForeignKey("clusters.id", ondelete="CASCADE"), primary_key=True
-    )
+    cluster_id: Mapped[int] = mapped_column(ForeignKey("clusters.id", ondelete="CASCADE"), primary_key=True)
     agent: Mapped[str] = mapped_column(String(63), primary_key=True)
     cpu_millicores: Mapped[int] = mapped_column(Integer)
     memory_bytes: Mapped[int] = mapped_column(BigInteger)

@@ -1,0 +1,22 @@
+"""The `kubearc` command line: the composition root that wires the parts together."""
+
+from __future__ import annotations
+
+import typer
+
+from kubearc.commands import admin, agent, cluster, hub, login, role
+
+app = typer.Typer(
+    no_args_is_help=True,
+    help="kubearc: outbound-only cluster connect, Entra ID sign-in and Azure-RBAC-style roles.",
+    pretty_exceptions_enable=False,
+)
+app.command("hub")(hub.hub)
+app.command("login")(login.login)
+app.add_typer(cluster.app, name="cluster", help="Connected-cluster resources.")
+app.add_typer(role.app, name="role", help="Role definitions and role assignments.")
+app.add_typer(admin.app, name="admin", help="Bootstrap the hub's directory on the hub host.")
+app.add_typer(agent.app, name="agent", help="In-cluster agents.")
+
+if __name__ == "__main__":
+    app()

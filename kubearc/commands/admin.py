@@ -1,0 +1,5 @@
+"""`kubearc admin` (being written)."""
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, help="(being written)")

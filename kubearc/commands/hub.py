@@ -1,0 +1,5 @@
+"""`kubearc hub` (being written)."""
+
+
+def hub() -> None:
+    """Run the hub (being written)."""
