@@ -1,0 +1,71 @@
+"""`listClusterUserCredential`: what the client proxy needs to open cluster connect.
+
+The relay credential is a short JWT signed by the hub's issuer key (the relay
+verifies it against the issuer's JWKS, like any other token): it names one user
+and one cluster, and nothing else. The cluster's CA and TLS server name let the
+proxy write a kubeconfig that verifies the real apiserver end to end.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from typing import Any
+
+import jwt
+
+from hub.auth import Principal
+from hub.context import Hub
+from hub.errors import ApiError
+from hub.store.models import Cluster
+
+RELAY_AUDIENCE = "kubearc-relay"
+RELAY_TOKEN_TYPE = "kubearc-relay+jwt"
+
+
+def relay_url(hub: Hub) -> str:
+    return "wss://" + hub.config.url.split("://", 1)[1] + "/relay/v1/client"
+
+
+def issue_relay_token(hub: Hub, principal: Principal, cluster_resource_key: str) -> tuple[str, int]:
+    now = hub.now()
+    exp = int((now + hub.config.relay_credential_ttl).timestamp())
+    claims = {
+        "iss": hub.issuer,
+        "aud": RELAY_AUDIENCE,
+        "sub": principal.object_id,
+        "name": principal.name,
+        "cluster": cluster_resource_key,
+        "iat": int(now.timestamp()),
+        "nbf": int(now.timestamp()) - 5,
+        "exp": exp,
+        "jti": uuid.uuid4().hex,
+    }
+    token = jwt.encode(
+        claims, hub.issuer_key, algorithm="RS256", headers={"kid": hub.issuer_kid, "typ": RELAY_TOKEN_TYPE}
+    )
+    return token, exp
+
+
+def cluster_user_credential(hub: Hub, principal: Principal, cluster: Cluster, rid: str) -> dict[str, Any]:
+    if cluster.cluster_ca is None or cluster.apiserver_server_name is None:
+        raise ApiError(
+            409,
+            "ClusterNotReady",
+            f"connected cluster '{rid}' has not reported its apiserver CA and TLS server name yet; "
+            "check that its metadata agent is running",
+        )
+    token, exp = issue_relay_token(hub, principal, cluster.resource_key)
+    return {
+        "kubeconfigs": [],
+        "hybridConnectionConfig": {
+            "relay": relay_url(hub),
+            "hybridConnectionName": rid,
+            "token": token,
+            "expirationTime": exp,
+        },
+        "clusterConnect": {
+            "certificateAuthorityData": base64.b64encode(cluster.cluster_ca.encode()).decode(),
+            "tlsServerName": cluster.apiserver_server_name,
+        },
+    }
