@@ -102,6 +102,7 @@ async def _record(hub: Hub, cluster_id: int, cert: x509.Certificate) -> None:
 async def onboard(request: Request) -> Response:
     hub = hub_of(request)
     body = await read_model(request, OnboardRequest)
+    public_key = _public_key(body.csr)  # before the assertion is spent: a bad CSR costs nothing
     key = scope_key(body.resourceId)
     async with hub.sessions() as session:
         cluster = (
@@ -134,7 +135,7 @@ async def onboard(request: Request) -> Response:
             await session.commit()
         except IntegrityError:
             raise unauthorized("onboarding assertion rejected: it was already used") from None
-    cert = _issue(hub, cluster, _public_key(body.csr))
+    cert = _issue(hub, cluster, public_key)
     await _record(hub, cluster.id, cert)
     return _response(hub, cert)
 

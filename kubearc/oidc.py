@@ -111,7 +111,9 @@ class OidcVerifier:
             claims: dict[str, Any] = jwt.decode(
                 token,
                 key.key,
-                algorithms=[alg],
+                # The key decides the algorithm: a token claiming another one (HS256 with the
+                # public key as secret, ES256 against an RSA key) is refused, never tried.
+                algorithms=[key.algorithm_name],
                 audience=self.audiences,
                 issuer=self.issuer,
                 leeway=self.leeway,

@@ -39,3 +39,20 @@ def save_client_config(values: dict[str, str]) -> Path:
     path = directory / "config.json"
     path.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
     return path
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in `90`, `30s`, `15m`, `1h` or `90d`; a ValueError names the bad value."""
+    value = text.strip().lower()
+    unit = value[-1:] if value[-1:] in _UNITS else "s"
+    number = value[:-1] if value[-1:] in _UNITS else value
+    try:
+        seconds = float(number) * _UNITS[unit]
+    except ValueError:
+        raise ValueError(f"invalid duration {text!r}: use e.g. 30s, 15m, 1h or 90d") from None
+    if seconds <= 0:
+        raise ValueError(f"invalid duration {text!r}: must be positive")
+    return seconds

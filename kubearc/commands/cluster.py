@@ -1,5 +1,91 @@
-"""`kubearc cluster` (being written)."""
+"""`kubearc cluster list|show|delete`: connected-cluster resources through the hub API."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
 
 import typer
 
-app = typer.Typer(no_args_is_help=True, help="(being written)")
+from kubearc.commands.output import fail, request_json
+
+app = typer.Typer(no_args_is_help=True, help="Connected-cluster resources.")
+CC = "providers/Microsoft.Kubernetes/connectedClusters"
+
+SubscriptionOpt = typer.Option(None, "--subscription", envvar="KUBEARC_SUBSCRIPTION", help="Subscription id.")
+
+
+def _subscription(value: str | None) -> str:
+    if value:
+        return value
+    from kubearc.settings import load_client_config
+
+    sub = load_client_config().get("subscription")
+    if not sub:
+        fail("no subscription: pass --subscription or set KUBEARC_SUBSCRIPTION")
+    return sub
+
+
+def _row(c: dict[str, Any]) -> list[str]:
+    p = c.get("properties", {})
+    rg = c["id"].split("/resourceGroups/", 1)[1].split("/", 1)[0]
+    return [
+        c["name"],
+        rg,
+        str(p.get("connectivityStatus")),
+        str(p.get("kubernetesVersion") or "-"),
+        str(p.get("totalNodeCount") if p.get("totalNodeCount") is not None else "-"),
+        str(p.get("lastConnectivityTime") or "-"),
+    ]
+
+
+@app.command("list")
+def list_clusters(
+    subscription: str = SubscriptionOpt,
+    resource_group: str = typer.Option(None, "--resource-group", "-g"),
+    output: str = typer.Option("table", "--output", "-o", help="table or json"),
+) -> None:
+    """List the clusters you may read."""
+    sub = _subscription(subscription)
+    path = (
+        f"/subscriptions/{sub}" + (f"/resourceGroups/{resource_group}" if resource_group else "") + f"/{CC}"
+    )
+    clusters = request_json("GET", path)["value"]
+    if output == "json":
+        typer.echo(json.dumps(clusters, indent=2))
+        return
+    rows = [["NAME", "RESOURCE GROUP", "STATUS", "VERSION", "NODES", "LAST CONNECTED"]]
+    rows += [_row(c) for c in clusters]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        typer.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+
+
+@app.command("show")
+def show(
+    name: str = typer.Option(..., "--name", "-n"),
+    resource_group: str = typer.Option(..., "--resource-group", "-g"),
+    subscription: str = SubscriptionOpt,
+) -> None:
+    """Show one cluster (JSON)."""
+    sub = _subscription(subscription)
+    typer.echo(
+        json.dumps(
+            request_json("GET", f"/subscriptions/{sub}/resourceGroups/{resource_group}/{CC}/{name}"), indent=2
+        )
+    )
+
+
+@app.command("delete")
+def delete(
+    name: str = typer.Option(..., "--name", "-n"),
+    resource_group: str = typer.Option(..., "--resource-group", "-g"),
+    subscription: str = SubscriptionOpt,
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+) -> None:
+    """Delete a cluster resource; its agents' identity certificates are revoked at once."""
+    sub = _subscription(subscription)
+    if not yes:
+        typer.confirm(f"Delete connected cluster {resource_group}/{name}?", abort=True)
+    request_json("DELETE", f"/subscriptions/{sub}/resourceGroups/{resource_group}/{CC}/{name}")
+    typer.echo(f"deleted {resource_group}/{name}", err=True)

@@ -1,0 +1,33 @@
+"""What every hub-calling command shares: one request helper and one way to fail."""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+import httpx
+import typer
+
+
+def fail(message: str) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(1)
+
+
+def request_json(method: str, path: str, **kwargs: Any) -> Any:
+    """Call the hub as the signed-in user; errors become a one-line message and exit 1."""
+    from kubearc.session import hub_client
+
+    try:
+        with hub_client() as client:
+            response = client.request(method, path, params={"api-version": "2024-01-01"}, **kwargs)
+    except httpx.HTTPError as exc:
+        fail(f"cannot reach the hub: {exc}")
+    except (RuntimeError, ValueError) as exc:
+        fail(str(exc))
+    if response.status_code >= 400:
+        try:
+            message = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = response.text[:500]
+        fail(f"{response.status_code}: {message}")
+    return response.json() if response.content else None

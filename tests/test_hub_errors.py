@@ -1,0 +1,174 @@
+"""Bad bodies, bad tokens and unknown resources get a clear 4xx, and change nothing."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import jwt
+import pytest
+
+from hub.issuer.tokens import issue_access_token
+from kubearc import pki, tokens
+from tests.clusters import SUB, connected, create_cluster, onboarder
+from tests.conftest import RunningHub
+
+CC = f"/subscriptions/{SUB}/resourceGroups/rg1/providers/Microsoft.Kubernetes/connectedClusters"
+
+
+def error(r: object) -> tuple[int, str, str]:
+    body = r.json()["error"]  # type: ignore[attr-defined]
+    return r.status_code, body["code"], body["message"]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "fragment"),
+    [
+        (b"{not json", 400, "not valid JSON"),
+        (b"", 400, "empty"),
+        (b"[]", 400, "invalid request body"),
+        (b'{"location": "x"}', 400, "properties: Field required"),
+        (b'{"properties": {"agentPublicKeyCertificate": "not-base64!"}}', 400, "agentPublicKeyCertificate"),
+        (b'{"properties": {"agentPublicKeyCertificate": "aGVsbG8="}}', 400, "agentPublicKeyCertificate"),
+        (
+            b'{"properties": {"agentPublicKeyCertificate": "aGVsbG8=", "totalCoreCount": -1}}',
+            400,
+            "totalCoreCount",
+        ),
+    ],
+)
+def test_bad_cluster_bodies(hub: RunningHub, body: bytes, status: int, fragment: str) -> None:
+    token = onboarder(hub)
+    with hub.client(token) as c:
+        r = c.put(f"{CC}/bad", content=body, headers={"content-type": "application/json"})
+        code, _, message = error(r)
+        assert code == status and fragment in message, message
+        assert c.get(f"{CC}/bad").status_code in (403, 404)  # nothing was created
+
+
+def test_bad_names_and_unknown_resources(hub: RunningHub) -> None:
+    owner = str(uuid.uuid4())
+    hub.assign(owner, "Owner", "/")
+    with hub.client(hub.token(owner)) as c:
+        assert error(c.get(f"{CC}/missing"))[:2] == (404, "ResourceNotFound")
+        assert error(c.get(f"{CC}/-bad-name-"))[:2] == (400, "InvalidResourceName")
+        assert c.post(f"{CC}/missing/listClusterUserCredential").status_code == 404
+        assert c.get("/no/such/path").status_code == 404
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        None,
+        "Basic dXNlcjpwYXNz",
+        "Bearer",
+        "Bearer garbage",
+        "Bearer a.b.c",
+    ],
+)
+def test_missing_or_malformed_tokens(hub: RunningHub, header: str | None) -> None:
+    headers = {"Authorization": header} if header else {}
+    with hub.client() as c:
+        r = c.get(f"{CC}/x", headers=headers)
+    status, code, message = error(r)
+    assert status == 401 and code == "AuthenticationFailed" and message
+    assert r.headers["www-authenticate"].startswith("Bearer")
+
+
+def test_forged_and_foreign_tokens(hub: RunningHub) -> None:
+    owner = str(uuid.uuid4())
+    hub.assign(owner, "Owner", "/")
+    good = hub.token(owner)
+    claims = jwt.decode(good, options={"verify_signature": False})
+    header = jwt.get_unverified_header(good)
+    other_key = pki.new_key()
+    cases = {
+        "foreign issuer": jwt.encode({**claims, "iss": "https://evil.example/v2.0"}, other_key, "ES256"),
+        "wrong key": jwt.encode(claims, other_key, "ES256", headers={"kid": header["kid"]}),
+        "alg none": jwt.encode(claims, None, "none", headers={"kid": header["kid"]}),
+        "wrong audience": hub.token(owner, audience="api://someone-else"),
+        "unknown kid": jwt.encode(claims, other_key, "ES256", headers={"kid": "nope"}),
+    }
+    cases["expired"], _ = issue_access_token(
+        hub.hub,
+        oid=owner,
+        audience="api://kubearc-hub",
+        kind="user",
+        client_id="t",
+        ttl=dt.timedelta(minutes=-5),
+    )
+    with hub.client() as c:
+        for name, token in cases.items():
+            r = c.get(f"{CC}/x", headers={"Authorization": f"Bearer {token}"})
+            assert r.status_code == 401, name
+        tampered = good.split(".")
+        tampered[1] = jwt.utils.base64url_encode(b'{"oid":"x"}').decode()
+        r = c.get(f"{CC}/x", headers={"Authorization": "Bearer " + ".".join(tampered)})
+        assert r.status_code == 401
+        assert c.get(f"{CC}/x", headers={"Authorization": f"Bearer {good}"}).status_code == 404
+
+
+def test_bad_agent_tokens(hub: RunningHub) -> None:
+    cluster = connected(hub, "agent-tokens")
+    assert cluster.identity is not None
+    # A self-signed certificate that looks like an identity certificate.
+    rogue_ca = pki.create_ca("rogue")
+    rogue = pki.issue_keypair(rogue_ca, "agent", client=True)
+    cases = [
+        tokens.make_agent_token(rogue, hub.url),
+        tokens.make_agent_token(cluster.identity, "https://other-hub"),
+        tokens.make_agent_token(cluster.identity, hub.url, ttl=-120),
+        tokens.make_agent_token(cluster.identity, hub.url, ttl=86400),  # too long-lived
+        tokens.make_agent_token(pki.KeyPair(pki.new_key(), cluster.identity.cert), hub.url),  # stolen cert
+    ]
+    with hub.client() as c:
+        for token in cases:
+            r = c.post("/agent/v1/heartbeat", json={}, headers={"Authorization": f"Bearer {token}"})
+            assert r.status_code == 401, r.text
+
+
+def test_bad_agent_bodies_change_nothing(hub: RunningHub) -> None:
+    token = onboarder(hub)
+    cluster = connected(hub, "agent-bodies", token)
+    with cluster.agent_client() as c:
+        assert (
+            c.put(
+                "/agent/v1/metadata", json={"kubernetesVersion": "v1.31.2", "totalNodeCount": 3}
+            ).status_code
+            == 200
+        )
+        for bad in (
+            {"totalNodeCount": -1},
+            {"totalNodeCount": "three"},
+            {"clusterCertificateAuthority": "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----"},
+        ):
+            status, _, message = error(c.put("/agent/v1/metadata", json=bad))
+            assert status == 400 and "invalid request body" in message
+        status, _, message = error(c.post("/agent/v1/logs", json={"entries": [{"agent": "x"}]}))
+        assert status == 400 and "message" in message
+        big = {"entries": [{"agent": "a", "message": "m"}] * 1001}
+        assert c.post("/agent/v1/logs", json=big).status_code == 400
+    with hub.client(token) as c:
+        props = c.get(cluster.resource_id).json()["properties"]
+    assert props["kubernetesVersion"] == "v1.31.2" and props["totalNodeCount"] == 3
+
+
+def test_onboarding_errors_name_the_problem(hub: RunningHub) -> None:
+    token = onboarder(hub)
+    cluster, _ = create_cluster(hub, "onb-errors", token)
+    good = tokens.make_onboarding_assertion(cluster.onboarding_key, cluster.resource_id, hub.url)
+    csr = pki.make_csr(pki.new_key(), "x").decode()
+    with hub.client() as c:
+        cases = [
+            ({"resourceId": f"{CC}/nope", "assertion": good, "csr": csr}, 404, "was not found"),
+            (
+                {"resourceId": cluster.resource_id, "assertion": "x.y.z", "csr": csr},
+                401,
+                "assertion rejected",
+            ),
+            ({"resourceId": cluster.resource_id, "assertion": good, "csr": "garbage"}, 400, "csr"),
+            ({"resourceId": cluster.resource_id, "csr": csr}, 400, "assertion"),
+        ]
+        for body, status, fragment in cases:
+            code, _, message = error(c.post("/agent/v1/identity/certificate", json=body))
+            assert code == status and fragment in message, (body, message)
