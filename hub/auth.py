@@ -144,11 +144,11 @@ class Authenticator:
             try:
                 claims = tokens.verify_signed(
                     token,
-                    cert.public_key(),
+                    cert.public_key(),  # type: ignore[arg-type]
                     self.hub.config.agent_audience,  # type: ignore[arg-type]
                     max_ttl=tokens.AGENT_TOKEN_TTL + 60,
                 )
-            except jwt.InvalidTokenError as exc:
+            except (jwt.InvalidTokenError, ValueError) as exc:  # ValueError: a key type we do not sign with
                 raise unauthorized(f"invalid agent token: {exc}") from None
             verified = (format(cert.serial_number, "x"), cert.not_valid_after_utc)
             self._agent_tokens.put(key, float(claims["exp"]), verified)
