@@ -1,0 +1,422 @@
+"""The tunnel session: stream state machine and flow control, sans I/O.
+
+A `Session` is fed whole websocket messages (`receive`) and returns events; the
+caller's actions (`open_stream`, `send`, `consumed`, ...) queue frames that
+`frames_to_send` hands out, control frames first. The I/O layer owns no
+protocol state, exactly as with h11 and websockets.
+
+Flow control is credit-based, per stream and per connection, as in HTTP/2: a
+sender may only have as many unacknowledged bytes in flight as the receiver
+granted; the receiver grants more as its application *consumes* data. Memory is
+therefore bounded by the windows, whatever the peer's speed, and a stalled
+stream never holds up another (its credit runs out; the others' does not).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from proxy.protocol import events as ev
+from proxy.protocol import frames as fr
+from proxy.protocol.frames import ErrorCode, Frame, FrameError, FrameType
+
+PROTOCOL_VERSIONS = (1,)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What this side grants its peer; sent in HELLO."""
+
+    initial_window: int = 4 * 1024 * 1024
+    connection_window: int = 32 * 1024 * 1024
+    max_data: int = 64 * 1024
+    max_streams: int = 65_536
+
+    def to_hello(self) -> dict[str, int]:
+        return {
+            "initialWindow": self.initial_window,
+            "connectionWindow": self.connection_window,
+            "maxData": self.max_data,
+            "maxStreams": self.max_streams,
+        }
+
+
+class Role(Enum):
+    """Who dialled the websocket: the dialler opens odd streams, the listener even ones."""
+
+    DIALLER = 1
+    LISTENER = 2
+
+
+@dataclass
+class _Stream:
+    sid: int
+    send_window: int
+    recv_credit: int
+    accepted: bool = False
+    local_closed: bool = False
+    remote_closed: bool = False
+    unacked: int = 0  # consumed bytes not yet returned as credit
+
+
+class SessionClosed(Exception):
+    """An action on a session that has failed or been told to go away."""
+
+
+@dataclass
+class Session:
+    role: Role
+    settings: Settings = field(default_factory=Settings)
+    hello_info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._control: deque[bytes] = deque()
+        self._data: deque[bytes] = deque()
+        self._streams: dict[int, _Stream] = {}
+        self._next_sid = 1 if self.role is Role.DIALLER else 2
+        self._highest_remote = 0
+        self.peer: ev.Hello | None = None
+        self._peer_settings = Settings()  # until the peer's HELLO arrives
+        self._conn_send = self._peer_settings.connection_window
+        self._conn_recv_credit = self.settings.connection_window
+        self._conn_unacked = 0
+        self.closed: ev.ConnectionFailed | None = None
+        self.going_away = False  # we sent GOAWAY: refuse new streams
+        self.peer_going_away = False
+        self._queue(
+            fr.json_frame(
+                FrameType.HELLO,
+                0,
+                {
+                    "versions": list(PROTOCOL_VERSIONS),
+                    **self.settings.to_hello(),
+                    **self.hello_info,
+                },
+            )
+        )
+
+    # ---- introspection ------------------------------------------------------------------
+
+    @property
+    def open_streams(self) -> int:
+        return len(self._streams)
+
+    def send_capacity(self, sid: int) -> int:
+        stream = self._streams.get(sid)
+        if stream is None or stream.local_closed or not stream.accepted:
+            return 0
+        return max(0, min(stream.send_window, self._conn_send))
+
+    def frames_to_send(self) -> list[bytes]:
+        """Queued frames, control before data (so WINDOW and PONG never wait behind bulk)."""
+        out = list(self._control)
+        out.extend(self._data)
+        self._control.clear()
+        self._data.clear()
+        return out
+
+    def _queue(self, frame: Frame) -> None:
+        (self._data if frame.type is FrameType.DATA else self._control).append(frame.encode())
+
+    def _check_open(self) -> None:
+        if self.closed is not None:
+            raise SessionClosed(f"session failed: {self.closed.reason}")
+
+    # ---- actions ------------------------------------------------------------------------
+
+    def open_stream(self, target: dict[str, Any]) -> int:
+        self._check_open()
+        if self.peer_going_away or self.going_away:
+            raise SessionClosed("session is going away; open the stream on another session")
+        if len(self._streams) >= self._peer_settings.max_streams:
+            raise SessionClosed(f"peer allows at most {self._peer_settings.max_streams} streams")
+        sid = self._next_sid
+        if sid > fr.MAX_STREAM_ID:
+            raise SessionClosed("stream ids exhausted; reconnect")
+        self._next_sid += 2
+        self._streams[sid] = _Stream(sid, self._peer_settings.initial_window, self.settings.initial_window)
+        self._queue(fr.json_frame(FrameType.OPEN, sid, target))
+        return sid
+
+    def accept(self, sid: int) -> None:
+        stream = self._streams.get(sid)
+        if stream is None or stream.accepted:
+            return
+        stream.accepted = True
+        self._queue(Frame(FrameType.OPEN_OK, sid))
+
+    def reject(self, sid: int, code: ErrorCode, reason: str) -> None:
+        if self._streams.pop(sid, None) is not None:
+            self._queue(fr.coded(FrameType.OPEN_ERR, sid, code, reason))
+
+    def send(self, sid: int, payload: bytes | memoryview, fin: bool = False) -> int:
+        """Queue as much of `payload` as credit allows; return how many bytes were taken.
+
+        `fin` ends our direction once all of `payload` is taken (a partial send keeps it open).
+        """
+        self._check_open()
+        stream = self._streams.get(sid)
+        if stream is None or stream.local_closed:
+            raise SessionClosed(f"stream {sid} is closed for sending")
+        if not stream.accepted:
+            raise SessionClosed(f"stream {sid} is not open yet")
+        total = min(len(payload), stream.send_window, self._conn_send)
+        view = memoryview(payload)
+        step = self._peer_settings.max_data
+        offset = 0
+        while offset < total:
+            chunk = bytes(view[offset : min(offset + step, total)])
+            offset += len(chunk)
+            last = fin and offset == len(payload)
+            self._queue(fr.data(sid, chunk, fin=last))
+        stream.send_window -= total
+        self._conn_send -= total
+        if fin and total == len(payload):
+            if total == 0:
+                self._queue(Frame(FrameType.FIN, sid))
+            self._local_close(stream)
+        return total
+
+    def send_fin(self, sid: int) -> None:
+        stream = self._streams.get(sid)
+        if stream is not None and not stream.local_closed:
+            self._queue(Frame(FrameType.FIN, sid))
+            self._local_close(stream)
+
+    def reset(self, sid: int, code: ErrorCode, reason: str = "") -> None:
+        if self._streams.pop(sid, None) is not None:
+            self._queue(fr.coded(FrameType.RST, sid, code, reason))
+
+    def consumed(self, sid: int, size: int) -> None:
+        """The application has taken `size` received bytes of `sid`: grant that much again."""
+        self._conn_unacked += size
+        if self._conn_unacked >= self.settings.connection_window // 4:
+            self._queue(fr.window(0, self._conn_unacked))
+            self._conn_recv_credit += self._conn_unacked
+            self._conn_unacked = 0
+        stream = self._streams.get(sid)
+        if stream is None or stream.remote_closed:
+            return
+        stream.unacked += size
+        if stream.unacked >= self.settings.initial_window // 4:
+            self._queue(fr.window(sid, stream.unacked))
+            stream.recv_credit += stream.unacked
+            stream.unacked = 0
+
+    def ping(self, payload: bytes) -> None:
+        self._queue(Frame(FrameType.PING, 0, payload.ljust(8, b"\0")[:8]))
+
+    def goaway(self, code: ErrorCode = ErrorCode.NO_ERROR, reason: str = "") -> None:
+        """Tell the peer to open no new streams here; existing ones finish normally."""
+        if not self.going_away:
+            self.going_away = True
+            self._queue(fr.goaway(self._highest_remote, code, reason))
+
+    def renew(self, doc: dict[str, Any]) -> None:
+        self._queue(fr.json_frame(FrameType.RENEW, 0, doc))
+
+    def renew_ok(self, doc: dict[str, Any]) -> None:
+        self._queue(fr.json_frame(FrameType.RENEW_OK, 0, doc))
+
+    def renew_err(self, code: ErrorCode, reason: str) -> None:
+        self._queue(fr.coded(FrameType.RENEW_ERR, 0, code, reason))
+
+    def _local_close(self, stream: _Stream) -> None:
+        stream.local_closed = True
+        if stream.remote_closed:
+            del self._streams[stream.sid]
+
+    # ---- input --------------------------------------------------------------------------
+
+    def receive(self, message: bytes) -> list[ev.Event]:
+        """Process one websocket message. Never raises on bad input: it becomes events."""
+        if self.closed is not None:
+            return []
+        try:
+            frame = fr.decode(message, self.settings.max_data)
+            if self.peer is None and frame.type is not FrameType.HELLO:
+                raise FrameError(ErrorCode.PROTOCOL_ERROR, f"{frame.type.name} before HELLO")
+            return self._handle(frame)
+        except FrameError as exc:
+            if exc.stream_id and exc.stream_id in self._streams:  # stream-scoped: reset only that stream
+                self.reset(exc.stream_id, exc.code, exc.reason)
+                return [ev.StreamReset(exc.stream_id, exc.code, exc.reason, by_peer=False)]
+            return [self._fail(exc.code, exc.reason)]
+
+    def _fail(self, code: ErrorCode, reason: str) -> ev.ConnectionFailed:
+        self._queue(fr.goaway(self._highest_remote, code, reason))
+        self.going_away = True
+        self.closed = ev.ConnectionFailed(code, reason)
+        self._streams.clear()
+        return self.closed
+
+    def _handle(self, frame: Frame) -> list[ev.Event]:
+        t = frame.type
+        if t is FrameType.DATA:
+            return self._on_data(frame)
+        if t is FrameType.WINDOW:
+            return self._on_window(frame)
+        if t is FrameType.HELLO:
+            return self._on_hello(frame)
+        if t is FrameType.OPEN:
+            return self._on_open(frame)
+        if t is FrameType.PING:
+            self._queue(Frame(FrameType.PONG, 0, frame.payload))
+            return []
+        if t is FrameType.PONG:
+            return [ev.PongReceived(frame.payload)]
+        if t is FrameType.GOAWAY:
+            last, code, reason = fr.read_goaway(frame)
+            self.peer_going_away = True
+            return [ev.GoAwayReceived(last, code, reason)]
+        if t is FrameType.RENEW:
+            return [ev.RenewRequested(fr.read_json(frame))]
+        if t is FrameType.RENEW_OK:
+            return [ev.RenewAccepted(fr.read_json(frame))]
+        if t is FrameType.RENEW_ERR:
+            code, reason = fr.read_coded(frame)
+            return [ev.RenewRejected(code, reason)]
+        return self._on_stream_control(frame)
+
+    def _on_hello(self, frame: Frame) -> list[ev.Event]:
+        if self.peer is not None:
+            raise FrameError(ErrorCode.PROTOCOL_ERROR, "second HELLO")
+        doc = fr.read_json(frame)
+        versions = doc.get("versions")
+        if not isinstance(versions, list):
+            raise FrameError(ErrorCode.PROTOCOL_ERROR, "HELLO without a versions list")
+        common = set(PROTOCOL_VERSIONS) & {v for v in versions if isinstance(v, int)}
+        if not common:
+            raise FrameError(
+                ErrorCode.VERSION_MISMATCH,
+                f"no common protocol version: ours {list(PROTOCOL_VERSIONS)}, peer's {versions}",
+            )
+        try:
+            peer = Settings(
+                initial_window=_bounded(doc, "initialWindow", 1, fr.MAX_WINDOW),
+                connection_window=_bounded(doc, "connectionWindow", 1, fr.MAX_WINDOW),
+                max_data=_bounded(doc, "maxData", 256, 1024 * 1024),
+                max_streams=_bounded(doc, "maxStreams", 1, 2**31),
+            )
+        except ValueError as exc:
+            raise FrameError(ErrorCode.PROTOCOL_ERROR, f"HELLO: {exc}") from None
+        # Credit granted before HELLO used the defaults; move to the peer's numbers.
+        self._conn_send += peer.connection_window - self._peer_settings.connection_window
+        self._peer_settings = peer
+        self.peer = ev.Hello(max(common), peer.to_hello(), doc)
+        return [self.peer]
+
+    def _on_open(self, frame: Frame) -> list[ev.Event]:
+        sid = frame.stream_id
+        if sid % 2 == self._next_sid % 2:
+            raise FrameError(ErrorCode.PROTOCOL_ERROR, f"peer opened stream {sid} with our parity")
+        if sid <= self._highest_remote:
+            raise FrameError(ErrorCode.PROTOCOL_ERROR, f"stream id {sid} reused or out of order")
+        self._highest_remote = sid
+        target = fr.read_json(frame)
+        if self.going_away:
+            self._queue(fr.coded(FrameType.OPEN_ERR, sid, ErrorCode.REFUSED_STREAM, "session is going away"))
+            return []
+        if len(self._streams) >= self.settings.max_streams:
+            self._queue(
+                fr.coded(
+                    FrameType.OPEN_ERR,
+                    sid,
+                    ErrorCode.REFUSED_STREAM,
+                    f"at most {self.settings.max_streams} streams",
+                )
+            )
+            return []
+        self._streams[sid] = _Stream(
+            sid, self._peer_settings.initial_window, self.settings.initial_window, accepted=False
+        )
+        return [ev.StreamOpened(sid, target)]
+
+    def _on_data(self, frame: Frame) -> list[ev.Event]:
+        size = len(frame.payload)
+        if size > self._conn_recv_credit:
+            raise FrameError(ErrorCode.FLOW_CONTROL_ERROR, "peer exceeded the connection window")
+        self._conn_recv_credit -= size
+        stream = self._streams.get(frame.stream_id)
+        if stream is None:
+            self._known_or_fail(frame)
+            self.consumed(frame.stream_id, size)  # late data of a closed stream: give the credit back
+            return []
+        if stream.remote_closed:
+            raise FrameError(ErrorCode.STREAM_CLOSED, f"DATA after FIN on stream {stream.sid}", stream.sid)
+        if size > stream.recv_credit:
+            self.reset(stream.sid, ErrorCode.FLOW_CONTROL_ERROR, "stream window exceeded")
+            self.consumed(stream.sid, size)
+            return [
+                ev.StreamReset(
+                    stream.sid, ErrorCode.FLOW_CONTROL_ERROR, "stream window exceeded", by_peer=False
+                )
+            ]
+        stream.recv_credit -= size
+        out: list[ev.Event] = [ev.DataReceived(stream.sid, frame.payload)] if size else []
+        if frame.flags & fr.FLAG_FIN:
+            out.extend(self._remote_close(stream))
+        return out
+
+    def _on_window(self, frame: Frame) -> list[ev.Event]:
+        increment = fr.window_increment(frame)
+        if frame.stream_id == 0:
+            if self._conn_send + increment > fr.MAX_WINDOW:
+                raise FrameError(ErrorCode.FLOW_CONTROL_ERROR, "connection window overflow")
+            self._conn_send += increment
+            return [ev.WindowOpened(0)]
+        stream = self._streams.get(frame.stream_id)
+        if stream is None:
+            self._known_or_fail(frame)
+            return []
+        if stream.send_window + increment > fr.MAX_WINDOW:
+            raise FrameError(ErrorCode.FLOW_CONTROL_ERROR, "stream window overflow", stream.sid)
+        stream.send_window += increment
+        return [ev.WindowOpened(stream.sid)]
+
+    def _on_stream_control(self, frame: Frame) -> list[ev.Event]:
+        sid = frame.stream_id
+        stream = self._streams.get(sid)
+        if stream is None:
+            self._known_or_fail(frame)
+            return []
+        t = frame.type
+        if t is FrameType.FIN:
+            if stream.remote_closed:
+                raise FrameError(ErrorCode.STREAM_CLOSED, f"second FIN on stream {sid}", sid)
+            return self._remote_close(stream)
+        if t is FrameType.RST:
+            code, reason = fr.read_coded(frame)
+            del self._streams[sid]
+            return [ev.StreamReset(sid, code, reason, by_peer=True)]
+        if sid % 2 != self._next_sid % 2 or stream.accepted:
+            raise FrameError(ErrorCode.PROTOCOL_ERROR, f"unexpected {t.name} on stream {sid}", sid)
+        if t is FrameType.OPEN_OK:
+            stream.accepted = True
+            return [ev.StreamAccepted(sid)]
+        code, reason = fr.read_coded(frame)  # OPEN_ERR
+        del self._streams[sid]
+        return [ev.StreamRejected(sid, code, reason)]
+
+    def _remote_close(self, stream: _Stream) -> list[ev.Event]:
+        stream.remote_closed = True
+        if stream.local_closed:
+            del self._streams[stream.sid]
+        return [ev.StreamEnded(stream.sid)]
+
+    def _known_or_fail(self, frame: Frame) -> None:
+        """Frames for streams we closed may still be in flight; ids never opened are an error."""
+        sid = frame.stream_id
+        ours = sid % 2 == self._next_sid % 2
+        if (ours and sid >= self._next_sid) or (not ours and sid > self._highest_remote):
+            raise FrameError(ErrorCode.PROTOCOL_ERROR, f"{frame.type.name} for stream {sid} never opened")
+
+
+def _bounded(doc: dict[str, Any], key: str, low: int, high: int) -> int:
+    value = doc.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ValueError(f"{key} must be an integer in [{low}, {high}], got {value!r}")
+    return value
