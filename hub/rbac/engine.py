@@ -9,6 +9,7 @@ case-insensitively; `*` matches any run of characters, `/` included.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -19,6 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from hub.rbac.roles import BUILTIN_BY_ID, Role
 from hub.resources import scope_key, scope_within
 from hub.store.models import RoleAssignment, RoleDefinition
+
+_CHUNK = 1000
 
 
 @lru_cache(maxsize=4096)
@@ -59,6 +62,9 @@ class Grant:
     assignment_id: str
     scope: str
     role: Role
+    principal_id: str = ""
+    principal_type: str = "User"
+    created_at: dt.datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -70,14 +76,21 @@ class Decision:
 
 
 async def grants_for(session: AsyncSession, principal_ids: list[str], scope: str) -> list[Grant]:
-    """Assignments to any of `principal_ids` at `scope` or above, with their roles."""
+    """Assignments to any of `principal_ids` at `scope` or above, with their roles.
+
+    Ids compare lowercased (object ids are GUIDs) and are queried in chunks: a user
+    in thousands of groups must not overrun the database's bound-parameter limit.
+    """
     key = scope_key(scope)
-    rows = (
-        (await session.execute(select(RoleAssignment).where(RoleAssignment.principal_id.in_(principal_ids))))
-        .scalars()
-        .all()
-    )
+    ids = sorted({p.lower() for p in principal_ids if p})
+    rows: list[RoleAssignment] = []
+    for i in range(0, len(ids), _CHUNK):
+        chunk = ids[i : i + _CHUNK]
+        found = await session.execute(select(RoleAssignment).where(RoleAssignment.principal_id.in_(chunk)))
+        rows.extend(found.scalars())
     applicable = [r for r in rows if scope_within(key, r.scope_key)]
+    # Stable, most specific first: the decision names the closest assignment that grants.
+    applicable.sort(key=lambda r: (-len(r.scope_key), r.id))
     custom_ids = {r.role_definition_id for r in applicable} - BUILTIN_BY_ID.keys()
     custom: dict[str, Role] = {}
     if custom_ids:
@@ -87,7 +100,7 @@ async def grants_for(session: AsyncSession, principal_ids: list[str], scope: str
     for r in applicable:
         role = BUILTIN_BY_ID.get(r.role_definition_id) or custom.get(r.role_definition_id)
         if role is not None:
-            grants.append(Grant(r.id, r.scope, role))
+            grants.append(Grant(r.id, r.scope, role, r.principal_id, r.principal_type, r.created_at))
     return grants
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from hub.resources import scope_key, scope_within
+
 CC = "Microsoft.Kubernetes/connectedClusters"
 
 
@@ -23,9 +25,10 @@ class Role:
     assignable_scopes: tuple[str, ...] = field(default=("/",))
     builtin: bool = True
 
-    def to_arm(self) -> dict[str, object]:
+    def to_arm(self, scope: str = "/") -> dict[str, object]:
+        """The ARM object; its id is qualified by the subscription of `scope`, as ARM does."""
         return {
-            "id": f"/providers/Microsoft.Authorization/roleDefinitions/{self.id}",
+            "id": definition_id(self.id, scope),
             "name": self.id,
             "type": "Microsoft.Authorization/roleDefinitions",
             "properties": {
@@ -43,6 +46,18 @@ class Role:
                 "assignableScopes": list(self.assignable_scopes),
             },
         }
+
+    def assignable_at(self, scope: str) -> bool:
+        """May the role be assigned at `scope` (at or below one of its assignable scopes)?"""
+        key = scope_key(scope)
+        return any(scope_within(key, scope_key(s)) for s in self.assignable_scopes)
+
+
+def definition_id(role_id: str, scope: str = "/") -> str:
+    """`[/subscriptions/{sub}]/providers/Microsoft.Authorization/roleDefinitions/{guid}`."""
+    parts = scope.strip("/").split("/")
+    prefix = f"/subscriptions/{parts[1]}" if len(parts) >= 2 and parts[0].lower() == "subscriptions" else ""
+    return f"{prefix}/providers/Microsoft.Authorization/roleDefinitions/{role_id}"
 
 
 def _on(resources: list[str], suffix: str) -> tuple[str, ...]:
