@@ -1,5 +1,158 @@
-"""`kubearc agent` (being written)."""
+"""`kubearc agent identity|metadata`: the in-cluster agents (one Deployment each in the chart).
+
+Exit codes: 0 done (or stopped by SIGTERM), 1 a permanent error (the hub or the
+apiserver refused, bad configuration), 3 the hub or apiserver stayed unreachable
+for the whole retry budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
 
 import typer
 
-app = typer.Typer(no_args_is_help=True, help="(being written)")
+from kubearc.logs import setup_logging
+
+app = typer.Typer(no_args_is_help=True, help="In-cluster agents.")
+log = logging.getLogger("kubearc.agent")
+DEFAULT_IDENTITY = "secret:azure-arc/azure-identity-certificate"
+
+HubOpt = typer.Option(..., "--hub", envvar="KUBEARC_HUB_URL", help="Hub URL, e.g. https://hub.example:8443.")
+HubCaOpt = typer.Option(
+    None, "--hub-ca", envvar="KUBEARC_HUB_CA", help="PEM CA bundle to verify the hub (default: system CAs)."
+)
+KubeconfigOpt = typer.Option(
+    None, "--kubeconfig", help="kubeconfig file (default: in-cluster service account, else $KUBECONFIG)."
+)
+OnceOpt = typer.Option(False, "--once", help="Do one pass and exit (0 only if it fully succeeded).")
+RetryDeadlineOpt = typer.Option(
+    300.0,
+    "--retry-deadline",
+    min=0,
+    help="Seconds to keep retrying an unreachable hub or apiserver per step.",
+)
+RetryMaxDelayOpt = typer.Option(
+    30.0, "--retry-max-delay", min=0.01, help="Longest pause between retries (s)."
+)
+LogLevelOpt = typer.Option("info", "--log-level", envvar="KUBEARC_LOG_LEVEL")
+LogFormatOpt = typer.Option("json", "--log-format", envvar="KUBEARC_LOG_FORMAT", help="json or text.")
+
+
+def _execute(agent: str, main: Coroutine[Any, Any, None]) -> None:
+    """Run an agent until done or SIGTERM; turn its errors into a message and an exit code."""
+    from agents.hubclient import HubError
+    from agents.kube import KubeError
+    from agents.retry import RetriesExhausted
+    from agents.store import StoreConflict, StoreError
+
+    async def supervised() -> None:
+        task = asyncio.ensure_future(main)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            await task
+        except asyncio.CancelledError:
+            log.info("%s agent stopped", agent)
+
+    try:
+        asyncio.run(supervised())
+    except RetriesExhausted as exc:
+        typer.echo(f"error: {agent}: gave up: {exc}", err=True)
+        raise typer.Exit(3) from None
+    except (HubError, KubeError, StoreError, StoreConflict) as exc:
+        typer.echo(f"error: {agent}: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+def _retry(deadline: float, max_delay: float) -> Any:
+    from agents.retry import RetryPolicy
+
+    return RetryPolicy(base=min(0.5, max_delay), cap=max_delay, deadline=deadline)
+
+
+@app.command("identity")
+def identity(
+    hub: str = HubOpt,
+    hub_ca: Path = HubCaOpt,
+    resource_id: str = typer.Option(
+        ..., "--resource-id", envvar="KUBEARC_RESOURCE_ID", help="ARM id of the connected-cluster resource."
+    ),
+    onboarding_key: str = typer.Option(
+        ...,
+        "--onboarding-key",
+        envvar="KUBEARC_ONBOARDING_KEY",
+        help="Onboarding private key: a PEM file, or secret:NAMESPACE/NAME with the PEM under data key "
+        "'privateKey' (or 'tls.key').",
+    ),
+    store: str = typer.Option(
+        DEFAULT_IDENTITY,
+        "--store",
+        envvar="KUBEARC_IDENTITY_STORE",
+        help="Where to keep the identity certificate: secret:NAMESPACE/NAME or file:DIR.",
+    ),
+    kubeconfig: Path = KubeconfigOpt,
+    once: bool = OnceOpt,
+    interval: float = typer.Option(3600.0, "--interval", min=1, help="Seconds between checks."),
+    retry_deadline: float = RetryDeadlineOpt,
+    retry_max_delay: float = RetryMaxDelayOpt,
+    now_offset_seconds: float = typer.Option(0.0, "--now-offset-seconds", hidden=True),
+    log_level: str = LogLevelOpt,
+    log_format: str = LogFormatOpt,
+) -> None:
+    """clusteridentityoperator: obtain the cluster's identity certificate and keep it renewed."""
+    from agents import identity as agent
+
+    setup_logging(log_level, log_format)
+    settings = agent.IdentitySettings(
+        hub_url=hub,
+        hub_ca=hub_ca,
+        resource_id=resource_id,
+        onboarding_key=onboarding_key,
+        store=store,
+        kubeconfig=kubeconfig,
+        once=once,
+        interval=interval,
+        now_offset=now_offset_seconds,
+        retry=_retry(retry_deadline, retry_max_delay),
+    )
+    _execute("identity", agent.run(settings))
+
+
+@app.command("metadata")
+def metadata(
+    hub: str = HubOpt,
+    hub_ca: Path = HubCaOpt,
+    identity: str = typer.Option(
+        DEFAULT_IDENTITY,
+        "--identity",
+        envvar="KUBEARC_IDENTITY_STORE",
+        help="Where the identity agent keeps the certificate: secret:NAMESPACE/NAME or file:DIR.",
+    ),
+    kubeconfig: Path = KubeconfigOpt,
+    once: bool = OnceOpt,
+    interval: float = typer.Option(60.0, "--interval", min=1, help="Seconds between heartbeats."),
+    retry_deadline: float = RetryDeadlineOpt,
+    retry_max_delay: float = RetryMaxDelayOpt,
+    log_level: str = LogLevelOpt,
+    log_format: str = LogFormatOpt,
+) -> None:
+    """cluster-metadata-operator: push version, nodes, vCPUs and the apiserver CA; heartbeat."""
+    from agents import metadata as agent
+
+    setup_logging(log_level, log_format)
+    settings = agent.MetadataSettings(
+        hub_url=hub,
+        hub_ca=hub_ca,
+        identity=identity,
+        kubeconfig=kubeconfig,
+        once=once,
+        interval=interval,
+        retry=_retry(retry_deadline, retry_max_delay),
+    )
+    _execute("metadata", agent.run(settings))

@@ -1,0 +1,82 @@
+"""Discovery documents (legacy, non-aggregated form) derived from the registry.
+
+kubectl asks for aggregated discovery first and falls back to these when the
+response's Content-Type is plain `application/json`, so these alone suffice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Any
+
+from tests.apiserver.resources import Registry, ResourceType
+
+
+def version_info(git_version: str) -> dict[str, str]:
+    m = re.match(r"v?(\d+)\.(\d+)", git_version)
+    major, minor = (m[1], m[2]) if m else ("1", "0")
+    return {
+        "major": major,
+        "minor": minor,
+        "emulationMajor": major,
+        "emulationMinor": minor,
+        "gitVersion": git_version,
+        "gitCommit": "0000000000000000000000000000000000000000",
+        "gitTreeState": "clean",
+        "buildDate": dt.datetime(2025, 1, 1, tzinfo=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "goVersion": "go1.24.0",
+        "compiler": "gc",
+        "platform": "linux/amd64",
+    }
+
+
+def api_versions(server_address: str) -> dict[str, Any]:
+    return {
+        "kind": "APIVersions",
+        "versions": ["v1"],
+        "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": server_address}],
+    }
+
+
+def _resource(rt: ResourceType) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "name": rt.plural,
+        "singularName": rt.singular,
+        "namespaced": rt.namespaced,
+        "kind": rt.kind,
+        "verbs": sorted(rt.verbs),
+    }
+    if rt.short_names:
+        doc["shortNames"] = list(rt.short_names)
+    return doc
+
+
+def resource_list(registry: Registry, group: str, version: str) -> dict[str, Any] | None:
+    types = registry.in_group_version(group, version)
+    if not types:
+        return None
+    return {
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": f"{group}/{version}" if group else version,
+        "resources": [_resource(rt) for rt in types],
+    }
+
+
+def _group(name: str, versions: list[str]) -> dict[str, Any]:
+    entries = [{"groupVersion": f"{name}/{v}", "version": v} for v in versions]
+    return {"name": name, "versions": entries, "preferredVersion": entries[0]}
+
+
+def group(registry: Registry, name: str) -> dict[str, Any] | None:
+    versions = registry.groups().get(name)
+    return {"kind": "APIGroup", "apiVersion": "v1", **_group(name, versions)} if versions else None
+
+
+def group_list(registry: Registry) -> dict[str, Any]:
+    return {
+        "kind": "APIGroupList",
+        "apiVersion": "v1",
+        "groups": [_group(name, versions) for name, versions in registry.groups().items()],
+    }

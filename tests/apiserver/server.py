@@ -1,0 +1,231 @@
+"""Running the stand-in: its own CA and serving certificate, uvicorn in a background thread.
+
+The socket is bound before the thread starts, so `url` is valid at once (the
+same pattern as the hub's HubThread). The ASGI app is separate from this runner
+so an HTTP/2-capable server can be swapped in without touching the routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import secrets
+import shutil
+import socket
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import uvicorn
+
+from kubearc import pki
+from tests.apiserver.app import ApiServerState, build_app
+from tests.apiserver.kubeconfig import write_kubeconfig
+from tests.apiserver.resources import NAMESPACES, NODES, default_registry
+from tests.apiserver.store import ObjectStore, timestamp, utcnow
+
+DEFAULT_VERSION = "v1.36.1"
+SERVICE_NAMES = [
+    "kubernetes",
+    "kubernetes.default",
+    "kubernetes.default.svc",
+    "kubernetes.default.svc.cluster.local",
+]
+SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    name: str
+    cpu: str = "4"
+    memory: str = "16Gi"
+    ready: bool = True
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+def node_object(spec: NodeSpec, kubelet_version: str, index: int) -> dict[str, Any]:
+    """A Node as a kubelet would register it (every field the Python client requires is present)."""
+    now = timestamp(utcnow())
+    resources = {"cpu": spec.cpu, "memory": spec.memory, "pods": "110", "ephemeral-storage": "100Gi"}
+    return {
+        "metadata": {
+            "name": spec.name,
+            "labels": {
+                "kubernetes.io/hostname": spec.name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                **spec.labels,
+            },
+        },
+        "spec": {"podCIDR": f"10.244.{index}.0/24"},
+        "status": {
+            "capacity": resources,
+            "allocatable": resources,
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "True" if spec.ready else "False",
+                    "reason": "KubeletReady" if spec.ready else "KubeletNotReady",
+                    "message": "kubelet is posting ready status" if spec.ready else "kubelet stopped posting",
+                    "lastHeartbeatTime": now,
+                    "lastTransitionTime": now,
+                }
+            ],
+            "addresses": [
+                {"type": "InternalIP", "address": f"10.0.0.{10 + index}"},
+                {"type": "Hostname", "address": spec.name},
+            ],
+            "nodeInfo": {
+                "machineID": f"{index:032x}",
+                "systemUUID": f"00000000-0000-0000-0000-{index:012x}",
+                "bootID": f"00000000-0000-0000-0001-{index:012x}",
+                "kernelVersion": "6.8.0",
+                "osImage": "kubearc apiserver stand-in",
+                "containerRuntimeVersion": "containerd://2.0.0",
+                "kubeletVersion": kubelet_version,
+                "kubeProxyVersion": kubelet_version,
+                "operatingSystem": "linux",
+                "architecture": "amd64",
+            },
+        },
+    }
+
+
+class _Server(uvicorn.Server):
+    """uvicorn that says when it is listening, so `start()` needs no polling."""
+
+    def __init__(self, config: uvicorn.Config, started: threading.Event) -> None:
+        super().__init__(config)
+        self._started_event = started
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        self._started_event.set()
+
+
+class ApiServer:
+    """A Kubernetes apiserver stand-in over real HTTPS on 127.0.0.1 (tests and `kubearc demo`)."""
+
+    def __init__(
+        self,
+        *,
+        nodes: list[NodeSpec] | None = None,
+        version: str = DEFAULT_VERSION,
+        tls_server_name: str = "kubernetes.default.svc",
+        serving_names: list[str] | None = None,
+        token: str | None = None,
+        directory: Path | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.version = version
+        self.tls_server_name = tls_server_name
+        self.token = token or secrets.token_urlsafe(32)
+        self._own_dir = directory is None
+        self.directory = directory or Path(tempfile.mkdtemp(prefix="kubearc-apiserver-"))
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.ca = pki.create_ca("kubearc apiserver stand-in CA")
+        names = serving_names or ["localhost", host, tls_server_name, *SERVICE_NAMES]
+        serving = pki.issue_keypair(
+            self.ca,
+            "kube-apiserver",
+            sans=list(dict.fromkeys(names)),
+            server=True,
+            validity=dt.timedelta(days=30),
+        )
+        self.ca_file = self.directory / "ca.crt"
+        self.ca_file.write_bytes(self.ca.cert_pem)
+        self._cert, self._key = self.directory / "apiserver.crt", self.directory / "apiserver.key"
+        serving.write(self._cert, self._key)
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, 0))
+        self.sock.listen(128)
+        self.port: int = self.sock.getsockname()[1]
+        self.url = f"https://{host}:{self.port}"
+
+        self.store = ObjectStore()
+        self.registry = default_registry()
+        self.state = ApiServerState(
+            self.registry, self.store, version, f"{host}:{self.port}", tokens={self.token: "admin"}
+        )
+        for ns in SYSTEM_NAMESPACES:
+            self.store.create(NAMESPACES, None, {"metadata": {"name": ns}})
+        for i, spec in enumerate(nodes if nodes is not None else [NodeSpec("node-1")]):
+            self.store.create(NODES, None, node_object(spec, version, i))
+
+        self._server: uvicorn.Server | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="apiserver-standin", daemon=True)
+
+    @property
+    def ca_pem(self) -> bytes:
+        return self.ca.cert_pem
+
+    def add_token(self, token: str, user: str) -> None:
+        self.state.tokens[token] = user
+
+    def kubeconfig(
+        self,
+        path: Path,
+        *,
+        tls_server_name: bool = False,
+        token: str | None = None,
+        namespace: str | None = None,
+    ) -> Path:
+        """Write a kubeconfig; `tls_server_name=True` verifies the cert as `kubernetes.default.svc`."""
+        return write_kubeconfig(
+            path,
+            self.url,
+            self.ca_pem,
+            token or self.token,
+            tls_server_name=self.tls_server_name if tls_server_name else None,
+            namespace=namespace,
+        )
+
+    def _run(self) -> None:
+        config = uvicorn.Config(
+            build_app(self.state),
+            ssl_certfile=str(self._cert),
+            ssl_keyfile=str(self._key),
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=2,
+        )
+        self._server = _Server(config, self._ready)
+        try:
+            asyncio.run(self._server.serve(sockets=[self.sock]))
+        except BaseException as exc:  # surfaced by start()
+            self._error = exc
+        finally:
+            self._ready.set()
+
+    def start(self, timeout: float = 15) -> ApiServer:
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError("apiserver stand-in did not start")
+        if self._error or not (self._server and self._server.started):
+            raise RuntimeError(f"apiserver stand-in failed to start: {self._error}") from self._error
+        return self
+
+    def stop(self, timeout: float = 10) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        self.sock.close()
+        if self._own_dir:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    def __enter__(self) -> ApiServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
