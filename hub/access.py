@@ -39,7 +39,7 @@ async def scope_filter(hub: Hub, principal: Principal, action: str) -> Callable[
         rows = (
             await session.execute(
                 select(RoleAssignment.scope_key, RoleAssignment.role_definition_id).where(
-                    RoleAssignment.principal_id.in_(principal.principal_ids)
+                    RoleAssignment.principal_id.in_([p.lower() for p in principal.principal_ids])
                 )
             )
         ).all()

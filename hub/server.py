@@ -124,7 +124,7 @@ class HubThread:
             self._server = uvicorn_server(app, self.tls)
             self.hub = hub
             task = asyncio.create_task(self._server.serve(sockets=[self.sock]))
-            while not self._server.started and not task.done():
+            while not self._server.started and not task.done():  # noqa: ASYNC110 - uvicorn has no started event
                 await asyncio.sleep(0.01)
             self._ready.set()
             await task

@@ -8,6 +8,7 @@ fresh database per hub and drop it afterwards.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import os
 import ssl
@@ -53,10 +54,14 @@ def _pg(sql: str) -> None:
     asyncio.run(run())
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'hub.db'}"
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@contextlib.contextmanager
+def database(kind: str, directory: Path) -> Iterator[str]:
+    """A database URL for one hub: a SQLite file, or a PostgreSQL database dropped afterwards."""
+    if kind == "sqlite":
+        yield f"sqlite+aiosqlite:///{directory / 'hub.db'}"
         return
     name = f"kubearc_test_{uuid.uuid4().hex[:12]}"
     _pg(f'CREATE DATABASE "{name}"')
@@ -64,6 +69,12 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         yield PG_ADMIN.rsplit("/", 1)[0] + "/" + name
     finally:
         _pg(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    with database(request.param, tmp_path) as url:
+        yield url
 
 
 class RunningHub:
@@ -160,3 +171,19 @@ def start_hub(tmp_path: Path, database_url: str, clock: FakeClock) -> Iterator[C
 @pytest.fixture
 def hub(start_hub: Callable[..., RunningHub]) -> RunningHub:
     return start_hub()
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def shared_hub(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningHub]:
+    """One hub per backend for a whole module, for tests that isolate themselves by ids."""
+    directory = tmp_path_factory.mktemp("shared-hub")
+    with database(request.param, directory) as url:
+        running = RunningHub(
+            HubConfig(state_dir=directory / "state", port=0, database_url=url, clock=FakeClock())
+        )
+        try:
+            yield running
+        finally:
+            running.stop()

@@ -8,14 +8,11 @@ engine rule fails here. One hub per database backend serves the whole table.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from hub.config import HubConfig
-from tests.conftest import PG_ADMIN, FakeClock, RunningHub, _pg
+from tests.conftest import RunningHub
 
 CC = "Microsoft.Kubernetes/connectedClusters"
 SUB = "sub-builtin"
@@ -181,28 +178,6 @@ REFERENCE_DATA_ACTIONS = {
     ("8393591c-06b9-48a2-a542-1bd6b377f6a2", "Azure Arc Kubernetes Cluster Admin"): {f"{CC}/*"},
     ("00493d72-78f6-4148-b6c5-d3ce8e4799dd", "Azure Arc Enabled Kubernetes Cluster User Role"): set(),
 }
-
-
-@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def shared_hub(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningHub]:
-    """One hub per backend for the module (the conftest `hub` fixture is per test)."""
-    tmp: Path = tmp_path_factory.mktemp("rbac-table")
-    db = None
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp / 'hub.db'}"
-    else:
-        db = f"kubearc_test_{uuid.uuid4().hex[:12]}"
-        _pg(f'CREATE DATABASE "{db}"')
-        url = PG_ADMIN.rsplit("/", 1)[0] + "/" + db
-    running = RunningHub(HubConfig(state_dir=tmp / "state", port=0, database_url=url, clock=FakeClock()))
-    try:
-        yield running
-    finally:
-        running.stop()
-        if db:
-            _pg(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="module")

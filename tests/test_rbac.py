@@ -18,11 +18,10 @@ import typer
 from starlette.routing import Match
 from typer.testing import CliRunner
 
-from hub.config import HubConfig
 from hub.rbac.routes import routes as rbac_routes
 from hub.store.models import Cluster, DirectoryObject, GroupMember, IdentityCertificate
 from kubearc import pki, tokens
-from tests.conftest import PG_ADMIN, FakeClock, RunningHub, _pg
+from tests.conftest import RunningHub
 
 CC = "Microsoft.Kubernetes/connectedClusters"
 AUTHZ = "providers/Microsoft.Authorization"
@@ -30,28 +29,6 @@ VIEWER_ID = "63f0a09d-1495-4db4-a681-037d84835eb4"
 WRITER_ID = "5b999177-9696-4545-85c7-50de3797e5a1"
 OWNER_ID = "8e3af657-a8ff-443c-a75c-2fe8c4bcb635"
 POD_READ = f"{CC}/pods/read"
-
-
-@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def shared_hub(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningHub]:
-    """One hub per backend for the module; each test works in its own subscription."""
-    tmp: Path = tmp_path_factory.mktemp("rbac")
-    db = None
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp / 'hub.db'}"
-    else:
-        db = f"kubearc_test_{uuid.uuid4().hex[:12]}"
-        _pg(f'CREATE DATABASE "{db}"')
-        url = PG_ADMIN.rsplit("/", 1)[0] + "/" + db
-    running = RunningHub(HubConfig(state_dir=tmp / "state", port=0, database_url=url, clock=FakeClock()))
-    try:
-        yield running
-    finally:
-        running.stop()
-        if db:
-            _pg(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
 
 
 @pytest.fixture

@@ -17,9 +17,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from hub.auth import Principal, current_principal, current_user
+from hub.access import require
+from hub.auth import current_principal, current_user
 from hub.context import Hub, hub_of
-from hub.errors import ApiError, bad_request, forbidden, not_found, read_json, read_model
+from hub.errors import ApiError, bad_request, not_found, read_json, read_model
 from hub.issuer.directory import member_groups
 from hub.rbac import checkaccess, definitions, scopes
 from hub.rbac.assignments import (
@@ -31,7 +32,6 @@ from hub.rbac.assignments import (
     find_role,
     list_assignments,
 )
-from hub.rbac.engine import is_allowed
 from hub.rbac.odata import parse_filter
 from hub.rbac.roles import BUILTIN_BY_ID
 from hub.resources import scope_key
@@ -57,15 +57,6 @@ def _guid(value: str, what: str) -> str:
         return canonical_guid(value, what)
     except RbacError as exc:
         raise bad_request(str(exc), "InvalidGuid") from None
-
-
-async def _require(hub: Hub, principal: Principal, action: str, scope: str) -> None:
-    async with hub.sessions() as session:
-        if not await is_allowed(session, principal.principal_ids, scope, action):
-            raise forbidden(
-                f"The client '{principal.name}' with object id '{principal.object_id}' does not have "
-                f"authorization to perform action '{action}' over scope '{scope}' or the scope is invalid."
-            )
 
 
 # ---- role definitions ----------------------------------------------------------------------------
@@ -112,7 +103,7 @@ async def put_definition(request: Request) -> Response:
         existing = await definitions.custom_row(session, role_id)
         previous = list(existing.assignable_scopes) if existing else []
     for s in dict.fromkeys([*assignable, *previous]):
-        await _require(hub, caller, "Microsoft.Authorization/roleDefinitions/write", s)
+        await require(hub, caller, "Microsoft.Authorization/roleDefinitions/write", s)
     async with hub.sessions() as session:
         role, created = await definitions.put_custom_role(
             session, role_id, body.properties, assignable, hub.now()
@@ -135,7 +126,7 @@ async def delete_definition(request: Request) -> Response:
     if row is None:
         return Response(status_code=204)
     for s in assignable:
-        await _require(hub, caller, "Microsoft.Authorization/roleDefinitions/delete", s)
+        await require(hub, caller, "Microsoft.Authorization/roleDefinitions/delete", s)
     async with hub.sessions() as session:
         row = await definitions.custom_row(session, role_id)
         if row is None:
@@ -165,7 +156,7 @@ async def list_role_assignments(request: Request) -> Response:
     hub = hub_of(request)
     scope = _scope(request)
     flt = parse_filter(request.query_params.get("$filter"), {"principalId"}, {"atScope", "assignedTo"})
-    await _require(hub, caller, "Microsoft.Authorization/roleAssignments/read", scope.path)
+    await require(hub, caller, "Microsoft.Authorization/roleAssignments/read", scope.path)
     if "principalId" in flt and "assignedTo" in flt:
         raise bad_request("use either principalId eq '...' or assignedTo('...') in $filter, not both")
     async with hub.sessions() as session:
@@ -192,7 +183,7 @@ async def get_role_assignment(request: Request) -> Response:
     hub = hub_of(request)
     scope = _scope(request)
     name = _guid(request.path_params["name"], "role assignment name")
-    await _require(hub, caller, "Microsoft.Authorization/roleAssignments/read", scope.path)
+    await require(hub, caller, "Microsoft.Authorization/roleAssignments/read", scope.path)
     row = await _assignment_at(hub, scope, name)
     if row is None:
         raise ApiError(
@@ -214,7 +205,7 @@ async def put_role_assignment(request: Request) -> Response:
         )
     if body.condition:
         raise bad_request("role assignment conditions (ABAC) are not supported", "ConditionNotSupported")
-    await _require(hub, caller, "Microsoft.Authorization/roleAssignments/write", scope.path)
+    await require(hub, caller, "Microsoft.Authorization/roleAssignments/write", scope.path)
     async with hub.sessions() as session:
         try:
             role = await find_role(session, body.roleDefinitionId)
@@ -266,7 +257,7 @@ async def delete_role_assignment(request: Request) -> Response:
     hub = hub_of(request)
     scope = _scope(request)
     name = _guid(request.path_params["name"], "role assignment name")
-    await _require(hub, caller, "Microsoft.Authorization/roleAssignments/delete", scope.path)
+    await require(hub, caller, "Microsoft.Authorization/roleAssignments/delete", scope.path)
     async with hub.sessions() as session:
         row = await session.get(RoleAssignment, name)
         if row is None or row.scope_key != scope_key(scope.path):

@@ -19,7 +19,8 @@ def request_json(method: str, path: str, **kwargs: Any) -> Any:
 
     try:
         with hub_client() as client:
-            response = client.request(method, path, params={"api-version": "2024-01-01"}, **kwargs)
+            params = {"api-version": "2024-01-01", **kwargs.pop("params", {})}
+            response = client.request(method, path, params=params, **kwargs)
     except httpx.HTTPError as exc:
         fail(f"cannot reach the hub: {exc}")
     except (RuntimeError, ValueError) as exc:
