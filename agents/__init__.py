@@ -1,7 +1,7 @@
 """The lighter in-cluster agents (identity, metadata, ...), each run as `kubearc agent <name>`.
 
 Agents talk to the hub only over HTTPS (`agents.hubclient`) and to Kubernetes
-only through the `kubernetes` client (`agents.kube`); they import no other
+only through the `kubernetes` client (`kubearc.kube`); they import no other
 kubearc part besides the foundation modules in `kubearc/`.
 """
 

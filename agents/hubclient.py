@@ -24,8 +24,8 @@ import httpx
 from cryptography import x509
 
 from agents import AGENT_VERSION
-from agents.retry import RetryPolicy, retrying
 from kubearc import pki, tokens
+from kubearc.retry import RetryPolicy, retrying
 
 TOKEN_REFRESH_MARGIN = 60
 

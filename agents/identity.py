@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agents.hubclient import HubClient, HubError, IssuedCertificate
-from agents.kube import Kube
-from agents.retry import RetriesExhausted, RetryPolicy
-from agents.store import (
+from kubearc import pki
+from kubearc.identitystore import (
     IdentityStore,
     StoreConflict,
     StoredIdentity,
@@ -28,7 +27,8 @@ from agents.store import (
     load_onboarding_key,
     open_store,
 )
-from kubearc import pki
+from kubearc.kube import Kube
+from kubearc.retry import RetriesExhausted, RetryPolicy
 
 log = logging.getLogger("kubearc.agent.identity")
 RETRY_AFTER_FAILURE = 60.0

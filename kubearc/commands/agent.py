@@ -46,9 +46,9 @@ LogFormatOpt = typer.Option("json", "--log-format", envvar="KUBEARC_LOG_FORMAT",
 def _execute(agent: str, main: Coroutine[Any, Any, None]) -> None:
     """Run an agent until done or SIGTERM; turn its errors into a message and an exit code."""
     from agents.hubclient import HubError
-    from agents.kube import KubeError
-    from agents.retry import RetriesExhausted
-    from agents.store import StoreConflict, StoreError
+    from kubearc.identitystore import StoreConflict, StoreError
+    from kubearc.kube import KubeError
+    from kubearc.retry import RetriesExhausted
 
     async def supervised() -> None:
         task = asyncio.ensure_future(main)
@@ -71,7 +71,7 @@ def _execute(agent: str, main: Coroutine[Any, Any, None]) -> None:
 
 
 def _retry(deadline: float, max_delay: float) -> Any:
-    from agents.retry import RetryPolicy
+    from kubearc.retry import RetryPolicy
 
     return RetryPolicy(base=min(0.5, max_delay), cap=max_delay, deadline=deadline)
 
