@@ -43,6 +43,9 @@ class HubConfig:
     renewal_after: dt.timedelta = dt.timedelta(days=45)
     relay_credential_ttl: dt.timedelta = dt.timedelta(minutes=15)
     access_token_ttl: dt.timedelta = dt.timedelta(hours=1)
+    # Where clients and agents reach the relay; default: the hub's host on `relay_port`.
+    relay_url: str | None = None
+    relay_port: int = 8444
     latest_agent_version: str = __version__
     clock: Callable[[], dt.datetime] = utcnow
 
@@ -52,6 +55,13 @@ class HubConfig:
             return self.public_url.rstrip("/")
         host = "localhost" if self.host in ("127.0.0.1", "0.0.0.0", "::") else self.host
         return f"https://{host}:{self.port}"
+
+    @property
+    def relay(self) -> str:
+        if self.relay_url:
+            return self.relay_url.rstrip("/")
+        host = self.url.split("://", 1)[1].rsplit(":", 1)[0]
+        return f"wss://{host}:{self.relay_port}"
 
     @property
     def agent_audience(self) -> str:

@@ -24,7 +24,7 @@ RELAY_TOKEN_TYPE = "kubearc-relay+jwt"
 
 
 def relay_url(hub: Hub) -> str:
-    return "wss://" + hub.config.url.split("://", 1)[1] + "/relay/v1/client"
+    return hub.config.relay + "/relay/v1/client"
 
 
 def issue_relay_token(hub: Hub, principal: Principal, cluster_resource_key: str) -> tuple[str, int]:

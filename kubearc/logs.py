@@ -51,5 +51,6 @@ def setup_logging(level: str = "info", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("uvicorn.access", "httpx", "httpcore", "aiosqlite", "asyncio"):
+    # websockets logs handshake headers (bearer tokens) at debug level: keep it above that.
+    for noisy in ("uvicorn.access", "httpx", "httpcore", "aiosqlite", "asyncio", "websockets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

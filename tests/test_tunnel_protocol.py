@@ -169,6 +169,19 @@ def test_half_close_each_way_then_closed() -> None:
     assert a.open_streams == 0 and b.open_streams == 0
 
 
+def test_fin_queued_behind_data_stays_behind_it() -> None:
+    a, b = _pair()
+    sid = a.open_stream({})
+    _pump(a, b)
+    b.accept(sid)
+    _pump(a, b)
+    a.send(sid, b"last words")  # no delivery in between: both frames sit in a's queue
+    a.send_fin(sid)
+    a.ping(b"p")  # control frames may overtake data, but never a stream's FIN
+    _, got_b = _pump(a, b)
+    assert got_b == [ev.DataReceived(sid, b"last words"), ev.StreamEnded(sid)]
+
+
 def test_goaway_refuses_new_streams_but_keeps_old_ones() -> None:
     a, b = _pair()
     old = a.open_stream({})

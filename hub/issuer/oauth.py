@@ -160,6 +160,9 @@ async def kubearc_configuration(request: Request) -> Response:
             "hubAudience": hub.config.audiences[0],
             "cliClientId": CLI_CLIENT_ID,
             "entraTenants": list(hub.config.entra_tenants),
+            # Cluster connect: where the relay is, and who signs relay credentials.
+            "relayUrl": hub.config.relay,
+            "relayIssuer": hub.issuer,
         }
     )
 

@@ -119,7 +119,9 @@ class Session:
         return out
 
     def _queue(self, frame: Frame) -> None:
-        (self._data if frame.type is FrameType.DATA else self._control).append(frame.encode())
+        # FIN travels with the stream's data (it must follow it); everything else jumps ahead.
+        ordered = frame.type is FrameType.DATA or frame.type is FrameType.FIN
+        (self._data if ordered else self._control).append(frame.encode())
 
     def _check_open(self) -> None:
         if self.closed is not None:

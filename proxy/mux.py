@@ -1,0 +1,298 @@
+"""The asyncio layer over a tunnel `Session`: one reader, one writer, many streams.
+
+The reader feeds websocket messages to the session and routes its events; it
+never waits on a stream (data lands in that stream's buffer, bounded by the
+credit we granted), so one stalled consumer cannot block the others. The writer
+drains the session's queue, control frames first, whenever an action made it
+dirty. Streams grant credit back only when their data has really been handed on
+(`Stream.consumed`), which carries backpressure end to end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Protocol
+
+from proxy.protocol import events as ev
+from proxy.protocol.frames import ErrorCode
+from proxy.protocol.session import Session, SessionClosed
+
+log = logging.getLogger("kubearc.tunnel")
+
+
+class Transport(Protocol):
+    """A message transport (a websocket): whole binary messages in and out."""
+
+    async def recv(self) -> str | bytes: ...
+
+    async def send(self, message: bytes) -> None: ...
+
+    async def close(self, code: int = 1000, reason: str = "") -> None: ...
+
+
+class StreamError(Exception):
+    def __init__(self, code: ErrorCode | int, reason: str) -> None:
+        super().__init__(f"{reason} ({code!r})")
+        self.code = code
+        self.reason = reason
+
+
+class Stream:
+    """One multiplexed byte stream with half-close, as a pair of async read/write calls."""
+
+    def __init__(self, mux: Mux, sid: int, target: dict[str, Any]) -> None:
+        self.mux = mux
+        self.id = sid
+        self.target = target
+        self._chunks: deque[bytes] = deque()
+        self._readable = asyncio.Event()
+        self._writable = asyncio.Event()
+        self._accepted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.eof = False
+        self.error: StreamError | None = None
+
+    # Reading ------------------------------------------------------------------------------
+
+    async def read(self) -> bytes:
+        """Next chunk; b"" once the peer half-closed. Call `consumed` after handing it on."""
+        while not self._chunks:
+            if self.error:
+                raise self.error
+            if self.eof:
+                return b""
+            self._readable.clear()
+            await self._readable.wait()
+        return self._chunks.popleft()
+
+    def consumed(self, size: int) -> None:
+        self.mux.session.consumed(self.id, size)
+        self.mux.wake_writer()
+
+    # Writing ------------------------------------------------------------------------------
+
+    async def write(self, data: bytes | memoryview) -> None:
+        """Send all of `data`, waiting for credit as needed."""
+        view = memoryview(data)
+        while view:
+            if self.error:
+                raise self.error
+            try:
+                taken = self.mux.session.send(self.id, view)
+            except SessionClosed as exc:
+                raise StreamError(ErrorCode.STREAM_CLOSED, str(exc)) from None
+            view = view[taken:]
+            if taken:
+                self.mux.wake_writer()
+            if view:
+                self._writable.clear()
+                if self.mux.session.send_capacity(self.id) == 0:
+                    self.mux.blocked += 1
+                    await self._writable.wait()
+
+    async def write_eof(self) -> None:
+        self.mux.session.send_fin(self.id)
+        self.mux.wake_writer()
+
+    def reset(self, code: ErrorCode = ErrorCode.CANCEL, reason: str = "") -> None:
+        if self.error is None:
+            self.error = StreamError(code, reason or "reset locally")
+        self.mux.session.reset(self.id, code, reason)
+        self.mux.forget(self.id)
+        self.mux.wake_writer()
+        self._wake()
+
+    # Driven by the mux --------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        self._readable.set()
+        self._writable.set()
+
+
+StreamHandler = Callable[[Stream], Awaitable[None]]
+
+
+class Mux:
+    """Runs one session over one transport until either side ends it."""
+
+    def __init__(self, session: Session, transport: Transport, handler: StreamHandler | None = None) -> None:
+        self.session = session
+        self.transport = transport
+        self.handler = handler
+        self.streams: dict[int, Stream] = {}
+        self.blocked = 0  # times a writer waited for credit (a metric)
+        self._dirty = asyncio.Event()
+        self._closed = asyncio.Event()
+        self._tasks: asyncio.TaskGroup | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self.on_event: Callable[[ev.Event], None] | None = None  # renewals, pongs, goaway
+        self.hello = asyncio.get_running_loop().create_future()
+
+    def wake_writer(self) -> None:
+        self._dirty.set()
+
+    def forget(self, sid: int) -> None:
+        self.streams.pop(sid, None)
+
+    def accept(self, stream: Stream) -> None:
+        """Answer a peer's OPEN: the stream is ready for data both ways."""
+        self.session.accept(stream.id)
+        self.wake_writer()
+
+    def refuse(self, stream: Stream, code: ErrorCode, reason: str) -> None:
+        """Answer a peer's OPEN with an error the peer's user will see."""
+        self.session.reject(stream.id, code, reason)
+        self.forget(stream.id)
+        self.wake_writer()
+
+    async def open(self, target: dict[str, Any], wait: float = 30) -> Stream:
+        """Open a stream and wait (at most `wait` seconds) for the peer to accept it."""
+        sid = self.session.open_stream(target)
+        stream = Stream(self, sid, target)
+        self.streams[sid] = stream
+        self.wake_writer()
+        try:
+            await asyncio.wait_for(asyncio.shield(stream._accepted), wait)
+        except TimeoutError:
+            stream.reset(ErrorCode.TIMEOUT, "open timed out")
+            raise StreamError(ErrorCode.TIMEOUT, f"no answer to OPEN within {wait}s") from None
+        return stream
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run `coro` as part of this session: cancelled when the session ends."""
+        if self._tasks is None:
+            coro.close()
+            raise RuntimeError("session is not running")
+        task = self._tasks.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def run(self, *background: Coroutine[Any, Any, None]) -> None:
+        """Read and write until the transport closes or the session fails; then close every stream.
+
+        `background` coroutines (keepalives, expiry watches) live exactly as long as the session.
+        """
+        self.wake_writer()  # our HELLO
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                self._tasks = tasks
+                writer = tasks.create_task(self._write_loop())
+                for coro in background:
+                    self.spawn(coro)
+                try:
+                    await self._read_loop()
+                finally:
+                    self._closed.set()
+                    self._dirty.set()
+                    for task in list(self._background):
+                        task.cancel()
+                    await writer
+                    for stream in list(self.streams.values()):
+                        stream.error = stream.error or StreamError(ErrorCode.CANCEL, "session closed")
+                        stream._wake()
+                    self.streams.clear()
+        finally:
+            self._tasks = None
+            if not self.hello.done():
+                self.hello.set_exception(ConnectionError("session ended before HELLO"))
+                self.hello.exception()  # retrieved: nobody may be waiting
+
+    async def close(self) -> None:
+        self._closed.set()
+        self._dirty.set()
+        await self.transport.close()
+
+    async def _read_loop(self) -> None:
+        while not self._closed.is_set():
+            try:
+                message = await self.transport.recv()
+            except (ConnectionError, EOFError, asyncio.IncompleteReadError):
+                return
+            except Exception as exc:  # websockets' ConnectionClosed and friends
+                if type(exc).__name__.startswith("ConnectionClosed"):
+                    return
+                raise
+            if isinstance(message, str):
+                message = message.encode()
+            for event in self.session.receive(message):
+                self._dispatch(event)
+            self._dirty.set()
+            if self.session.closed is not None:
+                return
+
+    def _dispatch(self, event: ev.Event) -> None:
+        if isinstance(event, ev.DataReceived):
+            stream = self.streams.get(event.stream_id)
+            if stream is None:
+                self.session.consumed(event.stream_id, len(event.data))
+            else:
+                stream._chunks.append(event.data)
+                stream._readable.set()
+        elif isinstance(event, ev.WindowOpened):
+            targets = self.streams.values() if event.stream_id == 0 else [self.streams.get(event.stream_id)]
+            for stream in targets:
+                if stream is not None:
+                    stream._writable.set()
+        elif isinstance(event, ev.StreamOpened):
+            self._on_open(event)
+        elif isinstance(event, ev.StreamAccepted):
+            stream = self.streams.get(event.stream_id)
+            if stream and not stream._accepted.done():
+                stream._accepted.set_result(None)
+        elif isinstance(event, ev.StreamRejected | ev.StreamReset):
+            stream = self.streams.pop(event.stream_id, None)
+            if stream is not None:
+                stream.error = StreamError(event.code, event.reason)
+                if not stream._accepted.done():
+                    stream._accepted.set_exception(stream.error)
+                    stream._accepted.exception()
+                stream._wake()
+        elif isinstance(event, ev.StreamEnded):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream.eof = True
+                stream._readable.set()
+        elif isinstance(event, ev.Hello):
+            if not self.hello.done():
+                self.hello.set_result(event)
+        else:
+            if isinstance(event, ev.ConnectionFailed):
+                log.warning("tunnel session failed", extra={"code": event.code.name, "reason": event.reason})
+            if self.on_event:
+                self.on_event(event)
+
+    def _on_open(self, event: ev.StreamOpened) -> None:
+        if self.handler is None or self._tasks is None:
+            self.session.reject(event.stream_id, ErrorCode.REFUSED_STREAM, "this side accepts no streams")
+            return
+        stream = Stream(self, event.stream_id, event.target)
+        self.streams[event.stream_id] = stream
+        self._tasks.create_task(self._serve(stream))
+
+    async def _serve(self, stream: Stream) -> None:
+        assert self.handler is not None
+        try:
+            await self.handler(stream)
+        except StreamError:
+            pass
+        except Exception:
+            log.exception("stream handler failed", extra={"stream": stream.id})
+            stream.reset(ErrorCode.INTERNAL_ERROR, "handler failed")
+        finally:
+            if stream.id in self.streams and stream.error is None and stream.eof:
+                self.forget(stream.id)
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            frames = self.session.frames_to_send()
+            for frame in frames:
+                try:
+                    await self.transport.send(frame)
+                except Exception:  # the reader sees the close and ends the session
+                    return
+            if self._closed.is_set() and not frames:
+                return

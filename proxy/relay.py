@@ -1,0 +1,178 @@
+"""The relay: a frame switch between client sessions and agent sessions.
+
+It never parses HTTP. A client stream is matched with a fresh stream on one of
+the requested cluster's agent sessions and the two are joined (`pipe_streams`):
+each hop has its own credit window, so the relay holds at most one window of
+data per direction per stream, however fast either end is.
+
+Who may do what was decided before a session reaches this module (see
+`relay_auth`): an agent session carries its cluster's id, a client session the
+cluster its credential names, and they only ever meet on that cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from proxy.mux import Mux, Stream, StreamError, Transport
+from proxy.pipe import pipe_streams
+from proxy.protocol import events as ev
+from proxy.protocol.frames import ErrorCode
+from proxy.protocol.session import Role, Session, Settings
+
+log = logging.getLogger("kubearc.relay")
+
+# Checks a renewal document; returns the new expiry (epoch seconds) or raises PermissionError.
+Renewer = Callable[[dict[str, Any]], Awaitable[float]]
+
+
+@dataclass
+class RelayMetrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.sessions = Gauge("kubearc_relay_sessions", "Open sessions.", ["side"], registry=r)
+        self.streams = Gauge("kubearc_relay_streams", "Relayed streams open.", registry=r)
+        self.opened = Counter("kubearc_relay_streams_opened", "Streams relayed.", registry=r)
+        self.refused = Counter("kubearc_relay_streams_refused", "Streams refused.", ["reason"], registry=r)
+        self.renewals = Counter(
+            "kubearc_relay_renewals", "Credential renewals.", ["side", "result"], registry=r
+        )
+
+
+@dataclass
+class _AgentSession:
+    cluster: str
+    mux: Mux
+
+
+class Relay:
+    def __init__(self, settings: Settings | None = None, replica_id: str = "relay-0") -> None:
+        self.settings = settings or Settings()
+        self.replica_id = replica_id
+        self.metrics = RelayMetrics()
+        self._agents: dict[str, list[_AgentSession]] = {}
+        self._rr = itertools.count()
+
+    def connected_clusters(self) -> list[str]:
+        return sorted(k for k, v in self._agents.items() if v)
+
+    # ---- agents -------------------------------------------------------------------------
+
+    async def serve_agent(
+        self, transport: Transport, cluster: str, expires_at: float, renew: Renewer
+    ) -> None:
+        """Hold one agent session for `cluster` until it closes."""
+        session = Session(Role.LISTENER, self.settings, {"replicaId": self.replica_id})
+        mux = Mux(session, transport, handler=None)
+        entry = _AgentSession(cluster, mux)
+        state = {"expires_at": expires_at}
+        mux.on_event = self._renewals(mux, renew, state, "agent")
+        self._agents.setdefault(cluster, []).append(entry)
+        self.metrics.sessions.labels("agent").inc()
+        log.info("agent session up", extra={"cluster": cluster})
+        try:
+            await mux.run(self._expire_agent(mux, state))
+        finally:
+            self._agents[cluster].remove(entry)
+            if not self._agents[cluster]:
+                del self._agents[cluster]
+            self.metrics.sessions.labels("agent").dec()
+            log.info("agent session down", extra={"cluster": cluster})
+
+    async def _expire_agent(self, mux: Mux, state: dict[str, float]) -> None:
+        """An agent that stops renewing its credential loses its session."""
+        while True:
+            delay = state["expires_at"] - time.time()
+            if delay <= 0:
+                mux.session.goaway(ErrorCode.UNAUTHORIZED, "agent credential expired")
+                mux.wake_writer()
+                await asyncio.sleep(0.2)
+                await mux.close()
+                return
+            await asyncio.sleep(min(delay, 30))
+
+    # ---- clients ------------------------------------------------------------------------
+
+    async def serve_client(
+        self, transport: Transport, cluster: str, user: str, expires_at: float, renew: Renewer
+    ) -> None:
+        """Hold one client session; each stream it opens is joined to the cluster's agent."""
+        session = Session(Role.LISTENER, self.settings, {"replicaId": self.replica_id})
+        state = {"expires_at": expires_at}
+
+        def refuse(stream: Stream, metric: str, code: ErrorCode, reason: str) -> None:
+            self.metrics.refused.labels(metric).inc()
+            mux.refuse(stream, code, reason)
+
+        async def handle(stream: Stream) -> None:
+            if time.time() >= state["expires_at"]:
+                return refuse(stream, "expired", ErrorCode.UNAUTHORIZED, "relay credential expired; renew it")
+            agent = self._pick(cluster)
+            if agent is None:
+                return refuse(
+                    stream, "no_agent", ErrorCode.CONNECT_FAILED, f"cluster {cluster} has no connected agent"
+                )
+            try:
+                upstream = await agent.mux.open(stream.target)
+            except StreamError as exc:
+                return refuse(stream, "agent_refused", ErrorCode.CONNECT_FAILED, exc.reason)
+            except Exception as exc:  # the agent session went away meanwhile
+                return refuse(stream, "agent_gone", ErrorCode.CONNECT_FAILED, f"agent unavailable: {exc}")
+            mux.accept(stream)
+            self.metrics.opened.inc()
+            self.metrics.streams.inc()
+            try:
+                await pipe_streams(stream, upstream)
+            finally:
+                self.metrics.streams.dec()
+
+        mux = Mux(session, transport, handler=handle)
+        mux.on_event = self._renewals(mux, renew, state, "client")
+        self.metrics.sessions.labels("client").inc()
+        log.info("client session up", extra={"cluster": cluster, "user": user})
+        try:
+            await mux.run()
+        finally:
+            self.metrics.sessions.labels("client").dec()
+            log.info("client session down", extra={"cluster": cluster, "user": user})
+
+    def _pick(self, cluster: str) -> _AgentSession | None:
+        sessions = [
+            s
+            for s in self._agents.get(cluster, [])
+            if not s.mux.session.peer_going_away and s.mux.session.closed is None
+        ]
+        if not sessions:
+            return None
+        return sessions[next(self._rr) % len(sessions)]
+
+    def _renewals(
+        self, mux: Mux, renew: Renewer, state: dict[str, float], side: str
+    ) -> Callable[[ev.Event], None]:
+
+        async def check(doc: dict[str, Any]) -> None:
+            try:
+                state["expires_at"] = await renew(doc)
+            except PermissionError as exc:
+                self.metrics.renewals.labels(side, "rejected").inc()
+                mux.session.renew_err(ErrorCode.UNAUTHORIZED, str(exc))
+            else:
+                self.metrics.renewals.labels(side, "accepted").inc()
+                mux.session.renew_ok({"expiresAt": state["expires_at"]})
+            mux.wake_writer()
+
+        def on_event(event: ev.Event) -> None:
+            if isinstance(event, ev.RenewRequested):
+                mux.spawn(check(event.doc))
+
+        return on_event

@@ -1,0 +1,105 @@
+"""Who may open a relay session, decided by asking the hub (the relay keeps no secrets).
+
+- Agents present their agent token (signed with the cluster identity key); the
+  hub's `/agent/v1/whoami` verifies it, chain and revocation included, and names
+  the cluster. The relay never trusts a cluster id the agent states itself.
+- Clients present the relay credential from `listClusterUserCredential`: a JWT
+  from the hub's issuer with audience `kubearc-relay`, verified against the
+  issuer's JWKS like any other token. It names one user and one cluster.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import jwt
+
+from kubearc.oidc import OidcVerifier, TokenError
+
+RELAY_AUDIENCE = "kubearc-relay"
+RELAY_TOKEN_TYPE = "kubearc-relay+jwt"
+
+
+class Unauthorized(PermissionError):
+    """A refused credential; the message says why (and never contains the credential)."""
+
+
+@dataclass(frozen=True)
+class AgentIdentity:
+    cluster: str
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class ClientIdentity:
+    cluster: str
+    user: str
+    expires_at: float
+
+
+@dataclass
+class HubAuth:
+    hub_url: str
+    ca_file: str | None = None
+    timeout: float = 10.0
+    _verifier: OidcVerifier | None = field(default=None, repr=False)
+
+    def _tls(self) -> ssl.SSLContext | bool:
+        return ssl.create_default_context(cafile=self.ca_file) if self.ca_file else True
+
+    async def agent(self, token: str) -> AgentIdentity:
+        try:
+            async with httpx.AsyncClient(verify=self._tls(), timeout=self.timeout) as client:
+                r = await client.get(
+                    f"{self.hub_url}/agent/v1/whoami", headers={"Authorization": f"Bearer {token}"}
+                )
+        except httpx.HTTPError as exc:
+            raise ConnectionError(f"cannot reach the hub to verify the agent: {exc}") from None
+        if r.status_code in (401, 403):
+            raise Unauthorized(_hub_message(r))
+        if r.status_code != 200:
+            raise ConnectionError(f"hub answered {r.status_code} verifying the agent")
+        exp = jwt.decode(token, options={"verify_signature": False}).get("exp", 0)
+        return AgentIdentity(str(r.json()["resourceId"]).lower(), float(exp))
+
+    async def _client_verifier(self) -> OidcVerifier:
+        if self._verifier is None:
+            try:
+                async with httpx.AsyncClient(verify=self._tls(), timeout=self.timeout) as client:
+                    r = await client.get(f"{self.hub_url}/.well-known/kubearc-configuration")
+                    r.raise_for_status()
+            except httpx.HTTPError as exc:
+                raise ConnectionError(f"cannot read the hub's configuration: {exc}") from None
+            self._verifier = OidcVerifier(
+                r.json()["relayIssuer"], [RELAY_AUDIENCE], verify=self.ca_file or True
+            )
+        return self._verifier
+
+    async def client(self, token: str) -> ClientIdentity:
+        try:
+            if jwt.get_unverified_header(token).get("typ") != RELAY_TOKEN_TYPE:
+                raise Unauthorized("not a relay credential (get one with listClusterUserCredential)")
+            claims: dict[str, Any] = await (await self._client_verifier()).verify_token(token)
+        except (TokenError, jwt.InvalidTokenError) as exc:
+            raise Unauthorized(f"relay credential refused: {exc}") from None
+        cluster, user = claims.get("cluster"), claims.get("sub")
+        if not isinstance(cluster, str) or not isinstance(user, str):
+            raise Unauthorized("relay credential names no cluster or user")
+        return ClientIdentity(cluster.lower(), user, float(claims["exp"]))
+
+
+def _hub_message(response: httpx.Response) -> str:
+    try:
+        return str(response.json()["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return f"hub refused the credential ({response.status_code})"
+
+
+def bearer(header: str | None) -> str:
+    scheme, _, token = (header or "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("missing bearer credential (Authorization: Bearer ...)")
+    return token.strip()

@@ -1,0 +1,116 @@
+"""The relay's network front end: a dedicated websockets server (wss), no ASGI on the data path.
+
+Credentials are checked during the HTTP upgrade (`process_request`), so a refused
+caller gets a plain 401 with a reason and never a websocket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.http11 import Request, Response
+
+from proxy.relay import Relay
+from proxy.relay_auth import AgentIdentity, ClientIdentity, HubAuth, Unauthorized, bearer
+
+log = logging.getLogger("kubearc.relay")
+
+AGENT_PATH = "/relay/v1/agent"
+CLIENT_PATH = "/relay/v1/client"
+MAX_MESSAGE = 2 * 1024 * 1024  # above the largest DATA frame plus header
+
+
+@dataclass
+class RelayServer:
+    relay: Relay
+    auth: HubAuth
+    host: str = "127.0.0.1"
+    port: int = 8444
+    ssl_context: ssl.SSLContext | None = None
+
+    def __post_init__(self) -> None:
+        self._identities: dict[Any, AgentIdentity | ClientIdentity] = {}
+
+    async def _authenticate(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = request.path.split("?", 1)[0]
+        if path == "/healthz":
+            return connection.respond(200, "ok\n")
+        if path not in (AGENT_PATH, CLIENT_PATH):
+            return connection.respond(404, f"no such relay endpoint {path}\n")
+        try:
+            token = bearer(request.headers.get("Authorization"))
+            identity: AgentIdentity | ClientIdentity = await (
+                self.auth.agent(token) if path == AGENT_PATH else self.auth.client(token)
+            )
+        except Unauthorized as exc:
+            log.info("relay session refused", extra={"path": path, "reason": str(exc)})
+            return _plain(connection, 401, str(exc))
+        except ConnectionError as exc:
+            return _plain(connection, 503, str(exc))
+        self._identities[connection.id] = identity
+        return None
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        identity = self._identities.pop(ws.id)
+        if isinstance(identity, AgentIdentity):
+            await self.relay.serve_agent(
+                ws, identity.cluster, identity.expires_at, self._renew_agent(identity)
+            )
+        else:
+            await self.relay.serve_client(
+                ws, identity.cluster, identity.user, identity.expires_at, self._renew_client(identity)
+            )
+
+    def _renew_agent(self, current: AgentIdentity) -> Callable[[dict[str, Any]], Any]:
+        async def renew(doc: dict[str, Any]) -> float:
+            try:
+                fresh = await self.auth.agent(str(doc.get("token", "")))
+            except ConnectionError as exc:
+                raise PermissionError(f"cannot verify now: {exc}") from None
+            if fresh.cluster != current.cluster:
+                raise PermissionError("renewed credential is for another cluster")
+            return fresh.expires_at
+
+        return renew
+
+    def _renew_client(self, current: ClientIdentity) -> Callable[[dict[str, Any]], Any]:
+        async def renew(doc: dict[str, Any]) -> float:
+            try:
+                fresh = await self.auth.client(str(doc.get("token", "")))
+            except ConnectionError as exc:
+                raise PermissionError(f"cannot verify now: {exc}") from None
+            if (fresh.cluster, fresh.user) != (current.cluster, current.user):
+                raise PermissionError("renewed credential is for another cluster or user")
+            return fresh.expires_at
+
+        return renew
+
+    async def start(self) -> Server:
+        return await serve(
+            self._handle,
+            self.host,
+            self.port,
+            ssl=self.ssl_context,
+            process_request=self._authenticate,
+            compression=None,
+            max_size=MAX_MESSAGE,
+            ping_interval=None,  # liveness is the tunnel's own PING
+            write_limit=256 * 1024,
+        )
+
+    async def serve_forever(self, ready: asyncio.Event | None = None) -> None:
+        server = await self.start()
+        async with server:
+            if ready:
+                ready.set()
+            await server.serve_forever()
+
+
+def _plain(connection: ServerConnection, status: int, message: str) -> Response:
+    return connection.respond(status, message + "\n")
