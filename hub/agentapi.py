@@ -18,11 +18,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from hub.auth import current_agent
+from hub.auth import agent_token_serial, current_agent, revoked
 from hub.context import Hub, hub_of
 from hub.errors import not_found, read_model
 from hub.status import connectivity_status
-from hub.store.models import AgentLog, AgentUsage, Cluster, Configuration
+from hub.store.models import AgentLog, AgentUsage, Cluster, Configuration, IdentityCertificate
 from kubearc import pki
 
 MAX_LOG_ENTRIES = 1000
@@ -82,47 +82,50 @@ class ComplianceReport(BaseModel):
     message: str | None = Field(None, max_length=4096)
 
 
-def _status(hub: Hub, c: Cluster) -> dict[str, Any]:
+def _status(
+    hub: Hub, created_at: dt.datetime, last: dt.datetime | None, expires: dt.datetime | None
+) -> dict[str, Any]:
     status = connectivity_status(
-        created_at=c.created_at,
-        last_heartbeat=c.last_connectivity_time,
-        identity_expires_at=c.identity_expires_at,
+        created_at=created_at,
+        last_heartbeat=last,
+        identity_expires_at=expires,
         now=hub.now(),
         thresholds=hub.config.status,
     )
-    return {
-        "connectivityStatus": status.value,
-        "lastConnectivityTime": c.last_connectivity_time.isoformat() if c.last_connectivity_time else None,
-    }
+    return {"connectivityStatus": status.value, "lastConnectivityTime": last.isoformat() if last else None}
 
 
-async def _touch(hub: Hub, cluster_id: int, **values: Any) -> Cluster:
-    """Update the agent's cluster row, stamping the heartbeat, and commit."""
-    async with hub.sessions() as session:
-        cluster = (
-            await session.execute(
-                update(Cluster)
-                .where(Cluster.id == cluster_id)
-                .values(last_connectivity_time=hub.now(), **values)
-                .returning(Cluster)
-            )
-        ).scalar_one_or_none()
-        if cluster is None:
-            raise not_found("connected cluster")
-        await session.commit()
-        return cluster
+async def _touch(hub: Hub, serial: str, **values: Any) -> dict[str, Any]:
+    """Stamp the heartbeat (and `values`) on the cluster whose unrevoked certificate is `serial`.
+
+    One statement does the revocation check and the write, committed before we answer:
+    the heartbeat path is the hub's hottest.
+    """
+    owner = (
+        select(IdentityCertificate.cluster_id)
+        .where(IdentityCertificate.serial == serial, IdentityCertificate.revoked_at.is_(None))
+        .scalar_subquery()
+    )
+    stmt = (
+        update(Cluster)
+        .where(Cluster.id == owner)
+        .values(last_connectivity_time=hub.now(), **values)
+        .returning(Cluster.created_at, Cluster.last_connectivity_time, Cluster.identity_expires_at)
+    )
+    async with hub.engine.begin() as conn:
+        row = (await conn.execute(stmt)).first()
+    if row is None:
+        raise revoked()
+    return _status(hub, *row)
 
 
 async def heartbeat(request: Request) -> Response:
-    hub, agent = hub_of(request), await current_agent(request)
-    assert agent.cluster_id is not None
-    cluster = await _touch(hub, agent.cluster_id)
-    return JSONResponse(_status(hub, cluster))
+    hub = hub_of(request)
+    return JSONResponse(await _touch(hub, agent_token_serial(request)))
 
 
 async def metadata(request: Request) -> Response:
-    hub, agent = hub_of(request), await current_agent(request)
-    assert agent.cluster_id is not None
+    hub, serial = hub_of(request), agent_token_serial(request)
     body = await read_model(request, Metadata)
     columns = {
         "kubernetes_version": body.kubernetesVersion,
@@ -133,8 +136,8 @@ async def metadata(request: Request) -> Response:
         "apiserver_server_name": body.apiserverServerName,
     }
     values = {k: v for k, v in columns.items() if v is not None}
-    cluster = await _touch(hub, agent.cluster_id, metadata_updated_at=hub.now(), **values)
-    return JSONResponse({**body.model_dump(exclude_none=True), **_status(hub, cluster)})
+    status = await _touch(hub, serial, metadata_updated_at=hub.now(), **values)
+    return JSONResponse({**body.model_dump(exclude_none=True), **status})
 
 
 async def usage(request: Request) -> Response:

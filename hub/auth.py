@@ -29,6 +29,10 @@ from kubearc.oidc import OidcVerifier, TokenError, entra_issuers, unverified_iss
 PrincipalKind = Literal["user", "servicePrincipal", "agent"]
 
 
+def revoked() -> Exception:
+    return unauthorized("identity certificate has been revoked (cluster deleted or re-onboarded)")
+
+
 @dataclass(frozen=True)
 class Principal:
     kind: PrincipalKind
@@ -131,7 +135,12 @@ class Authenticator:
         async with self.hub.sessions() as session:
             return await member_groups(session, oid)
 
-    async def authenticate_agent(self, token: str) -> Principal:
+    def verify_agent_token(self, token: str) -> str:
+        """Check an agent token's signature, chain and expiry (no database); return the cert serial.
+
+        Routes that must also know the certificate is still on record either call
+        `authenticate_agent` or fold that check into their own statement (heartbeats).
+        """
         key = hashlib.sha256(token.encode()).digest()
         verified = self._agent_tokens.get(key)
         if verified is None:
@@ -145,7 +154,7 @@ class Authenticator:
                 claims = tokens.verify_signed(
                     token,
                     cert.public_key(),  # type: ignore[arg-type]
-                    self.hub.config.agent_audience,  # type: ignore[arg-type]
+                    self.hub.config.agent_audience,
                     max_ttl=tokens.AGENT_TOKEN_TTL + 60,
                 )
             except (jwt.InvalidTokenError, ValueError) as exc:  # ValueError: a key type we do not sign with
@@ -155,6 +164,10 @@ class Authenticator:
         serial, not_after = verified
         if not_after <= self.hub.now():
             raise unauthorized(f"identity certificate expired at {not_after.isoformat()}")
+        return str(serial)
+
+    async def authenticate_agent(self, token: str) -> Principal:
+        serial = self.verify_agent_token(token)
         async with self.hub.sessions() as session:
             row = (
                 await session.execute(
@@ -164,7 +177,7 @@ class Authenticator:
                 )
             ).first()
         if row is None or row.revoked_at is not None:
-            raise unauthorized("identity certificate has been revoked (cluster deleted or re-onboarded)")
+            raise revoked()
         return Principal(
             kind="agent",
             object_id=row.resource_key,
@@ -177,6 +190,16 @@ class Authenticator:
 async def current_principal(request: Request) -> Principal:
     authenticator: Authenticator = request.app.state.authenticator
     return await authenticator.authenticate(request)
+
+
+def agent_token_serial(request: Request) -> str:
+    """The verified certificate serial of an agent's request, before any database check."""
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise unauthorized("missing bearer token (Authorization: Bearer <token>)")
+    authenticator: Authenticator = request.app.state.authenticator
+    return authenticator.verify_agent_token(token.strip())
 
 
 async def current_agent(request: Request) -> Principal:

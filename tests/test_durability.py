@@ -58,6 +58,7 @@ def _start(state: Path, port: int, database_url: str) -> subprocess.Popen[bytes]
             str(state),
             "--port",
             str(port),
+            "--no-relay",
             "--database-url",
             database_url,
             "--log-level",

@@ -45,7 +45,9 @@ def create_engine(url: str) -> AsyncEngine:
             cur.close()
 
         return engine
-    return create_async_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True)
+    # No pre-ping: it costs three round trips per checkout; a dead connection fails its
+    # statement, is discarded by the pool, and the agent's retry lands on a fresh one.
+    return create_async_engine(url, pool_size=20, max_overflow=20)
 
 
 def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[Any]:

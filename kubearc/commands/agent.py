@@ -156,3 +156,80 @@ def metadata(
         retry=_retry(retry_deadline, retry_max_delay),
     )
     _execute("metadata", agent.run(settings))
+
+
+@app.command("connect")
+def connect(
+    hub: str = HubOpt,
+    hub_ca: Path = HubCaOpt,
+    identity_store: str = typer.Option(
+        DEFAULT_IDENTITY,
+        "--identity",
+        envvar="KUBEARC_IDENTITY_STORE",
+        help="file:DIR or secret:NAMESPACE/NAME.",
+    ),
+    relay: str = typer.Option(
+        None, "--relay", envvar="KUBEARC_RELAY_URL", help="wss://... (default: ask the hub)."
+    ),
+    relay_ca: Path = typer.Option(
+        None, "--relay-ca", envvar="KUBEARC_RELAY_CA", help="CA of the relay (default: --hub-ca)."
+    ),
+    apiserver: str = typer.Option(
+        None,
+        "--apiserver",
+        envvar="KUBEARC_APISERVER",
+        help="HOST:PORT (default: from the kubeconfig or in-cluster).",
+    ),
+    kubeconfig: Path = KubeconfigOpt,
+    log_level: str = LogLevelOpt,
+    log_format: str = LogFormatOpt,
+) -> None:
+    """clusterconnect-agent: dial out to the relay and carry kubectl streams to the apiserver."""
+    import ssl
+    from urllib.parse import urlsplit
+
+    import httpx
+
+    from kubearc import tokens
+    from kubearc.identitystore import StoreError, open_store
+    from kubearc.kube import Kube
+    from proxy.agent import ConnectAgent
+
+    setup_logging(log_level, log_format)
+    hub = hub.rstrip("/")
+    kube = Kube(kubeconfig) if identity_store.startswith("secret:") or not apiserver else None
+    store = open_store(identity_store, kube)
+    if apiserver:
+        host, _, port = apiserver.rpartition(":")
+    else:
+        assert kube is not None
+        parts = urlsplit(kube.apiserver_info().server)
+        host, port = parts.hostname or "", str(parts.port or 443)
+    if not host or not port.isdigit():
+        raise typer.BadParameter(f"expected HOST:PORT, got {apiserver!r}", param_hint="--apiserver")
+
+    async def token() -> str:
+        stored = await store.load()
+        if stored is None:
+            raise StoreError("no identity certificate yet: is `kubearc agent identity` running?")
+        return tokens.make_agent_token(stored.pair, hub)
+
+    async def main() -> None:
+        url = relay
+        if not url:
+            verify = ssl.create_default_context(cafile=str(hub_ca)) if hub_ca else True
+            async with httpx.AsyncClient(verify=verify, timeout=10) as client:
+                url = (
+                    (await client.get(f"{hub}/.well-known/kubearc-configuration"))
+                    .raise_for_status()
+                    .json()["relayUrl"]
+                )
+        agent = ConnectAgent(
+            f"{url.rstrip('/')}/relay/v1/agent",
+            token,
+            (host, int(port)),
+            str(relay_ca or hub_ca) if (relay_ca or hub_ca) else None,
+        )
+        await agent.run()
+
+    _execute("connect", main())

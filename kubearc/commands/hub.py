@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from kubearc.logs import setup_logging
 from kubearc.settings import default_state_dir, parse_duration
+
+if TYPE_CHECKING:
+    from hub.context import Hub
+    from hub.server import TlsFiles
 
 
 def _duration(value: str, flag: str) -> dt.timedelta:
@@ -55,6 +61,15 @@ def hub(
     relay_credential_ttl: str = typer.Option(
         "15m", envvar="KUBEARC_RELAY_CREDENTIAL_TTL", help="Lifetime of cluster-connect credentials."
     ),
+    relay: bool = typer.Option(
+        True, envvar="KUBEARC_RELAY", help="Run the cluster-connect relay in this process."
+    ),
+    relay_port: int = typer.Option(
+        8444, envvar="KUBEARC_RELAY_PORT", help="Port of the in-process relay (wss)."
+    ),
+    relay_url: str = typer.Option(
+        None, envvar="KUBEARC_RELAY_URL", help="wss:// URL clients and agents reach the relay at."
+    ),
     latest_agent_version: str = typer.Option(
         None,
         envvar="KUBEARC_LATEST_AGENT_VERSION",
@@ -88,24 +103,62 @@ def hub(
         identity_validity=_duration(identity_validity, "--identity-validity"),
         renewal_after=_duration(renewal_after, "--renewal-after"),
         relay_credential_ttl=_duration(relay_credential_ttl, "--relay-credential-ttl"),
+        relay_port=relay_port,
+        relay_url=relay_url,
     )
     if latest_agent_version:
         config.latest_agent_version = latest_agent_version
 
-    def ready(h: object, tls: object) -> None:
-        from hub.context import Hub
-        from hub.server import TlsFiles
+    started = asyncio.Event()
+    serving: dict[str, TlsFiles] = {}
 
-        assert isinstance(h, Hub) and isinstance(tls, TlsFiles)
+    def ready(h: Hub, tls: TlsFiles) -> None:
+        serving["tls"] = tls
         typer.echo(f"kubearc hub listening on {config.url} (state: {config.state_dir})", err=True)
         if tls.ca:
             typer.echo(f"  clients trust the hub with CA file: {tls.ca}", err=True)
         typer.echo(f"  local issuer: {h.issuer}", err=True)
+        started.set()
+
+    async def main() -> None:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(serve(config, on_ready=ready))
+            if relay:
+                await started.wait()
+                tasks.create_task(_relay(config.host, relay_port, serving["tls"], config.url))
+                typer.echo(f"  cluster-connect relay: {config.relay}", err=True)
 
     try:
-        asyncio.run(serve(config, on_ready=ready))
+        _run(main())
     except KeyboardInterrupt:
         pass
-    except OSError as exc:
-        typer.echo(f"error: cannot start the hub: {exc}", err=True)
+    except ExceptionGroup as group:
+        failed = group.subgroup(OSError)
+        if failed is None:
+            raise
+        typer.echo(f"error: cannot start the hub: {failed.exceptions[0]}", err=True)
         raise typer.Exit(1) from None
+
+
+async def _relay(host: str, port: int, tls: TlsFiles, hub_url: str) -> None:
+    """The relay in the hub's process: same certificate, verifying credentials with this hub."""
+    import ssl
+
+    from proxy.relay import Relay
+    from proxy.relay_auth import HubAuth
+    from proxy.relay_server import RelayServer
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls.cert, tls.key)
+    auth = HubAuth(hub_url, str(tls.ca) if tls.ca else None)
+    await RelayServer(Relay(), auth, host, port, context).serve_forever()
+
+
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    """uvloop when available (it comes with uvicorn[standard]): less CPU per request."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)

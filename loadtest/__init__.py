@@ -1,0 +1,1 @@
+"""Benchmarks that back performance claims with figures (see loadtest/README.md)."""

@@ -1,0 +1,774 @@
+"""Heartbeat benchmark: N clusters registered, onboarded and heartbeating against a real hub process.
+
+Why: DESIGN.md section 5 sizes heartbeats for 100,000 clusters on one hub replica, and
+"speed is measured, not hoped". This drives the hub's real HTTPS API (a separate
+`kubearc hub` process, SQLite and/or PostgreSQL) and prints sustained heartbeats/s and
+latency next to a baseline measured in the same run: `GET /healthz` of the same hub
+process, same client, same concurrency, same Authorization headers. The ratio between
+the two is the cost of the heartbeat itself (agent authentication, one UPDATE, commit).
+
+Run: `.venv/bin/python -m loadtest.bench_hub [--backends sqlite,postgres] [--clusters 10000]
+[--duration 30] [--concurrency 64] [--procs 2]`. See loadtest/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import math
+import multiprocessing as mp
+import os
+import random
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import AsyncExitStack, contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+try:
+    import sniffio  # noqa: F401
+except ImportError:
+    # httpcore tries `import sniffio` on every request; without it installed, each try walks
+    # sys.path (~0.25 ms of client CPU per request). A None entry makes the failure immediate.
+    sys.modules["sniffio"] = None  # type: ignore[assignment]
+
+ROOT = Path(__file__).resolve().parents[1]
+SUB = "00000000-0000-0000-0000-00000000be01"
+RG = "bench"
+ONBOARDING_ROLE = "Kubernetes Cluster - Azure Arc Onboarding"
+API = "?api-version=2024-01-01"
+HEARTBEAT = "/agent/v1/heartbeat"
+HEALTHZ = "/healthz"
+ONBOARD = "/agent/v1/identity/certificate"
+PG_ADMIN = os.environ.get("KUBEARC_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+SLICE_WARMUP = 1.0  # seconds per measured slice before counting: new keep-alive connections settle
+VERIFY_SAMPLE = 100
+ONBOARD_CHUNK = 2500  # onboarding assertions are made per chunk: they expire 5 minutes after
+# Agent tokens live AGENT_TOKEN_TTL (300 s); re-mint when a slice would end closer than this to expiry.
+TOKEN_MARGIN = 30.0
+NAN = float("nan")
+T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------- load generator
+# Everything in this section runs in load-generator processes too (spawned), so it imports
+# nothing from the hub.
+
+
+@dataclass(frozen=True)
+class Req:
+    method: str
+    path: str
+    token: str | None = None
+    body: dict[str, Any] | None = None
+
+
+@dataclass
+class Phase:
+    """One load pattern: each request once (registration, onboarding) or cycled for a duration."""
+
+    url: str
+    ca: str
+    reqs: list[Req]
+    concurrency: int
+    loop: bool = False
+    warmup: float = 0.0
+    duration: float = 0.0
+    timeout: float = 900.0  # once mode: stop issuing after this many seconds
+    pick: str | None = None  # dotted JSON field of each response to return (once mode)
+    start_at: float = 0.0  # wall-clock start, aligns several load-generator processes
+    offset: int = 0  # index of reqs[0] in the whole phase
+    watch: dict[str, list[int]] = field(default_factory=dict)  # pids whose CPU to sample
+
+
+@dataclass
+class Outcome:
+    ok: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    samples: dict[str, str] = field(default_factory=dict)  # first message per error kind
+    latencies: list[float] = field(default_factory=list)  # seconds, requests done in the window
+    window: float = 0.0  # seconds measured
+    cpu: float = 0.0  # load-generator CPU seconds in the window
+    watched: dict[str, float] = field(default_factory=dict)  # CPU seconds of watched pids in the window
+    picked: dict[int, Any] = field(default_factory=dict)
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of `pids` from /proc (processes that are gone count nothing)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            text = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = text.rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return total
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent busy since boot (/proc/stat): shows how shared the machine was."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return NAN
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+def _dig(value: Any, path: str) -> Any:
+    for key in path.split("."):
+        value = value[key]
+    return value
+
+
+async def _send(client: httpx.AsyncClient, url: httpx.URL, req: Req, pick: str | None) -> tuple[str, Any]:
+    headers = {"Authorization": f"Bearer {req.token}"} if req.token else None
+    try:
+        r = await client.request(req.method, url, headers=headers, json=req.body)
+    except httpx.HTTPError as exc:
+        return type(exc).__name__, str(exc)[:300]
+    if r.status_code >= 300:
+        return f"HTTP {r.status_code}", r.text[:300]
+    return "ok", _dig(r.json(), pick) if pick else None
+
+
+async def _drive(p: Phase) -> Outcome:
+    out = Outcome()
+    # One client with one keep-alive connection per worker: httpcore's pool rescans every
+    # connection on each request (encode/httpcore#1035), which at 64 connections in one pool
+    # cost more CPU than the requests themselves.
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    ctx = ssl.create_default_context(cafile=p.ca)
+    n = len(p.reqs)
+    urls = {r.path: httpx.URL(p.url + r.path) for r in p.reqs}  # parsed once, not per request
+    async with AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(
+                httpx.AsyncClient(base_url=p.url, verify=ctx, limits=limits, timeout=120)
+            )
+            for _ in range(p.concurrency)
+        ]
+        await asyncio.sleep(max(0.0, p.start_at - time.time()))
+        start = time.perf_counter()
+        measure_from = start + p.warmup
+        stop = measure_from + p.duration if p.loop else start + p.timeout
+        # Bounded in count as well as in time: no loop here can run away.
+        cap = int((p.warmup + p.duration) * 100_000) if p.loop else n
+        issued = 0
+        marks: dict[str, tuple[float, float, dict[str, float]]] = {}
+
+        def mark(name: str) -> None:
+            marks[name] = (
+                time.perf_counter(),
+                time.process_time(),
+                {"machine": machine_busy_seconds(), **{k: cpu_seconds(v) for k, v in p.watch.items()}},
+            )
+
+        async def watcher() -> None:
+            await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
+            mark("from")
+            await asyncio.sleep(max(0.0, stop - time.perf_counter()))
+            mark("to")
+
+        async def worker(client: httpx.AsyncClient) -> None:
+            nonlocal issued
+            while issued < cap and time.perf_counter() < stop:
+                i = issued % n
+                issued += 1
+                t0 = time.perf_counter()
+                req = p.reqs[i]
+                kind, value = await _send(client, urls[req.path], req, p.pick)
+                t1 = time.perf_counter()
+                if kind != "ok":
+                    out.errors[kind] += 1
+                    out.samples.setdefault(kind, str(value))
+                elif not p.loop or measure_from <= t1 <= stop:
+                    out.ok += 1
+                    out.latencies.append(t1 - t0)
+                    if p.pick:
+                        out.picked[p.offset + i] = value
+
+        if p.loop:
+            timer = asyncio.create_task(watcher())
+            await asyncio.gather(*(worker(c) for c in clients))
+            await timer
+        else:
+            mark("from")
+            await asyncio.gather(*(worker(c) for c in clients))
+            mark("to")
+    (t_from, c_from, w_from), (t_to, c_to, w_to) = marks["from"], marks["to"]
+    out.window = t_to - t_from
+    out.cpu = c_to - c_from
+    out.watched = {k: w_to[k] - w_from[k] for k in w_to}
+    return out
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop
+    return uvloop.new_event_loop  # type: ignore[no-any-return]
+
+
+def run_phase(phase: Phase) -> Outcome:
+    """Drive one phase on a fresh event loop (uvloop when installed, as the hub's uvicorn uses)."""
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        return runner.run(_drive(phase))
+
+
+def _ready(_: int) -> int:
+    return os.getpid()
+
+
+def merge_parallel(parts: list[Outcome]) -> Outcome:
+    """Outcomes of load-generator processes that ran side by side over the same window."""
+    out = Outcome()
+    for part in parts:
+        out.ok += part.ok
+        out.errors.update(part.errors)
+        for kind, message in part.samples.items():
+            out.samples.setdefault(kind, message)
+        out.latencies.extend(part.latencies)
+        out.cpu += part.cpu
+        out.picked.update(part.picked)
+        out.window = max(out.window, part.window)
+        for name, seconds in part.watched.items():
+            out.watched[name] = max(out.watched.get(name, 0.0), seconds)  # all sampled the same pids
+    return out
+
+
+def merge_serial(parts: list[Outcome]) -> Outcome:
+    """Outcomes of slices that ran one after another."""
+    out = merge_parallel(parts)
+    out.window = sum(p.window for p in parts)
+    out.watched = {k: sum(p.watched.get(k, 0.0) for p in parts) for k in parts[0].watched} if parts else {}
+    return out
+
+
+class LoadGen:
+    """Runs phases in this process, or split over `procs` spawned processes started at one instant."""
+
+    def __init__(self, procs: int) -> None:
+        self.procs = procs
+        self.pool: ProcessPoolExecutor | None = None
+        if procs > 1:
+            self.pool = ProcessPoolExecutor(procs, mp_context=mp.get_context("spawn"))
+            list(self.pool.map(_ready, range(procs)))  # spawn and import before anything is timed
+
+    def run(self, phase: Phase) -> Outcome:
+        if self.pool is None:
+            return run_phase(phase)
+        k = self.procs
+        parts: list[Phase] = []
+        size = math.ceil(len(phase.reqs) / k)
+        for j in range(k):
+            reqs = phase.reqs[j * size : (j + 1) * size]
+            conc = phase.concurrency // k + (1 if j < phase.concurrency % k else 0)
+            if reqs and conc:
+                parts.append(replace(phase, reqs=reqs, concurrency=conc, offset=j * size))
+        start_at = time.time() + 0.3
+        parts = [replace(p, start_at=start_at) for p in parts]
+        return merge_parallel(list(self.pool.map(run_phase, parts)))
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    return sorted_values[min(len(sorted_values) - 1, max(0, math.ceil(q * len(sorted_values)) - 1))]
+
+
+@dataclass
+class Row:
+    label: str
+    count: int
+    rate: float
+    p50: float  # ms
+    p99: float
+    max: float
+    errors: int
+    client: float  # CPU, % of one core, over the measured window
+    hub: float
+    db: float
+    machine: float  # every process on the machine, other users' included
+    hub_ms: float  # hub CPU per successful request: the hub's cost, whoever saturates
+
+    @classmethod
+    def of(cls, label: str, o: Outcome) -> Row:
+        lat = sorted(o.latencies)
+        ms = 1000.0
+
+        def pct(seconds: float | None) -> float:
+            return NAN if seconds is None or o.window <= 0 else 100 * seconds / o.window
+
+        hub = o.watched.get("hub")
+        return cls(
+            label,
+            o.ok,
+            o.ok / o.window if o.window > 0 else NAN,
+            percentile(lat, 0.5) * ms,
+            percentile(lat, 0.99) * ms,
+            (lat[-1] if lat else NAN) * ms,
+            sum(o.errors.values()),
+            pct(o.cpu),
+            pct(hub),
+            pct(o.watched.get("postgres")),
+            pct(o.watched.get("machine")),
+            NAN if hub is None or not o.ok else hub * ms / o.ok,
+        )
+
+    def line(self) -> str:
+        def num(value: float, width: int, digits: int) -> str:
+            return f"{'-':>{width}}" if math.isnan(value) else f"{value:>{width}.{digits}f}"
+
+        return (
+            f"  {self.label:<34} {self.count:>6} {num(self.rate, 7, 1)} {num(self.p50, 7, 1)}"
+            f" {num(self.p99, 7, 1)} {num(self.max, 7, 0)} {self.errors:>4} |"
+            f" {num(self.client, 4, 0)} {num(self.hub, 4, 0)} {num(self.db, 4, 0)}"
+            f" {num(self.machine, 4, 0)} | {num(self.hub_ms, 6, 2)}"
+        )
+
+
+HEADER = (
+    f"  {'':<34} {'':>6} {'':>7} {'latency':>7} {'':>7} {'':>7} {'':>4} |"
+    f" {'CPU % of one core':>19} | {'hub CPU':>6}\n"
+    f"  {'phase':<34} {'ok':>6} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'err':>4} |"
+    f" {'load':>4} {'hub':>4} {'pg':>4} {'all':>4} | {'ms/req':>6}"
+)
+
+
+@dataclass
+class Report:
+    backend: str
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    heartbeat: Row | None = None
+    baseline: Row | None = None
+    failures: list[str] = field(default_factory=list)
+
+    def add(self, label: str, o: Outcome) -> Row:
+        row = Row.of(label, o)
+        self.rows.append(row)
+        for kind, n in o.errors.items():
+            self.failures.append(f"{label}: {n} x {kind}: {o.samples.get(kind, '')[:200]}")
+        return row
+
+
+# --------------------------------------------------------------------------- hub process and store
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def postgres_pids() -> list[int]:
+    """Every PostgreSQL server process on this machine (the server is shared with the bench database)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "postgres":
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def arun(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+@contextmanager
+def database(backend: str) -> Iterator[str | None]:
+    """None for SQLite in the state dir; for PostgreSQL a fresh database, dropped afterwards."""
+    if backend == "sqlite":
+        yield None
+        return
+    import asyncpg
+
+    name = f"kubearc_bench_{uuid.uuid4().hex[:10]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(PG_ADMIN)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    arun(admin(f'CREATE DATABASE "{name}"'))
+    try:
+        yield PG_ADMIN.rsplit("/", 1)[0] + "/" + name
+    finally:
+        arun(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def bootstrap(state_dir: Path, port: int, database_url: str | None) -> str:
+    """Open the hub's store before the hub runs: keys, tenant, TLS, one onboarding user; its token.
+
+    The hub process then loads the same keys (state dir + database), so the token verifies there.
+    """
+    from hub.config import HubConfig
+    from hub.context import open_hub
+    from hub.issuer.tokens import issue_access_token
+    from hub.rbac.assignments import create_assignment
+    from hub.server import ensure_tls
+
+    config = HubConfig(state_dir=state_dir, port=port, database_url=database_url)
+    hub = await open_hub(config)
+    try:
+        ensure_tls(config)
+        oid = str(uuid.uuid4())
+        async with hub.sessions() as session:
+            await create_assignment(session, f"/subscriptions/{SUB}", ONBOARDING_ROLE, oid, "User")
+        token, _ = issue_access_token(
+            hub,
+            oid=oid,
+            audience=config.audiences[0],
+            kind="user",
+            client_id="kubearc-bench",
+            upn="bench@kubearc.test",
+            ttl=dt.timedelta(hours=6),
+        )
+        return token
+    finally:
+        await hub.close()
+
+
+class HubProcess:
+    """`python -m kubearc.cli hub` as a child process, the way an operator runs it."""
+
+    def __init__(self, state_dir: Path, port: int, database_url: str | None, log: Path) -> None:
+        self.state_dir, self.port, self.database_url, self.log = state_dir, port, database_url, log
+        self.url = f"https://localhost:{port}"
+        self.ca = str(state_dir / "tls" / "ca.crt")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 90) -> None:
+        cmd = [sys.executable, "-m", "kubearc.cli", "hub", "--state-dir", str(self.state_dir)]
+        cmd += ["--port", str(self.port), "--log-level", "warning", "--no-relay"]
+        if self.database_url:
+            cmd += ["--database-url", self.database_url]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KUBEARC_")}
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+        ctx = ssl.create_default_context(cafile=self.ca)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"hub exited with {self.proc.returncode}:\n{self.tail()}")
+            try:
+                if httpx.get(self.url + HEALTHZ, verify=ctx, timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"hub did not answer /healthz within {timeout:.0f} s:\n{self.tail()}")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+# --------------------------------------------------------------------------- the benchmark
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+class Bench:
+    """One backend: register, onboard, first heartbeats, interleaved heartbeat/no-op slices, verify."""
+
+    def __init__(self, args: argparse.Namespace, gen: LoadGen, hub: HubProcess, user_token: str) -> None:
+        self.args, self.gen, self.hub, self.user_token = args, gen, hub, user_token
+        self.n: int = args.clusters
+        self.conc: int = args.concurrency
+        self.names = [f"bench-{i:06d}" for i in range(self.n)]
+        self.rids = [
+            f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Kubernetes/connectedClusters/{name}"
+            for name in self.names
+        ]
+        self.tokens: list[str] = []
+        self.minted_at = 0.0
+        self.identities: list[Any] = []
+
+    def phase(self, reqs: list[Req], **kw: Any) -> Phase:
+        return Phase(url=self.hub.url, ca=self.hub.ca, reqs=reqs, concurrency=self.conc, **kw)
+
+    def watch(self, backend: str) -> dict[str, list[int]]:
+        pids = {"hub": [self.hub.pid]}
+        if backend == "postgres":
+            pids["postgres"] = postgres_pids()
+        return pids
+
+    def run(self, report: Report) -> None:
+        from kubearc import pki, tokens
+
+        n = self.n
+        t = time.perf_counter()
+        keys = [pki.new_key() for _ in range(n)]
+        bodies = [
+            {
+                "location": "local",
+                "properties": {
+                    "agentPublicKeyCertificate": pki.public_key_der_b64(k.public_key()),
+                    "distribution": "k3s",
+                    "infrastructure": "bench",
+                },
+            }
+            for k in keys
+        ]
+        log(f"{n} onboarding keys made in {time.perf_counter() - t:.1f} s; registering")
+        puts = [
+            Req("PUT", rid + API, self.user_token, body) for rid, body in zip(self.rids, bodies, strict=True)
+        ]
+        o = self.gen.run(self.phase(puts, watch=self.watch(report.backend)))
+        report.add("register (PUT connectedCluster)", o)
+        self.require(o, n, "registration")
+
+        log("making identity keys and CSRs")
+        t = time.perf_counter()
+        id_keys = [pki.new_key() for _ in range(n)]
+        csrs = [pki.make_csr(k, "agent").decode() for k in id_keys]
+        log(f"made in {time.perf_counter() - t:.1f} s; onboarding")
+        # Assertions live 5 minutes: make them per chunk, just before it is sent (not timed).
+        parts = []
+        for lo in range(0, n, ONBOARD_CHUNK):
+            hi = min(n, lo + ONBOARD_CHUNK)
+            onboards = [
+                Req(
+                    "POST",
+                    ONBOARD,
+                    None,
+                    {
+                        "resourceId": self.rids[i],
+                        "assertion": tokens.make_onboarding_assertion(keys[i], self.rids[i], self.hub.url),
+                        "csr": csrs[i],
+                    },
+                )
+                for i in range(lo, hi)
+            ]
+            part = self.gen.run(self.phase(onboards, pick="certificate", watch=self.watch(report.backend)))
+            part.picked = {lo + i: v for i, v in part.picked.items()}
+            parts.append(part)
+        o = merge_serial(parts)
+        report.add("onboard (assertion+CSR -> cert)", o)
+        self.require(o, n, "onboarding")
+        self.identities = [pki.KeyPair(k, pki.load_cert(o.picked[i].encode())) for i, k in enumerate(id_keys)]
+
+        self.mint()
+        o = self.gen.run(self.phase(self.beats(HEARTBEAT), watch=self.watch(report.backend)))
+        report.add("heartbeat, first (token verify)", o)
+        self.require(o, n, "first heartbeats")
+
+        self.steady(report)
+        self.verify(report)
+
+    def require(self, o: Outcome, n: int, what: str) -> None:
+        if o.ok != n:
+            raise RuntimeError(f"{what}: {o.ok}/{n} succeeded; errors {dict(o.errors)}: {o.samples}")
+
+    def mint(self) -> None:
+        from kubearc import tokens
+
+        t = time.perf_counter()
+        self.tokens = [tokens.make_agent_token(pair, self.hub.url) for pair in self.identities]
+        self.minted_at = time.time()
+        log(f"{len(self.tokens)} agent tokens minted in {time.perf_counter() - t:.1f} s")
+
+    def beats(self, path: str) -> list[Req]:
+        """Each cluster's request with its agent token, in round-robin order (healthz ignores the token)."""
+        if path == HEARTBEAT:
+            return [Req("POST", HEARTBEAT, tok, {}) for tok in self.tokens]
+        return [Req("GET", HEALTHZ, tok) for tok in self.tokens]
+
+    def steady(self, report: Report) -> None:
+        """Heartbeats and the no-op baseline in alternating slices, so machine noise hits both alike."""
+        from kubearc import tokens
+
+        rounds, each = self.args.rounds, self.args.duration / self.args.rounds
+        results: dict[str, list[Outcome]] = {HEARTBEAT: [], HEALTHZ: []}
+        for r in range(rounds):
+            order = [HEALTHZ, HEARTBEAT] if r % 2 == 0 else [HEARTBEAT, HEALTHZ]
+            for path in order:
+                if time.time() - self.minted_at + SLICE_WARMUP + each + TOKEN_MARGIN > tokens.AGENT_TOKEN_TTL:
+                    self.mint()  # as real agents do before expiry; re-verify every token outside the window
+                    o = self.gen.run(self.phase(self.beats(HEARTBEAT)))
+                    self.require(o, self.n, "heartbeats after token refresh")
+                    report.notes.append(
+                        f"tokens re-minted before round {r + 1} (one unmeasured verify round)"
+                    )
+                log(f"round {r + 1}/{rounds}: {path} for {each:.1f} s")
+                results[path].append(
+                    self.gen.run(
+                        self.phase(
+                            self.beats(path),
+                            loop=True,
+                            warmup=SLICE_WARMUP,
+                            duration=each,
+                            watch=self.watch(report.backend),
+                        )
+                    )
+                )
+        hb, base = merge_serial(results[HEARTBEAT]), merge_serial(results[HEALTHZ])
+        report.heartbeat = report.add("heartbeat, steady state", hb)
+        report.baseline = report.add("no-op GET /healthz (baseline)", base)
+
+    def verify(self, report: Report) -> None:
+        sample = random.Random(7).sample(range(self.n), min(VERIFY_SAMPLE, self.n))
+        gets = [Req("GET", self.rids[i] + API, self.user_token) for i in sample]
+        o = run_phase(self.phase(gets, pick="properties.connectivityStatus"))
+        statuses = Counter(o.picked.values())
+        report.add(f"verify: GET {len(sample)} sampled clusters", o)
+        if statuses.get("Connected", 0) != len(sample):
+            report.failures.append(f"sampled clusters not all Connected: {dict(statuses)}")
+        path = f"/subscriptions/{SUB}/providers/Microsoft.Kubernetes/connectedClusters{API}"
+        o = run_phase(replace(self.phase([Req("GET", path, self.user_token)], pick="value"), concurrency=1))
+        listed = o.picked.get(0) or []
+        report.add("verify: list all (1 request)", o)
+        connected = sum(1 for v in listed if v["properties"]["connectivityStatus"] == "Connected")
+        report.notes.append(
+            f"verify: {statuses.get('Connected', 0)}/{len(sample)} sampled GETs Connected; "
+            f"list returned {len(listed)} clusters ({connected} Connected), expected {self.n}"
+        )
+        if len(listed) != self.n or connected != self.n:
+            report.failures.append(
+                f"list returned {len(listed)} clusters, {connected} Connected; expected {self.n}"
+            )
+
+
+def bench_backend(backend: str, args: argparse.Namespace, gen: LoadGen) -> Report:
+    report = Report(backend)
+    with tempfile.TemporaryDirectory(prefix="kubearc-bench-") as tmp, database(backend) as db_url:
+        state = Path(tmp) / "state"
+        port = free_port()
+        log(f"{backend}: bootstrapping the store ({db_url or 'SQLite in ' + str(state)})")
+        user_token = arun(bootstrap(state, port, db_url))
+        hub = HubProcess(state, port, db_url, Path(tmp) / "hub.log")
+        try:
+            hub.start()
+            log(f"{backend}: hub pid {hub.pid} listening on {hub.url}")
+            Bench(args, gen, hub, user_token).run(report)
+        except Exception as exc:
+            report.failures.append(f"aborted: {exc}")
+            print(f"hub log tail:\n{hub.tail()}", file=sys.stderr)
+        finally:
+            hub.stop()
+    return report
+
+
+def print_report(report: Report, args: argparse.Namespace) -> None:
+    print()
+    print(
+        f"== {report.backend}: {args.clusters} clusters, concurrency {args.concurrency}, "
+        f"{args.procs} load-generator process(es), {args.duration:.0f} s measured per endpoint "
+        f"in {args.rounds} alternating slices =="
+    )
+    print(HEADER)
+    for row in report.rows:
+        print(row.line())
+    hb, base = report.heartbeat, report.baseline
+    if hb and base and base.rate > 0:
+        print(
+            f"  heartbeat / no-op: throughput {hb.rate / base.rate:.2f}x, "
+            f"p50 latency {hb.p50 / base.p50:.2f}x, p99 latency {hb.p99 / base.p99:.2f}x"
+        )
+    for note in report.notes:
+        print(f"  {note}")
+    print(f"  result: {'OK' if not report.failures else 'FAILED'}")
+    for failure in report.failures:
+        print(f"    ! {failure}")
+
+
+def print_summary(reports: list[Report]) -> None:
+    print()
+    print("== summary ==")
+    print(f"  {'backend':<10} {'heartbeats/s':>12} {'p50 ms':>8} {'p99 ms':>8} {'no-op/s':>9} {'ratio':>6}")
+    for r in reports:
+        hb, base = r.heartbeat, r.baseline
+        if hb and base:
+            print(
+                f"  {r.backend:<10} {hb.rate:>12.1f} {hb.p50:>8.2f} {hb.p99:>8.2f} {base.rate:>9.1f}"
+                f" {hb.rate / base.rate:>6.2f}"
+            )
+        else:
+            print(f"  {r.backend:<10} (no figures: {r.failures[:1]})")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    ap.add_argument("--backends", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
+    ap.add_argument("--clusters", type=int, default=10_000)
+    ap.add_argument("--duration", type=float, default=30.0, help="measured seconds per endpoint and backend")
+    ap.add_argument("--concurrency", type=int, default=64, help="requests in flight (keep-alive connections)")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating heartbeat/no-op slices")
+    ap.add_argument("--procs", type=int, default=2, help="load-generator processes (see README)")
+    args = ap.parse_args(argv)
+    args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    bad = set(args.backends) - {"sqlite", "postgres"}
+    if bad or not args.backends:
+        ap.error(f"--backends: unknown {sorted(bad)}; use sqlite and/or postgres")
+    if args.clusters < 1 or args.concurrency < 1 or args.rounds < 1 or args.procs < 1 or args.duration <= 0:
+        ap.error("--clusters, --concurrency, --rounds and --procs must be >= 1 and --duration > 0")
+    if args.duration / args.rounds + SLICE_WARMUP + TOKEN_MARGIN > 300:
+        ap.error("a slice (--duration / --rounds) must fit in an agent token's 5-minute life; add --rounds")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    log(f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}, client loop {_loop_factory().__module__}")
+    gen = LoadGen(args.procs)
+    reports = []
+    try:
+        for backend in args.backends:
+            reports.append(bench_backend(backend, args, gen))
+            print_report(reports[-1], args)
+    finally:
+        gen.close()
+    print_summary(reports)
+    return 1 if any(r.failures for r in reports) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
