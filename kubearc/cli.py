@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from kubearc.commands import admin, agent, cluster, hub, login, role
+from kubearc.commands import admin, agent, cluster, hub, login, proxy, relay, role
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -13,6 +13,8 @@ app = typer.Typer(
 )
 app.command("hub")(hub.hub)
 app.command("login")(login.login)
+app.command("proxy")(proxy.proxy)
+app.command("relay")(relay.relay)
 app.add_typer(cluster.app, name="cluster", help="Connected-cluster resources.")
 app.add_typer(role.app, name="role", help="Role definitions and role assignments.")
 app.add_typer(admin.app, name="admin", help="Bootstrap the hub's directory on the hub host.")

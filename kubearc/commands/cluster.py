@@ -7,23 +7,12 @@ from typing import Any
 
 import typer
 
-from kubearc.commands.output import fail, request_json
+from kubearc.commands.output import request_json, subscription_or_fail
 
 app = typer.Typer(no_args_is_help=True, help="Connected-cluster resources.")
 CC = "providers/Microsoft.Kubernetes/connectedClusters"
 
 SubscriptionOpt = typer.Option(None, "--subscription", envvar="KUBEARC_SUBSCRIPTION", help="Subscription id.")
-
-
-def _subscription(value: str | None) -> str:
-    if value:
-        return value
-    from kubearc.settings import load_client_config
-
-    sub = load_client_config().get("subscription")
-    if not sub:
-        fail("no subscription: pass --subscription or set KUBEARC_SUBSCRIPTION")
-    return sub
 
 
 def _row(c: dict[str, Any]) -> list[str]:
@@ -46,7 +35,7 @@ def list_clusters(
     output: str = typer.Option("table", "--output", "-o", help="table or json"),
 ) -> None:
     """List the clusters you may read."""
-    sub = _subscription(subscription)
+    sub = subscription_or_fail(subscription)
     path = (
         f"/subscriptions/{sub}" + (f"/resourceGroups/{resource_group}" if resource_group else "") + f"/{CC}"
     )
@@ -68,7 +57,7 @@ def show(
     subscription: str = SubscriptionOpt,
 ) -> None:
     """Show one cluster (JSON)."""
-    sub = _subscription(subscription)
+    sub = subscription_or_fail(subscription)
     typer.echo(
         json.dumps(
             request_json("GET", f"/subscriptions/{sub}/resourceGroups/{resource_group}/{CC}/{name}"), indent=2
@@ -84,7 +73,7 @@ def delete(
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
 ) -> None:
     """Delete a cluster resource; its agents' identity certificates are revoked at once."""
-    sub = _subscription(subscription)
+    sub = subscription_or_fail(subscription)
     if not yes:
         typer.confirm(f"Delete connected cluster {resource_group}/{name}?", abort=True)
     request_json("DELETE", f"/subscriptions/{sub}/resourceGroups/{resource_group}/{CC}/{name}")

@@ -32,3 +32,15 @@ def request_json(method: str, path: str, **kwargs: Any) -> Any:
             message = response.text[:500]
         fail(f"{response.status_code}: {message}")
     return response.json() if response.content else None
+
+
+def subscription_or_fail(value: str | None) -> str:
+    """The subscription to act in: the flag, $KUBEARC_SUBSCRIPTION, or the client config."""
+    if value:
+        return value
+    from kubearc.settings import load_client_config
+
+    sub = load_client_config().get("subscription")
+    if not sub:
+        fail("no subscription: pass --subscription or set KUBEARC_SUBSCRIPTION")
+    return sub

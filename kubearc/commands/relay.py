@@ -1,0 +1,57 @@
+"""`kubearc relay`: the cluster-connect relay on its own (it also runs inside `kubearc hub`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from pathlib import Path
+
+import typer
+
+from kubearc.logs import setup_logging
+from kubearc.settings import default_state_dir
+
+
+def relay(
+    hub: str = typer.Option(..., "--hub", envvar="KUBEARC_HUB_URL", help="Hub that verifies credentials."),
+    hub_ca: Path = typer.Option(None, "--hub-ca", envvar="KUBEARC_HUB_CA", help="CA of the hub."),
+    host: str = typer.Option("127.0.0.1", "--host", envvar="KUBEARC_RELAY_HOST"),
+    port: int = typer.Option(8444, "--port", envvar="KUBEARC_RELAY_PORT"),
+    tls_cert: Path = typer.Option(None, "--tls-cert", envvar="KUBEARC_RELAY_TLS_CERT"),
+    tls_key: Path = typer.Option(None, "--tls-key", envvar="KUBEARC_RELAY_TLS_KEY"),
+    state_dir: Path = typer.Option(
+        None, "--state-dir", envvar="KUBEARC_STATE_DIR", help="Where a self-made serving certificate is kept."
+    ),
+    replica_id: str = typer.Option("relay-0", "--replica-id", envvar="KUBEARC_RELAY_REPLICA"),
+    log_level: str = typer.Option("info", "--log-level", envvar="KUBEARC_LOG_LEVEL"),
+    log_format: str = typer.Option("text", "--log-format", envvar="KUBEARC_LOG_FORMAT"),
+) -> None:
+    """Run the relay: agents dial in, `kubearc proxy` dials in, streams are switched between them."""
+    from kubearc import pki
+    from proxy.relay import Relay
+    from proxy.relay_auth import HubAuth
+    from proxy.relay_server import RelayServer
+
+    setup_logging(log_level, log_format)
+    if (tls_cert is None) != (tls_key is None):
+        raise typer.BadParameter("give both --tls-cert and --tls-key, or neither")
+    if tls_cert is None:
+        ca, tls_cert, tls_key = pki.ensure_serving_pair(
+            (state_dir or default_state_dir()) / "relay-tls",
+            ["localhost", "127.0.0.1", host],
+            "kubearc relay CA",
+        )
+        typer.echo(f"relay CA file (clients and agents trust it): {ca}", err=True)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls_cert, tls_key)
+    server = RelayServer(
+        Relay(replica_id=replica_id),
+        HubAuth(hub.rstrip("/"), str(hub_ca) if hub_ca else None),
+        host,
+        port,
+        context,
+    )
+    typer.echo(f"kubearc relay listening on wss://{host}:{port}", err=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(server.serve_forever())
