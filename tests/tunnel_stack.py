@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 
+from hub.resources import cluster_id
 from kubearc import pki
 from tests.apiserver import ApiServer
 
@@ -98,7 +99,7 @@ class TunnelStack:
 
     @property
     def resource_id(self) -> str:
-        return f"/subscriptions/{SUB}/resourceGroups/{self.group}/providers/Microsoft.Kubernetes/connectedClusters/{self.name}"
+        return cluster_id(SUB, self.group, self.name)
 
     def env(self, **extra: str) -> dict[str, str]:
         base = {k: v for k, v in os.environ.items() if not k.startswith("KUBEARC_")}
