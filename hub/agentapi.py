@@ -18,11 +18,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from hub.auth import agent_token_serial, current_agent, revoked
+from hub.auth import Principal, agent_token_serial, current_agent, revoked
+from hub.configurations import configuration_named, configurations_of
 from hub.context import Hub, hub_of
 from hub.errors import not_found, read_model
 from hub.status import connectivity_status
-from hub.store.models import AgentLog, AgentUsage, Cluster, Configuration, IdentityCertificate
+from hub.store.models import AgentLog, AgentUsage, Cluster, IdentityCertificate
 from kubearc import pki
 
 MAX_LOG_ENTRIES = 1000
@@ -119,6 +120,12 @@ async def _touch(hub: Hub, serial: str, **values: Any) -> dict[str, Any]:
     return _status(hub, *row)
 
 
+def _own(agent: Principal) -> int:
+    """The caller's cluster: `current_agent` only returns principals bound to one."""
+    assert agent.cluster_id is not None
+    return agent.cluster_id
+
+
 async def heartbeat(request: Request) -> Response:
     hub = hub_of(request)
     return JSONResponse(await _touch(hub, agent_token_serial(request)))
@@ -207,17 +214,7 @@ async def configurations(request: Request) -> Response:
     """The cluster's GitOps configurations, protected settings included (agents only)."""
     hub, agent = hub_of(request), await current_agent(request)
     async with hub.sessions() as session:
-        rows = (
-            (
-                await session.execute(
-                    select(Configuration)
-                    .where(Configuration.cluster_id == agent.cluster_id)
-                    .order_by(Configuration.name)
-                )
-            )
-            .scalars()
-            .all()
-        )
+        rows = await configurations_of(session, _own(agent))
     value = []
     for c in rows:
         protected = json.loads(hub.box.open(c.protected_settings)) if c.protected_settings else {}
@@ -242,13 +239,7 @@ async def configuration_status(request: Request) -> Response:
     body = await read_model(request, ComplianceReport)
     name = request.path_params["name"]
     async with hub.sessions() as session:
-        row = (
-            await session.execute(
-                select(Configuration).where(
-                    Configuration.cluster_id == agent.cluster_id, Configuration.name == name
-                )
-            )
-        ).scalar_one_or_none()
+        row = await configuration_named(session, _own(agent), name)
         if row is None:
             raise not_found(f"configuration '{name}'")
         row.compliance_state = body.complianceState

@@ -8,10 +8,12 @@ the cluster's own agents read them (`GET /agent/v1/configurations`).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -71,6 +73,16 @@ def to_arm(hub: Hub, rid: str, c: Configuration) -> dict[str, Any]:
     }
 
 
+async def configurations_of(session: AsyncSession, cluster_id: int) -> Sequence[Configuration]:
+    query = select(Configuration).where(Configuration.cluster_id == cluster_id).order_by(Configuration.name)
+    return (await session.execute(query)).scalars().all()
+
+
+async def configuration_named(session: AsyncSession, cluster_id: int, name: str) -> Configuration | None:
+    query = select(Configuration).where(Configuration.cluster_id == cluster_id, Configuration.name == name)
+    return (await session.execute(query)).scalar_one_or_none()
+
+
 def _ids(request: Request) -> tuple[str, str]:
     p = request.path_params
     validate_names(p["sub"], p["rg"], p["name"])
@@ -87,9 +99,6 @@ async def configuration_item(request: Request) -> Response:
         return await _put(hub, rid, name, body)
     async with hub.sessions() as session:
         cluster = await find_cluster(session, rid)
-        query = select(Configuration).where(
-            Configuration.cluster_id == cluster.id, Configuration.name == name
-        )
         if request.method == "DELETE":
             result = await session.execute(
                 delete(Configuration).where(
@@ -98,7 +107,7 @@ async def configuration_item(request: Request) -> Response:
             )
             await session.commit()
             return Response(status_code=200 if result.rowcount else 204)  # type: ignore[attr-defined]
-        row = (await session.execute(query)).scalar_one_or_none()
+        row = await configuration_named(session, cluster.id, name)
         if row is None:
             raise not_found(f"configuration '{name}'")
         return JSONResponse(to_arm(hub, rid, row))
@@ -116,13 +125,7 @@ async def _put(hub: Hub, rid: str, name: str, body: ConfigurationProperties) -> 
     now = hub.now()
     async with hub.sessions() as session:
         cluster = await find_cluster(session, rid)
-        row = (
-            await session.execute(
-                select(Configuration).where(
-                    Configuration.cluster_id == cluster.id, Configuration.name == name
-                )
-            )
-        ).scalar_one_or_none()
+        row = await configuration_named(session, cluster.id, name)
         created = row is None
         if row is None:
             row = Configuration(cluster_id=cluster.id, name=name, created_at=now)
@@ -149,17 +152,7 @@ async def list_configurations(request: Request) -> Response:
     await require(hub, principal, f"{KIND}/read", rid)
     async with hub.sessions() as session:
         cluster = await find_cluster(session, rid)
-        rows = (
-            (
-                await session.execute(
-                    select(Configuration)
-                    .where(Configuration.cluster_id == cluster.id)
-                    .order_by(Configuration.name)
-                )
-            )
-            .scalars()
-            .all()
-        )
+        rows = await configurations_of(session, cluster.id)
     return JSONResponse({"value": [to_arm(hub, rid, r) for r in rows]})
 
 

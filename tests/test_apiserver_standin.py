@@ -139,7 +139,13 @@ def test_discovery_documents(api: ApiServer) -> None:
         assert resources["nodes"]["namespaced"] is False
         assert "ns" in resources["namespaces"]["shortNames"]
         assert c.get("/apis").json()["kind"] == "APIGroupList"
-        missing = c.get("/apis/apps/v1")
+        apps = {r["name"]: r for r in c.get("/apis/apps/v1").json()["resources"]}
+        assert (
+            apps["deployments"]["kind"] == "Deployment"
+            and apps["deployments/scale"]["group"] == "autoscaling"
+        )
+        assert {"pods/exec", "pods/log", "pods/portforward", "pods/attach"} <= set(resources)
+        missing = c.get("/apis/batch/v1")
         assert missing.status_code == 404 and missing.json()["reason"] == "NotFound"
 
 
@@ -246,7 +252,9 @@ def test_bad_bodies_are_status_errors(api: ApiServer) -> None:
         proto = c.post(
             url, content=b"k8s\x00", headers={"content-type": "application/vnd.kubernetes.protobuf"}
         )
-        assert proto.status_code == 415 and proto.json()["reason"] == "UnsupportedMediaType"
+        assert proto.status_code == 415 and proto.json()["reason"] == "UnsupportedMediaType"  # no type
+        yaml_body = c.post(url, content=b"{", headers={"content-type": "application/x-www-form-urlencoded"})
+        assert yaml_body.status_code == 415
         wrong_kind = c.post(url, json={"kind": "ConfigMap", "apiVersion": "v1", "metadata": {"name": "x"}})
         assert wrong_kind.status_code == 400
         bad_limit = c.get(url, params={"limit": "many"})

@@ -2,7 +2,11 @@
 
 No apiserver can be installed from the package registries here, so tests run the
 agents, guard and the tunnel against this. It grows with what they need; today it
-serves discovery, namespaces, nodes and secrets (see `resources.py`).
+serves discovery and OpenAPI v3, namespaces, nodes, pods, configmaps, secrets and
+deployments (`resources.py`, `workloads.py`), watch, JSON and protobuf bodies,
+pod logs, and exec/attach/port-forward over websockets. Tests drive the pods'
+side through `ApiServer` (add_pod, append_log, end_logs, write_file, read_file,
+set_port_forward_target).
 """
 
 from tests.apiserver.kubeconfig import kubeconfig, write_kubeconfig

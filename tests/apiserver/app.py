@@ -1,9 +1,12 @@
 """The stand-in's HTTP surface: authentication, URL → resource routing, verbs, content types.
 
 Paths follow the apiserver's layout:
-`/api/v1[/namespaces/{ns}]/{resource}[/{name}]` for the core group and
-`/apis/{group}/{version}[/namespaces/{ns}]/{resource}[/{name}]` for the others.
+`/api/v1[/namespaces/{ns}]/{resource}[/{name}[/{subresource}]]` for the core group and
+`/apis/{group}/{version}[/namespaces/{ns}]/{resource}[/{name}[/{subresource}]]` for the others.
 Every failure is a `Status` object with the apiserver's reason and code.
+Bodies may be JSON, YAML (apply patches) or Kubernetes protobuf (`protobuf.py`);
+responses are JSON, which every client that sends protobuf also accepts.
+Websocket upgrades (exec, attach, port-forward) go to `upgrades.py`.
 """
 
 from __future__ import annotations
@@ -11,16 +14,23 @@ from __future__ import annotations
 import datetime as dt
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import yaml
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket
 
-from tests.apiserver import discovery, errors, tables
+from tests.apiserver import discovery, errors, fields, logs, openapi, patch, protobuf, tables, upgrades, watch
 from tests.apiserver.resources import Registry, ResourceType
 from tests.apiserver.store import ObjectStore
+from tests.apiserver.workloads import scale_of
+
+if TYPE_CHECKING:
+    from tests.apiserver.kubelet import Kubelet
 
 PUBLIC_PATHS = {"/version", "/healthz", "/livez", "/readyz"}  # system:public-info-viewer
 MAX_BODY = 3 * 1024 * 1024  # the apiserver's request size limit
@@ -33,6 +43,15 @@ class ApiServerState:
     git_version: str
     server_address: str = "127.0.0.1:6443"
     tokens: dict[str, str] = field(default_factory=dict)  # bearer token → user name
+    kubelet: Kubelet | None = None
+
+    def authenticate(self, path: str, authorization: str) -> str | None:
+        """The user a bearer token stands for; raises 401 unless the path is public."""
+        scheme, _, token = authorization.partition(" ")
+        user = self.tokens.get(token.strip()) if scheme.lower() == "bearer" else None
+        if user is None and path not in PUBLIC_PATHS:
+            raise errors.unauthorized()
+        return user
 
 
 @dataclass(frozen=True)
@@ -78,12 +97,51 @@ async def _body(request: Request) -> Any:
     if len(raw) > MAX_BODY:
         raise errors.StatusError(413, "RequestEntityTooLarge", "request entity too large")
     media = request.headers.get("content-type", "application/json").split(";", 1)[0].strip().lower()
+    if media == protobuf.MEDIA:
+        return protobuf.decode_body(raw)
+    if media in (patch.APPLY, "application/yaml"):
+        try:
+            return yaml.safe_load(raw.decode() or "null")
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise errors.bad_request(f"the body of the request could not be decoded as YAML: {exc}") from None
     if not media.endswith("json"):
         raise errors.unsupported_media_type(media)
     try:
         return json.loads(raw or b"null")
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise errors.bad_request(f"the body of the request could not be decoded as JSON: {exc}") from None
+
+
+def _check_accept(request: Request) -> None:
+    """Answer in JSON; refuse only a client that accepts nothing but protobuf."""
+    accept = request.headers.get("accept", "")
+    media = [m.split(";", 1)[0].strip().lower() for m in accept.split(",") if m.strip()]
+    if media and all(
+        m in (protobuf.MEDIA, "application/vnd.kubernetes.protobuf;stream=watch") for m in media
+    ):
+        raise errors.StatusError(
+            406,
+            "NotAcceptable",
+            f"only the following media types are accepted: application/json, application/yaml; not {accept}",
+        )
+
+
+def _validated(request: Request, rt: ResourceType, obj: Any, warnings: list[str]) -> Any:
+    """Server-side field validation: drop unknown fields; Strict refuses them, Warn reports them."""
+    directive = request.query_params.get("fieldValidation", "Warn")
+    if directive not in ("Ignore", "Warn", "Strict"):
+        raise errors.bad_request(f"fieldValidation must be one of Ignore, Warn, Strict, not {directive!r}")
+    unknown = fields.unknown_fields(rt.kind, obj)
+    if unknown and directive == "Strict":
+        listed = ", ".join(f'unknown field "{u}"' for u in unknown)
+        raise errors.bad_request(
+            f'{rt.kind} in version "{rt.version}" cannot be handled as a {rt.kind}: '
+            f"strict decoding error: {listed}"
+        )
+    if directive == "Warn":
+        warnings += [f'unknown field "{u}"' for u in unknown]
+    fields.prune(obj, unknown)
+    return obj
 
 
 def _limit(value: str | None) -> int:
@@ -98,10 +156,63 @@ def _now(state: ApiServerState) -> dt.datetime:
     return state.store.clock()
 
 
+def _json_with(doc: Any, warnings: list[str], status: int = 200) -> Response:
+    response = _json(doc, status)
+    for text in warnings:
+        response.headers.append("Warning", "299 - " + json.dumps(text))
+    return response
+
+
+async def _serve_subresource(request: Request, state: ApiServerState, t: Target) -> Response:
+    rt, store, method, sub = t.rt, state.store, request.method, t.subresource
+    assert t.name is not None and sub is not None
+    if sub not in rt.subresources:
+        raise _not_found()
+    dry_run = request.query_params.get("dryRun") == "All"
+    if sub == "log" and method == "GET":
+        assert state.kubelet is not None
+        return await logs.serve_log(request, state.kubelet, t.namespace or "", t.name)
+    if sub in upgrades.STREAMING:
+        store.get(rt, t.namespace, t.name)
+        raise errors.bad_request(upgrades.SPDY_UNSUPPORTED)
+    if sub == "status":
+        if method == "GET":
+            return _json(store.get(rt, t.namespace, t.name))
+        if method == "PUT":
+            body = await _body(request)
+            return _json(store.replace(rt, t.namespace, t.name, body, subresource="status", dry_run=dry_run))
+        if method == "PATCH":
+            content_type = request.headers.get("content-type", "")
+            body = await _body(request)
+            return _json(
+                store.patch(
+                    rt, t.namespace, t.name, content_type, body, subresource="status", dry_run=dry_run
+                )
+            )
+    if sub == "scale":
+        current = store.get(rt, t.namespace, t.name)
+        if method == "GET":
+            return _json(scale_of(current))
+        if method in ("PUT", "PATCH"):
+            body = await _body(request)
+            if method == "PATCH":
+                body = patch.apply(request.headers.get("content-type", ""), scale_of(current), body)
+            replicas = (body.get("spec") or {}).get("replicas") if isinstance(body, dict) else None
+            if not isinstance(replicas, int) or replicas < 0:
+                raise errors.invalid(
+                    "Scale", t.name, [("spec.replicas", "Invalid value: must be >= 0")], "autoscaling"
+                )
+            wanted_rv = (body.get("metadata") or {}).get("resourceVersion") if method == "PUT" else None
+            merge = {"spec": {"replicas": replicas}, "metadata": {"resourceVersion": wanted_rv}}
+            updated = store.patch(rt, t.namespace, t.name, patch.MERGE, merge, dry_run=dry_run)
+            return _json(scale_of(updated))
+    raise errors.method_not_allowed(f"{method} is not allowed on {rt.plural}/{sub}")
+
+
 async def _serve_resource(request: Request, state: ApiServerState, t: Target) -> Response:
     rt, store, method = t.rt, state.store, request.method
     if t.subresource is not None:
-        raise _not_found()
+        return await _serve_subresource(request, state, t)
     verb = {
         ("GET", False): "list",
         ("POST", False): "create",
@@ -112,13 +223,19 @@ async def _serve_resource(request: Request, state: ApiServerState, t: Target) ->
         ("DELETE", True): "delete",
     }.get((method, t.name is not None))
     query = request.query_params
-    if verb == "list" and query.get("watch") in ("1", "true"):
+    if verb in ("list", "get") and query.get("watch") in ("1", "true"):
         verb = "watch"
-    if verb is None or verb not in rt.verbs:
+    if verb is None or (verb not in rt.verbs and verb != "watch"):
         raise errors.method_not_allowed(
             f"the server does not allow this method on the requested resource ({method} {rt.plural})"
         )
+    _check_accept(request)
+    dry_run = query.get("dryRun") == "All"
+    warnings: list[str] = []
     table = tables.wants_table(request.headers.get("accept", ""))
+    include = query.get("includeObject", "Metadata")
+    if verb == "watch":
+        return await watch.serve_watch(request, store, rt, t.namespace, t.name)
     if verb == "list":
         items, meta = store.list(
             rt,
@@ -129,25 +246,38 @@ async def _serve_resource(request: Request, state: ApiServerState, t: Target) ->
             continue_token=query.get("continue", ""),
         )
         if table:
-            return _json(tables.table(rt, items, meta, _now(state)), media_type=tables.TABLE_MEDIA)
+            return _json(tables.table(rt, items, meta, _now(state), include), media_type=tables.TABLE_MEDIA)
         kind = f"{rt.kind}List"
         return _json({"kind": kind, "apiVersion": rt.group_version, "metadata": meta, "items": items})
     if verb == "get":
         assert t.name is not None
         obj = store.get(rt, t.namespace, t.name)
         if table:
-            return _json(tables.table(rt, [obj], {}, _now(state)), media_type=tables.TABLE_MEDIA)
+            return _json(tables.table(rt, [obj], {}, _now(state), include), media_type=tables.TABLE_MEDIA)
         return _json(obj)
     if verb == "create":
-        return _json(store.create(rt, t.namespace, await _body(request)), status=201)
+        body = _validated(request, rt, await _body(request), warnings)
+        return _json_with(store.create(rt, t.namespace, body, dry_run=dry_run), warnings, status=201)
     assert t.name is not None
     if verb == "update":
-        return _json(store.replace(rt, t.namespace, t.name, await _body(request)))
+        body = _validated(request, rt, await _body(request), warnings)
+        return _json_with(store.replace(rt, t.namespace, t.name, body, dry_run=dry_run), warnings)
     if verb == "patch":
         content_type = request.headers.get("content-type", "")
-        return _json(store.patch(rt, t.namespace, t.name, content_type, await _body(request)))
+        body = await _body(request)
+        if isinstance(body, dict):
+            _validated(request, rt, body, warnings)
+        if content_type.split(";", 1)[0].strip() == patch.APPLY:
+            obj, created = store.apply(rt, t.namespace, t.name, body, dry_run=dry_run)
+            return _json_with(obj, warnings, status=201 if created else 200)
+        return _json_with(store.patch(rt, t.namespace, t.name, content_type, body, dry_run=dry_run), warnings)
     if verb == "delete":
-        gone = store.delete(rt, t.namespace, t.name)
+        options = await _body(request) if int(request.headers.get("content-length") or 0) else None
+        options = options if isinstance(options, dict) else {}
+        dry_run = dry_run or options.get("dryRun") == ["All"]
+        gone = store.delete(
+            rt, t.namespace, t.name, preconditions=options.get("preconditions"), dry_run=dry_run
+        )
         return _json(errors.success(t.name, rt.plural, gone["metadata"].get("uid"), rt.group))
     raise errors.method_not_allowed(f"{verb} is not implemented by this stand-in")
 
@@ -162,6 +292,14 @@ async def _route(request: Request, state: ApiServerState) -> Response:
         return _json(discovery.api_versions(state.server_address))
     if parts == ["apis"]:
         return _json(discovery.group_list(state.registry))
+    if parts == ["openapi", "v3"]:
+        return _json(openapi.index(state.registry))
+    if parts[:2] == ["openapi", "v3"] and len(parts) in (4, 5):
+        gv = (parts[3], parts[4]) if parts[2] == "apis" and len(parts) == 5 else ("", parts[3])
+        doc = openapi.gv_document(state.registry, *gv) if parts[2] in ("api", "apis") else None
+        if doc is None:
+            raise _not_found()
+        return _json(doc)
     if len(parts) >= 2 and parts[:2] == ["api", "v1"]:
         found = _target(state, "", "v1", parts[2:])
     elif len(parts) == 2 and parts[0] == "apis":
@@ -178,23 +316,22 @@ async def _route(request: Request, state: ApiServerState) -> Response:
     return await _serve_resource(request, state, found)
 
 
-def _authenticate(request: Request, state: ApiServerState) -> None:
-    if request.url.path in PUBLIC_PATHS:
-        return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or token.strip() not in state.tokens:
-        raise errors.unauthorized()
-
-
-def build_app(state: ApiServerState) -> Starlette:
+def build_app(state: ApiServerState) -> Any:
     async def handle(request: Request) -> Response:
         try:
-            _authenticate(request, state)
+            state.authenticate(request.url.path, request.headers.get("authorization", ""))
             return await _route(request, state)
         except errors.StatusError as exc:
             return _json(exc.body(), status=exc.code)
 
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
-    app = Starlette(routes=[Route("/{path:path}", handle, methods=methods)])
-    app.state.apiserver = state
+    http = Starlette(routes=[Route("/{path:path}", handle, methods=methods)])
+    http.state.apiserver = state
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await upgrades.handle(WebSocket(scope, receive, send), state)
+        else:
+            await http(scope, receive, send)
+
     return app

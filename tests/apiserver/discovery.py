@@ -49,7 +49,37 @@ def _resource(rt: ResourceType) -> dict[str, Any]:
     }
     if rt.short_names:
         doc["shortNames"] = list(rt.short_names)
+    if rt.categories:
+        doc["categories"] = list(rt.categories)
     return doc
+
+
+# subresource → (kind, verbs, group, version); group/version only when they differ from the parent's
+SUBRESOURCES: dict[str, tuple[str, list[str], str | None, str | None]] = {
+    "attach": ("PodAttachOptions", ["create", "get"], None, None),
+    "exec": ("PodExecOptions", ["create", "get"], None, None),
+    "log": ("Pod", ["get"], None, None),
+    "portforward": ("PodPortForwardOptions", ["create", "get"], None, None),
+    "scale": ("Scale", ["get", "patch", "update"], "autoscaling", "v1"),
+    "status": ("", ["get", "patch", "update"], None, None),
+}
+
+
+def _subresources(rt: ResourceType) -> list[dict[str, Any]]:
+    out = []
+    for sub in rt.subresources:
+        kind, verbs, group, version = SUBRESOURCES[sub]
+        doc: dict[str, Any] = {
+            "name": f"{rt.plural}/{sub}",
+            "singularName": "",
+            "namespaced": rt.namespaced,
+            "kind": kind or rt.kind,
+            "verbs": verbs,
+        }
+        if group is not None:
+            doc["group"], doc["version"] = group, version
+        out.append(doc)
+    return out
 
 
 def resource_list(registry: Registry, group: str, version: str) -> dict[str, Any] | None:
@@ -60,7 +90,7 @@ def resource_list(registry: Registry, group: str, version: str) -> dict[str, Any
         "kind": "APIResourceList",
         "apiVersion": "v1",
         "groupVersion": f"{group}/{version}" if group else version,
-        "resources": [_resource(rt) for rt in types],
+        "resources": [doc for rt in types for doc in (_resource(rt), *_subresources(rt))],
     }
 
 

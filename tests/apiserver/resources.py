@@ -50,7 +50,12 @@ class ResourceType:
     default: Callable[[Obj], None] = lambda obj: None
     # Returns (field, message) problems; any problem turns the request into a 422.
     validate: Callable[[Obj], list[tuple[str, str]]] = lambda obj: []
+    # Problems with changing `old` into `new` (immutable fields), checked on update and patch.
+    validate_update: Callable[[Obj, Obj], list[tuple[str, str]]] = lambda old, new: []
     columns: tuple[Column, ...] = ()
+    subresources: tuple[str, ...] = ()  # served under .../{name}/{subresource}
+    generation: bool = False  # metadata.generation counts spec changes
+    categories: tuple[str, ...] = ()  # e.g. "all", for `kubectl get all`
 
     @property
     def group_version(self) -> str:
@@ -239,8 +244,10 @@ SECRETS = ResourceType(
 
 
 def default_registry() -> Registry:
+    from tests.apiserver.workloads import CONFIGMAPS, DEPLOYMENTS, PODS
+
     registry = Registry()
-    for rt in (NAMESPACES, NODES, SECRETS):
+    for rt in (NAMESPACES, NODES, PODS, CONFIGMAPS, SECRETS, DEPLOYMENTS):
         registry.add(rt)
     return registry
 

@@ -14,18 +14,24 @@ import shutil
 import socket
 import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import uvicorn
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.datastructures import Headers
+from websockets.server import ServerProtocol
 
 from kubearc import pki
 from tests.apiserver.app import ApiServerState, build_app
 from tests.apiserver.kubeconfig import write_kubeconfig
-from tests.apiserver.resources import NAMESPACES, NODES, default_registry
+from tests.apiserver.kubelet import Kubelet
+from tests.apiserver.resources import NAMESPACES, NODES, Obj, default_registry
 from tests.apiserver.store import ObjectStore, timestamp, utcnow
+from tests.apiserver.workloads import PODS
 
 DEFAULT_VERSION = "v1.36.1"
 SERVICE_NAMES = [
@@ -106,6 +112,20 @@ class _Server(uvicorn.Server):
         self._started_event.set()
 
 
+class _LenientServerProtocol(ServerProtocol):
+    """Leaves subprotocols to the app: kubectl offers `SPDY/3.1+portforward.k8s.io`, which is not an
+    RFC 6455 token ("/"), so the websockets library's strict parser would refuse the handshake."""
+
+    def process_subprotocol(self, headers: Headers) -> None:
+        return None  # uvicorn answers with the subprotocol the app accepts
+
+
+class _WebSocketProtocol(WebSocketsSansIOProtocol):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.conn = _LenientServerProtocol(max_size=self.config.ws_max_size, logger=self.logger)
+
+
 class ApiServer:
     """A Kubernetes apiserver stand-in over real HTTPS on 127.0.0.1 (tests and `kubearc demo`)."""
 
@@ -140,7 +160,7 @@ class ApiServer:
         self._cert, self._key = self.directory / "apiserver.crt", self.directory / "apiserver.key"
         serving.write(self._cert, self._key)
 
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP_NODELAY
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((host, 0))
         self.sock.listen(128)
@@ -149,8 +169,14 @@ class ApiServer:
 
         self.store = ObjectStore()
         self.registry = default_registry()
+        self.kubelet = Kubelet(self.store)
         self.state = ApiServerState(
-            self.registry, self.store, version, f"{host}:{self.port}", tokens={self.token: "admin"}
+            self.registry,
+            self.store,
+            version,
+            f"{host}:{self.port}",
+            tokens={self.token: "admin"},
+            kubelet=self.kubelet,
         )
         for ns in SYSTEM_NAMESPACES:
             self.store.create(NAMESPACES, None, {"metadata": {"name": ns}})
@@ -187,6 +213,72 @@ class ApiServer:
             namespace=namespace,
         )
 
+    # -- pods: the Python API tests use to play the containers' part ---------------------------------
+
+    def add_pod(
+        self,
+        name: str,
+        namespace: str = "default",
+        *,
+        containers: tuple[str, ...] | list[str] = ("main",),
+        image: str = "busybox:1.36",
+        labels: dict[str, str] | None = None,
+        ports: tuple[int, ...] | list[int] = (),
+    ) -> Obj:
+        """Create a Running pod (as if scheduled and started) with the named containers."""
+        spec = {
+            "containers": [
+                {
+                    "name": c,
+                    "image": image,
+                    **({"ports": [{"containerPort": p} for p in ports]} if ports else {}),
+                }
+                for c in containers
+            ]
+        }
+        meta: dict[str, object] = {"name": name, **({"labels": labels} if labels else {})}
+        return self.store.create(PODS, namespace, {"metadata": meta, "spec": spec})
+
+    def append_log(
+        self,
+        namespace: str,
+        pod: str,
+        *lines: str | bytes,
+        container: str | None = None,
+        stream: str = "stdout",
+    ) -> None:
+        """Append lines (with a newline where missing) to a container's log, for `logs -f` and `attach`."""
+        c = self.kubelet.container(namespace, pod, container)
+        for line in lines:
+            data = line.encode() if isinstance(line, str) else line
+            self.kubelet.append_log(c, data if data.endswith(b"\n") else data + b"\n", stream)
+
+    def end_logs(self, namespace: str, pod: str, container: str | None = None) -> None:
+        """The container's main process exits: followed logs and attached sessions end."""
+        self.kubelet.end_log(self.kubelet.container(namespace, pod, container))
+
+    def write_file(
+        self, namespace: str, pod: str, path: str, data: bytes, container: str | None = None
+    ) -> None:
+        self.kubelet.container(namespace, pod, container).fs.write(path, data)
+
+    def read_file(self, namespace: str, pod: str, path: str, container: str | None = None) -> bytes:
+        return self.kubelet.container(namespace, pod, container).fs.read(path)
+
+    def set_port_forward_target(
+        self, namespace: str, pod: str, port: int, address: tuple[str, int] | None
+    ) -> None:
+        """Where `port-forward` to the pod's `port` leads: a real TCP address, or None (built-in echo)."""
+        self.kubelet.set_port_target(self.kubelet.pod(namespace, pod), port, address)
+
+    def wait_for_watch(self, plural: str, group: str = "", count: int = 1, timeout: float = 15) -> None:
+        """Block until `count` watches on the resource are open (e.g. `kubectl get -w` has connected)."""
+        deadline = time.monotonic() + timeout
+        while self.store.watch_count(group, plural) < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no watch on {plural} opened within {timeout}s")
+            time.sleep(0.02)
+
     def _run(self) -> None:
         config = uvicorn.Config(
             build_app(self.state),
@@ -196,6 +288,8 @@ class ApiServer:
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=2,
+            ws=_WebSocketProtocol,
+            ws_per_message_deflate=False,
         )
         self._server = _Server(config, self._ready)
         try:

@@ -2,7 +2,9 @@
 
 One lock guards every object and the cluster-wide resourceVersion counter (as
 etcd's revision): each write bumps it, so resourceVersion preconditions, list
-resourceVersions and (later) watch resumption all have one order to refer to.
+resourceVersions and watch resumption all have one order to refer to. Every
+write is recorded as a watch `Event` (a bounded history, like etcd's before
+compaction) and handed to the listeners that `watch` registered.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import json
 import re
 import threading
 import uuid
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from tests.apiserver import errors, patch
@@ -26,6 +30,25 @@ _SELECTOR_TERM = re.compile(
     r"(?:(?P<op>==|=|!=)\s*(?P<value>[A-Za-z0-9_./-]*)|\s+(?P<setop>in|notin)\s*\((?P<values>[^)]*)\))?\s*"
     r"(?:,|$)"
 )
+
+
+HISTORY = 10_000  # watch events kept; older resourceVersions are "too old" (410 Expired)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One write, as a watch sees it: `old` is the object before a MODIFIED or DELETED."""
+
+    rv: int
+    type: str  # ADDED, MODIFIED or DELETED
+    group: str
+    plural: str
+    obj: Obj
+    old: Obj | None = None
+
+
+Listener = Callable[[Event], None]
+Mutator = Callable[[ResourceType, Obj, "Obj | None"], None]
 
 
 NAMESPACE_MISMATCH = "the namespace of the provided object does not match the namespace sent on the request"
@@ -83,6 +106,11 @@ class ObjectStore:
         self._lock = threading.RLock()
         self._objects: dict[Key, Obj] = {}
         self._rv = 0
+        self._history: deque[Event] = deque(maxlen=HISTORY)
+        self._listeners: set[Listener] = set()
+        self._watching: dict[Listener, tuple[str, str]] = {}  # open watches, by resource
+        # What controllers and the kubelet add to an object on every write (e.g. a pod's status).
+        self.mutators: list[Mutator] = []
 
     @property
     def resource_version(self) -> str:
@@ -92,6 +120,69 @@ class ObjectStore:
     def _next_rv(self) -> str:
         self._rv += 1
         return str(self._rv)
+
+    def _emit(self, rt: ResourceType, kind: str, obj: Obj, old: Obj | None = None) -> None:
+        event = Event(int(obj["metadata"]["resourceVersion"]), kind, rt.group, rt.plural, obj, old)
+        self._history.append(event)
+        for listener in list(self._listeners):
+            listener(event)
+
+    def watch(
+        self, rt: ResourceType, since: str | None, listener: Listener
+    ) -> tuple[list[Event], int] | None:
+        """Register `listener` for later writes and return what came before it, atomically.
+
+        `since` is the watch's resourceVersion: None or "0" starts with a synthetic
+        ADDED for every current object; a number replays the writes after it. Returns
+        None when that resourceVersion is older than the history (410 Expired).
+        """
+        with self._lock:
+            if since in (None, "", "0"):
+                backlog = [
+                    Event(
+                        int(o["metadata"]["resourceVersion"]), "ADDED", rt.group, rt.plural, copy.deepcopy(o)
+                    )
+                    for k, o in sorted(self._objects.items())
+                    if k[:2] == (rt.group, rt.plural)
+                ]
+            else:
+                try:
+                    start = int(since)
+                except ValueError:
+                    raise errors.bad_request(f"invalid resourceVersion {since!r}") from None
+                oldest = self._history[0].rv - 1 if len(self._history) == self._history.maxlen else 0
+                if start < oldest:
+                    return None
+                backlog = [
+                    e for e in self._history if e.rv > start and (e.group, e.plural) == (rt.group, rt.plural)
+                ]
+            self._listeners.add(listener)
+            self._watching[listener] = (rt.group, rt.plural)
+            return backlog, self._rv
+
+    def watch_count(self, group: str, plural: str) -> int:
+        """How many watches on a resource are open (for tests: is kubectl's `-w` connected yet?)."""
+        with self._lock:
+            return sum(1 for key in self._watching.values() if key == (group, plural))
+
+    def listen(self, listener: Listener) -> None:
+        """Call `listener` (under the store's lock: keep it short) for every write from now on."""
+        with self._lock:
+            self._listeners.add(listener)
+
+    def find(self, group: str, plural: str, namespace: str, name: str) -> Obj | None:
+        with self._lock:
+            obj = self._objects.get((group, plural, namespace, name))
+            return copy.deepcopy(obj) if obj is not None else None
+
+    def list_all(self, group: str, plural: str) -> list[Obj]:
+        with self._lock:
+            return [copy.deepcopy(o) for k, o in sorted(self._objects.items()) if k[:2] == (group, plural)]
+
+    def unwatch(self, listener: Listener) -> None:
+        with self._lock:
+            self._listeners.discard(listener)
+            self._watching.pop(listener, None)
 
     @staticmethod
     def _key(rt: ResourceType, namespace: str | None, name: str) -> Key:
@@ -129,13 +220,21 @@ class ObjectStore:
             raise errors.bad_request("metadata must be an object")
         return out
 
-    def _admit(self, rt: ResourceType, obj: Obj) -> None:
+    def _admit(self, rt: ResourceType, obj: Obj, old: Obj | None = None) -> None:
+        if rt.generation:
+            generation = (old or {}).get("metadata", {}).get("generation", 0)
+            changed = old is None or old.get("spec") != obj.get("spec")
+            obj["metadata"]["generation"] = generation + 1 if changed else generation
         rt.default(obj)
         problems = rt.validate(obj)
+        if old is not None and not problems:
+            problems = rt.validate_update(old, obj)
         if problems:
             raise errors.invalid(rt.kind, obj["metadata"].get("name", ""), problems, group=rt.group)
+        for mutate in self.mutators:
+            mutate(rt, obj, old)
 
-    def create(self, rt: ResourceType, namespace: str | None, obj: Obj) -> Obj:
+    def create(self, rt: ResourceType, namespace: str | None, obj: Obj, *, dry_run: bool = False) -> Obj:
         obj = self._check_type(rt, obj)
         meta = obj["metadata"]
         with self._lock:
@@ -152,13 +251,16 @@ class ObjectStore:
             key = self._key(rt, namespace, meta["name"])
             if key in self._objects:
                 raise errors.already_exists(rt.plural, meta["name"], rt.group)
-            self._admit(rt, obj)
             meta["uid"] = str(uuid.uuid4())
             meta["creationTimestamp"] = timestamp(self.clock())
-            meta["resourceVersion"] = self._next_rv()
-            for transient in ("deletionTimestamp", "generateName"):
+            for transient in ("deletionTimestamp", "generateName", "resourceVersion", "managedFields"):
                 meta.pop(transient, None)
+            self._admit(rt, obj)
+            if dry_run:
+                return copy.deepcopy(obj)
+            meta["resourceVersion"] = self._next_rv()
             self._objects[key] = obj
+            self._emit(rt, "ADDED", copy.deepcopy(obj))
             return copy.deepcopy(obj)
 
     def get(self, rt: ResourceType, namespace: str | None, name: str) -> Obj:
@@ -210,22 +312,42 @@ class ObjectStore:
                 items = items[:limit]
             return copy.deepcopy(items), meta
 
-    def _update(self, rt: ResourceType, current: Obj, new: Obj) -> Obj:
+    def _update(
+        self, rt: ResourceType, current: Obj, new: Obj, subresource: str | None = None, dry_run: bool = False
+    ) -> Obj:
         meta, old_meta = new["metadata"], current["metadata"]
         wanted_rv = meta.get("resourceVersion")
         if wanted_rv and wanted_rv != old_meta["resourceVersion"]:
             raise errors.conflict(rt.plural, old_meta["name"], rt.group)
-        for fixed in ("name", "namespace", "uid", "creationTimestamp"):
+        if subresource == "status":  # a status write changes only the status
+            new = {**copy.deepcopy(current), "status": new.get("status")}
+            meta = new["metadata"]
+        elif "status" in rt.subresources and "status" in current:  # ... and only a status write does
+            new["status"] = copy.deepcopy(current["status"])
+        for fixed in ("name", "namespace", "uid", "creationTimestamp", "generation"):
             if fixed in old_meta:
                 meta[fixed] = old_meta[fixed]
-        self._admit(rt, new)
+        meta.pop("managedFields", None)
+        self._admit(rt, new, current)
         if {**new, "metadata": {**meta, "resourceVersion": old_meta["resourceVersion"]}} == current:
             return copy.deepcopy(current)  # a no-op write keeps its resourceVersion, as the apiserver does
+        if dry_run:
+            return copy.deepcopy(new)
         meta["resourceVersion"] = self._next_rv()
         self._objects[self._key(rt, old_meta.get("namespace"), old_meta["name"])] = new
+        self._emit(rt, "MODIFIED", copy.deepcopy(new), copy.deepcopy(current))
         return copy.deepcopy(new)
 
-    def replace(self, rt: ResourceType, namespace: str | None, name: str, obj: Obj) -> Obj:
+    def replace(
+        self,
+        rt: ResourceType,
+        namespace: str | None,
+        name: str,
+        obj: Obj,
+        *,
+        subresource: str | None = None,
+        dry_run: bool = False,
+    ) -> Obj:
         obj = self._check_type(rt, obj)
         if obj["metadata"].get("name") not in (None, name):
             raise errors.bad_request("the name of the object does not match the name on the URL")
@@ -235,9 +357,19 @@ class ObjectStore:
             current = self._objects.get(self._key(rt, namespace, name))
             if current is None:
                 raise errors.not_found(rt.plural, name, rt.group)
-            return self._update(rt, current, obj)
+            return self._update(rt, current, obj, subresource, dry_run)
 
-    def patch(self, rt: ResourceType, namespace: str | None, name: str, content_type: str, body: Any) -> Obj:
+    def patch(
+        self,
+        rt: ResourceType,
+        namespace: str | None,
+        name: str,
+        content_type: str,
+        body: Any,
+        *,
+        subresource: str | None = None,
+        dry_run: bool = False,
+    ) -> Obj:
         with self._lock:
             current = self._objects.get(self._key(rt, namespace, name))
             if current is None:
@@ -246,15 +378,60 @@ class ObjectStore:
             # Only an explicit, different resourceVersion in the patch is a precondition.
             if patched["metadata"].get("resourceVersion") == current["metadata"]["resourceVersion"]:
                 patched["metadata"].pop("resourceVersion")
-            return self._update(rt, current, patched)
+            return self._update(rt, current, patched, subresource, dry_run)
 
-    def delete(self, rt: ResourceType, namespace: str | None, name: str) -> Obj:
+    def apply(
+        self, rt: ResourceType, namespace: str | None, name: str, body: Any, *, dry_run: bool = False
+    ) -> tuple[Obj, bool]:
+        """Server-side apply, simplified: create when missing, else merge (no field ownership)."""
         with self._lock:
-            obj = self._objects.pop(self._key(rt, namespace, name), None)
+            if self._key(rt, namespace, name) not in self._objects:
+                if not isinstance(body, dict):
+                    raise errors.bad_request("the apply patch must be an object")
+                body = copy.deepcopy(body)
+                body.setdefault("metadata", {}).setdefault("name", name)
+                return self.create(rt, namespace, body, dry_run=dry_run), True
+            return self.patch(rt, namespace, name, patch.APPLY, body, dry_run=dry_run), False
+
+    def delete(
+        self,
+        rt: ResourceType,
+        namespace: str | None,
+        name: str,
+        *,
+        preconditions: dict[str, str] | None = None,
+        dry_run: bool = False,
+    ) -> Obj:
+        with self._lock:
+            key = self._key(rt, namespace, name)
+            obj = self._objects.get(key)
             if obj is None:
                 raise errors.not_found(rt.plural, name, rt.group)
+            for field, value in (preconditions or {}).items():
+                if value and obj["metadata"].get(field) != value:
+                    raise errors.StatusError(
+                        409,
+                        "Conflict",
+                        f'Operation cannot be fulfilled on {rt.plural} "{name}": Precondition failed: '
+                        f"{field.upper() if field == 'uid' else field} in precondition: {value}, "
+                        f"{field} in object meta: {obj['metadata'].get(field)}",
+                    )
+            if dry_run:
+                return copy.deepcopy(obj)
+            doomed = [key]
             if rt.kind == "Namespace":
-                for key in [k for k in self._objects if k[2] == name]:
-                    del self._objects[key]
-            self._next_rv()
-            return obj
+                doomed += [k for k in sorted(self._objects) if k[2] == name]
+            for k in reversed(doomed):
+                gone = self._objects.pop(k)
+                gone["metadata"]["resourceVersion"] = self._next_rv()
+                owner = rt if k == key else _Plural(k[0], k[1])
+                self._emit(owner, "DELETED", copy.deepcopy(gone), copy.deepcopy(gone))  # type: ignore[arg-type]
+            return copy.deepcopy(obj)
+
+
+@dataclass(frozen=True)
+class _Plural:
+    """Enough of a ResourceType to name the events of objects deleted with their namespace."""
+
+    group: str
+    plural: str

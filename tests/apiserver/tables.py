@@ -22,7 +22,22 @@ def wants_table(accept: str) -> bool:
     return False
 
 
-def table(rt: ResourceType, items: list[Obj], list_meta: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
+def _row_object(obj: Obj, include: str) -> Obj | None:
+    """`includeObject`: None, Metadata (a PartialObjectMetadata, the default) or the whole Object."""
+    if include == "None":
+        return None
+    if include == "Object":
+        return obj
+    return {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj["metadata"]}
+
+
+def table(
+    rt: ResourceType,
+    items: list[Obj],
+    list_meta: dict[str, Any],
+    now: dt.datetime,
+    include: str = "Metadata",
+) -> dict[str, Any]:
     columns = rt.columns or (NAME, AGE)
     return {
         "kind": "Table",
@@ -41,11 +56,7 @@ def table(rt: ResourceType, items: list[Obj], list_meta: dict[str, Any], now: dt
         "rows": [
             {
                 "cells": [c.cell(obj, now) for c in columns],
-                "object": {
-                    "kind": "PartialObjectMetadata",
-                    "apiVersion": "meta.k8s.io/v1",
-                    "metadata": obj["metadata"],
-                },
+                "object": _row_object(obj, include),
             }
             for obj in items
         ],
