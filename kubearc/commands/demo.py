@@ -41,7 +41,7 @@ def demo(
         sys.path.insert(0, str(root))
     from tests.apiserver import ApiServer
     from tests.apiserver.kubectl import kubectl
-    from tests.tunnel_stack import TunnelStack, free_port, new_upn, user_token
+    from tests.tunnel_stack import TunnelStack, free_port
 
     work = Path(tempfile.mkdtemp(prefix="kubearc-demo-"))
     typer.echo(f"kubearc demo: working in {work}")
@@ -50,13 +50,10 @@ def demo(
         apiserver.add_pod("hello", "default", containers=["app"])
         stack = TunnelStack(work, apiserver, name="sandbox", group="demo")
         try:
-            typer.echo("starting the hub and its relay ...")
-            stack.start_hub()
-            scope = "/subscriptions/" + stack.resource_id.split("/")[2]
-            stack.sign_in(new_upn(), scope, ["Owner", "Azure Arc Enabled Kubernetes Cluster User Role"])
-            stack.create_cluster(user_token(stack))
-            typer.echo("onboarding the sandbox cluster and starting its agents ...")
-            stack.start_agents()
+            typer.echo(
+                "starting the hub and its relay, onboarding the sandbox cluster, starting its agents ..."
+            )
+            stack.up()
             config = work / "kubeconfig"
             port = free_port()
             stack.start_proxy(port, config, apiserver.token)
