@@ -187,3 +187,17 @@ def shared_hub(
             yield running
         finally:
             running.stop()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`sqlite_only` tests exercise agents or the tunnel, not the store: one backend is enough."""
+    dropped = [
+        item
+        for item in items
+        if item.get_closest_marker("sqlite_only")
+        and hasattr(item, "callspec")
+        and "postgres" in item.callspec.params.values()
+    ]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if item not in dropped]

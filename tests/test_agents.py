@@ -35,6 +35,8 @@ from tests.apiserver import ApiServer, NodeSpec
 from tests.apiserver.resources import NAMESPACES, SECRETS
 from tests.conftest import FakeClock, RunningHub
 
+pytestmark = pytest.mark.sqlite_only
+
 ROOT = Path(__file__).resolve().parent.parent
 SUB, RG = "sub1", "rg1"
 IDENTITY_SECRET = "secret:azure-arc/azure-identity-certificate"

@@ -13,6 +13,8 @@ from kubearc.cli import app
 from tests.clusters import SUB, connected
 from tests.conftest import RunningHub
 
+pytestmark = pytest.mark.sqlite_only
+
 PASSWORD = "correct horse battery"
 
 

@@ -32,6 +32,8 @@ from proxy.relay_server import RelayServer
 from tests.clusters import ConnectedCluster, connected
 from tests.conftest import RunningHub
 
+pytestmark = pytest.mark.sqlite_only
+
 
 async def echo_server() -> asyncio.Server:
     async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
