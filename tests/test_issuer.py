@@ -118,6 +118,8 @@ def test_discovery_documents(hub: RunningHub) -> None:
             "hubAudience": "api://kubearc-hub",
             "cliClientId": "kubearc-cli",
             "entraTenants": [],
+            "relayUrl": hub.config.relay,
+            "relayIssuer": hub.hub.issuer,
         }
         wrong = client.get("/00000000-0000-0000-0000-000000000000/v2.0/.well-known/openid-configuration")
         assert wrong.status_code == 400
