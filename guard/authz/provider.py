@@ -1,0 +1,117 @@
+"""`AzureAuthorizer`: answers a SubjectAccessReview from Azure RBAC (ARM or the kubearc hub).
+
+Order follows guard (REFERENCE §2): `system:` users, skip-listed users and groups
+and users without `extra.oid` get NoOpinion (the last configurable to Deny), so
+Kubernetes RBAC keeps deciding for them; discovery reads are allowed; everything
+else is mapped to a data action and asked of checkAccess. The answer is Allowed
+only when every decision is Allowed; a deny assignment is a Deny; plain
+NotAllowed is NoOpinion by default (Kubernetes RBAC may still grant it, as on
+Arc) or Deny. When checkAccess is slow, down, throttled or the breaker is open,
+the configured failure policy answers, with the reason; `authorize` never raises.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Literal
+
+from guard.authz.actions import CONNECTED_CLUSTERS, ActionMapper, Mapped, Wildcards
+from guard.authz.checkaccess import CheckAccessClient, CheckAccessError
+from guard.reviews import Decision, SubjectAccessReview
+
+log = logging.getLogger(__name__)
+
+Policy = Literal["noopinion", "deny"]
+
+# Each entry matches the path itself and everything below it (`/apis` matches `/apis/apps/v1`,
+# not `/apisx`).
+DISCOVERY_PATHS = ("/api", "/apis", "/openapi", "/version", "/healthz", "/livez", "/readyz")
+DISCOVERY_VERBS = frozenset({"get", "head"})
+
+
+@dataclass(frozen=True)
+class AuthorizerConfig:
+    cluster_resource_id: str
+    cluster_type: str = CONNECTED_CLUSTERS
+    skip_users: frozenset[str] = frozenset()
+    skip_groups: frozenset[str] = frozenset()
+    oid_key: str = "oid"
+    without_oid: Policy = "noopinion"
+    discovery_paths: tuple[str, ...] = DISCOVERY_PATHS
+    not_allowed: Policy = "noopinion"
+    unmappable: Policy = "deny"
+    failure: Policy = "noopinion"
+    wildcards: Wildcards = "literal"
+    extra_skip_prefixes: tuple[str, ...] = field(default=("system:",))
+
+
+def _decide(policy: Policy, reason: str, error: str = "") -> Decision:
+    if policy == "deny":
+        return Decision(denied=True, reason=reason, evaluation_error=error)
+    return Decision.no_opinion(reason, error)
+
+
+def security_groups(groups: list[str]) -> list[str]:
+    """Only Entra group object ids go to checkAccess (as guard's getValidSecurityGroups): the
+    apiserver adds `system:authenticated` and friends, which ARM would reject."""
+    out: list[str] = []
+    for group in groups:
+        try:
+            out.append(str(uuid.UUID(group)))
+        except ValueError:
+            continue
+    return sorted(set(out))
+
+
+def is_discovery(path: str, prefixes: tuple[str, ...]) -> bool:
+    path = path.rstrip("/") or "/"
+    return any(path == p or path.startswith(p.rstrip("/") + "/") for p in prefixes)
+
+
+class AzureAuthorizer:
+    """One per cluster; shares one `CheckAccessClient` (and so one cache) across reviews."""
+
+    def __init__(self, config: AuthorizerConfig, client: CheckAccessClient) -> None:
+        self.config = config
+        self.client = client
+        self.mapper = ActionMapper(config.cluster_resource_id, config.cluster_type, config.wildcards)
+
+    async def authorize(self, review: SubjectAccessReview, deadline: float) -> Decision:
+        try:
+            return await self._authorize(review, deadline)
+        except CheckAccessError as exc:
+            return _decide(self.config.failure, f"Azure RBAC unavailable ({exc.kind})", str(exc))
+        except Exception as exc:  # never let a review fail with a 5xx: the apiserver retries those
+            log.exception("authorizing %s failed", review.user)
+            return _decide(self.config.failure, "Azure RBAC check failed", f"{type(exc).__name__}: {exc}")
+
+    async def _authorize(self, review: SubjectAccessReview, deadline: float) -> Decision:
+        cfg = self.config
+        if any(review.user.startswith(p) for p in cfg.extra_skip_prefixes):
+            return Decision.no_opinion(f"user {review.user!r} is a system user; Azure RBAC has no opinion")
+        if review.user in cfg.skip_users:
+            return Decision.no_opinion(f"user {review.user!r} is skipped by configuration")
+        skipped = cfg.skip_groups.intersection(review.groups)
+        if skipped:
+            return Decision.no_opinion(f"group {sorted(skipped)[0]!r} is skipped by configuration")
+        oids = review.extra.get(cfg.oid_key) or []
+        if len(oids) != 1 or not oids[0]:
+            reason = f"user {review.user!r} has no Entra object id (extra.{cfg.oid_key})"
+            return _decide(cfg.without_oid, reason)
+        nra = review.non_resource
+        discovery = nra is not None and nra.verb.lower() in DISCOVERY_VERBS
+        if nra is not None and discovery and is_discovery(nra.path, cfg.discovery_paths):
+            return Decision.allow(f"discovery path {nra.path!r} is allowed for every Entra user")
+        mapped = self.mapper.map(review)
+        if not isinstance(mapped, Mapped):
+            return _decide(cfg.unmappable, f"no Azure data action: {mapped.reason}")
+        groups = security_groups(review.groups)
+        decisions = await self.client.check(oids[0], groups, mapped.scope, [mapped.action], deadline)
+        where = f"{mapped.action} at {mapped.scope}"
+        if decisions and all(d.allowed for d in decisions):
+            return Decision.allow(f"Azure RBAC allows {where}")
+        if any(d.denied for d in decisions):
+            return Decision.deny(f"an Azure deny assignment denies {where}")
+        return _decide(cfg.not_allowed, f"no Azure role assignment grants {where}")

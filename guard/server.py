@@ -1,0 +1,339 @@
+"""The guard webhook server: TokenReviews and SubjectAccessReviews over mutual TLS.
+
+Every review gets one deadline; past it (or on any internal fault) the answer is
+still HTTP 200: `authenticated: false` for TokenReviews, the failure policy for
+SubjectAccessReviews. A 5xx would make the apiserver retry with backoff and
+multiply the load of a struggling webhook. Malformed bodies get a 400 naming the
+problem. Each decision is one audit log line with a request id and never the token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import ssl
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import uvicorn
+from prometheus_client import CollectorRegistry, Counter
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from guard.authn.base import AuthenticationError, Authenticator
+from guard.authn.chain import AuthnChain
+from guard.config import GuardConfig
+from guard.reviews import (
+    Decision,
+    ReviewError,
+    SubjectAccessReview,
+    TokenReview,
+    subject_access_review_response,
+    token_review_response,
+)
+from kubearc.metrics import RequestMetrics, metrics_endpoint, request_histogram
+
+log = logging.getLogger("kubearc.guard")
+audit = logging.getLogger("kubearc.guard.audit")
+
+
+class Authorizer(Protocol):
+    async def authorize(self, review: SubjectAccessReview, deadline: float) -> Decision: ...
+
+
+@dataclass
+class GuardState:
+    config: GuardConfig
+    authenticator: Authenticator
+    authorizer: Authorizer
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    ready: bool = False
+
+    def __post_init__(self) -> None:
+        self.reviews = Counter(
+            "guard_reviews",
+            "Reviews answered by kind and result.",
+            ["kind", "result"],
+            registry=self.registry,
+        )
+
+
+class BadRequest(Exception):
+    pass
+
+
+async def _read_json(request: Request, limit: int) -> Any:
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise BadRequest(f"request body exceeds {limit} bytes")
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"request body is not JSON: {exc}") from None
+
+
+def _bad_request(message: str) -> Response:
+    return JSONResponse({"error": message}, status_code=400)
+
+
+def _request_id(request: Request) -> str:
+    # The apiserver sends its audit id; keep it so a decision can be matched to the apiserver's audit log.
+    return request.headers.get("audit-id") or uuid.uuid4().hex
+
+
+def _policy(state: GuardState, reason: str) -> Decision:
+    if state.config.failure_policy == "deny":
+        return Decision.deny(reason)
+    return Decision.no_opinion(reason, error=reason)
+
+
+async def token_reviews(request: Request) -> Response:
+    state: GuardState = request.app.state.guard
+    start = time.perf_counter()
+    try:
+        review = TokenReview.parse(await _read_json(request, state.config.max_body))
+    except (BadRequest, ReviewError) as exc:
+        state.reviews.labels("tokenreview", "malformed").inc()
+        return _bad_request(str(exc))
+    user = None
+    error = ""
+    audiences: list[str] = []
+    cached = False
+    try:
+        async with asyncio.timeout(state.config.deadline):
+            if isinstance(state.authenticator, AuthnChain):
+                result = await state.authenticator.review(review.token, review.audiences)
+                user, cached = result.user, result.cached
+                audiences = [a for a in review.audiences if a in result.audiences]
+            else:
+                user = await state.authenticator.authenticate(review.token, review.audiences)
+    except AuthenticationError as exc:
+        error = exc.reason
+    except TimeoutError:
+        error = f"authentication did not finish within {state.config.deadline:g}s"
+    except Exception:
+        log.exception("token review failed")
+        error = "internal error while authenticating"
+    state.reviews.labels("tokenreview", "authenticated" if user else "refused").inc()
+    audit.info(
+        "tokenreview",
+        extra={
+            "request_id": _request_id(request),
+            "authenticated": user is not None,
+            "user": user.username if user else None,
+            "uid": user.uid if user else None,
+            "groups": len(user.groups) if user else None,
+            "cached": cached,
+            "reason": error or None,
+            "ms": round((time.perf_counter() - start) * 1000, 3),
+        },
+    )
+    return JSONResponse(token_review_response(review, user, error, audiences))
+
+
+async def subject_access_reviews(request: Request) -> Response:
+    state: GuardState = request.app.state.guard
+    start = time.perf_counter()
+    try:
+        review = SubjectAccessReview.parse(await _read_json(request, state.config.max_body))
+    except (BadRequest, ReviewError) as exc:
+        state.reviews.labels("subjectaccessreview", "malformed").inc()
+        return _bad_request(str(exc))
+    deadline = time.monotonic() + state.config.deadline
+    try:
+        async with asyncio.timeout(state.config.deadline):
+            decision = await state.authorizer.authorize(review, deadline)
+    except TimeoutError:
+        decision = _policy(state, f"authorization did not finish within {state.config.deadline:g}s")
+    except Exception:
+        log.exception("subject access review failed")
+        decision = _policy(state, "internal error while authorizing")
+    result = "allowed" if decision.allowed else "denied" if decision.denied else "noopinion"
+    state.reviews.labels("subjectaccessreview", result).inc()
+    attrs = review.resource or review.non_resource
+    audit.info(
+        "subjectaccessreview",
+        extra={
+            "request_id": _request_id(request),
+            "user": review.user,
+            "uid": review.uid,
+            "verb": attrs.verb if attrs else None,
+            "resource": getattr(attrs, "resource", None),
+            "namespace": getattr(attrs, "namespace", None),
+            "path": getattr(attrs, "path", None),
+            "decision": result,
+            "reason": decision.reason or None,
+            "ms": round((time.perf_counter() - start) * 1000, 3),
+        },
+    )
+    return JSONResponse(subject_access_review_response(review, decision))
+
+
+async def healthz(_: Request) -> Response:
+    return PlainTextResponse("ok")
+
+
+async def readyz(request: Request) -> Response:
+    state: GuardState = request.app.state.guard
+    if not state.ready:
+        return PlainTextResponse("signing keys and configuration not loaded yet", status_code=503)
+    return PlainTextResponse("ok")
+
+
+def build_apps(state: GuardState) -> tuple[Any, Any]:
+    """(the mTLS review app, the plain health and metrics app)."""
+    histogram = request_histogram("guard", state.registry)
+    probes = [Route("/healthz", healthz), Route("/readyz", readyz)]
+    reviews = Starlette(
+        routes=[
+            Route("/tokenreviews", token_reviews, methods=["POST"]),
+            Route("/subjectaccessreviews", subject_access_reviews, methods=["POST"]),
+            *probes,
+        ]
+    )
+    health = Starlette(routes=[*probes, Route("/metrics", metrics_endpoint(state.registry))])
+    for app in (reviews, health):
+        app.state.guard = state
+    return RequestMetrics(reviews, histogram), health
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # IPPROTO_TCP: asyncio sets NODELAY
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    return sock
+
+
+class GuardServer:
+    """Both listeners and the key loader, run together until `should_exit`."""
+
+    def __init__(self, state: GuardState, ready: Any = None) -> None:
+        cfg = state.config
+        self.state = state
+        self.review_sock = bind(cfg.host, cfg.port)
+        self.health_sock = bind(cfg.health_host, cfg.health_port)
+        reviews, health = build_apps(state)
+        common: dict[str, Any] = {"log_config": None, "access_log": False, "lifespan": "off"}
+        self.review_server = uvicorn.Server(
+            uvicorn.Config(
+                reviews,
+                ssl_certfile=str(cfg.tls_cert),
+                ssl_keyfile=str(cfg.tls_key),
+                ssl_ca_certs=str(cfg.client_ca),
+                ssl_cert_reqs=ssl.CERT_REQUIRED,
+                timeout_graceful_shutdown=5,
+                **common,
+            )
+        )
+        self.health_server = uvicorn.Server(uvicorn.Config(health, timeout_graceful_shutdown=1, **common))
+        self._load = ready  # async callable loading keys (e.g. AuthnChain.ready)
+
+    @property
+    def port(self) -> int:
+        return int(self.review_sock.getsockname()[1])
+
+    @property
+    def health_port(self) -> int:
+        return int(self.health_sock.getsockname()[1])
+
+    @property
+    def started(self) -> bool:
+        return self.review_server.started and self.health_server.started
+
+    async def _become_ready(self) -> None:
+        delay = 0.5
+        while self._load is not None:
+            try:
+                await self._load()
+                break
+            except Exception as exc:  # any failure: not ready yet, try again
+                log.warning("cannot load signing keys yet", extra={"error": str(exc)[:200]})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        self.state.ready = True
+        log.info("guard ready", extra={"port": self.port, "health_port": self.health_port})
+
+    async def serve(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            loader = group.create_task(self._become_ready())
+            group.create_task(self.review_server.serve(sockets=[self.review_sock]))
+            group.create_task(self.health_server.serve(sockets=[self.health_sock]))
+            while not (self.review_server.should_exit or self.health_server.should_exit):  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+            loader.cancel()
+            self.stop()
+
+    def stop(self) -> None:
+        self.review_server.should_exit = True
+        self.health_server.should_exit = True
+
+    def close(self) -> None:
+        self.review_sock.close()
+        self.health_sock.close()
+
+
+class GuardThread:
+    """A guard served from a background thread with its own loop (tests, demos)."""
+
+    def __init__(self, make: Any) -> None:
+        self._make = make  # () -> (GuardState, loader) built on the guard's loop
+        self.server: GuardServer | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="guard", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # surfaced by start()
+            self._error = exc
+            self._started.set()
+
+    async def _main(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        state, loader = await self._make()
+        self.server = GuardServer(state, loader)
+        try:
+            task = asyncio.create_task(self.server.serve())
+            while not self.server.started and not task.done():  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+            self._started.set()
+            await task
+        finally:
+            self.server.close()
+
+    def start(self, timeout: float = 30) -> GuardThread:
+        self._thread.start()
+        if not self._started.wait(timeout) or self.server is None:
+            raise TimeoutError(f"guard did not start: {self._error}")
+        if self._error:
+            raise RuntimeError(f"guard failed to start: {self._error}") from self._error
+        return self
+
+    def run(self, coro: Any, timeout: float = 30) -> Any:
+        assert self.loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self, timeout: float = 15) -> None:
+        if self.server is not None:
+            self.server.stop()
+        self._thread.join(timeout)
+
+
+class NoAuthorizer:
+    """Authentication-only mode: every SubjectAccessReview is NoOpinion (Kubernetes RBAC decides)."""
+
+    async def authorize(self, review: SubjectAccessReview, deadline: float) -> Decision:
+        return Decision.no_opinion("kubearc guard has no authorizer configured")
