@@ -48,6 +48,7 @@ class ConnectAgent:
     backoff: RetryPolicy = field(default_factory=lambda: RetryPolicy(base=0.5, cap=30.0, deadline=None))
     sessions_started: int = 0
     live: int = 0
+    muxes: set[Mux] = field(default_factory=set, repr=False)  # live relay sessions (introspection)
 
     def _tls(self) -> ssl.SSLContext:
         return (
@@ -115,9 +116,11 @@ class ConnectAgent:
         mux.on_event = on_event
         self.sessions_started += 1
         self.live += 1
+        self.muxes.add(mux)
         try:
             await mux.run(self._up(mux, fresh), self._keepalive(mux, pongs), self._renew(mux))
         finally:
+            self.muxes.discard(mux)
             self.live -= 1
 
     async def _up(self, mux: Mux, fresh: asyncio.Event) -> None:

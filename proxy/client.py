@@ -56,6 +56,11 @@ class ClientProxy:
         self._up = asyncio.Event()
         self.renewals = 0
 
+    @property
+    def mux(self) -> Mux | None:
+        """The live relay session, if any (introspection)."""
+        return self._mux
+
     async def run(
         self, ready: Callable[[int], None] | None = None, stop: asyncio.Event | None = None
     ) -> None:

@@ -50,9 +50,12 @@ class Stream:
         self._chunks: deque[bytes] = deque()
         self._readable = asyncio.Event()
         self._writable = asyncio.Event()
+        self._failed = asyncio.Event()  # set once `error` is: a reset, or the session ended
         self._accepted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.eof = False
         self.error: StreamError | None = None
+        self.buffered = 0  # bytes received and not yet consumed: at most our window
+        self.peak_buffered = 0
 
     # Reading ------------------------------------------------------------------------------
 
@@ -68,6 +71,7 @@ class Stream:
         return self._chunks.popleft()
 
     def consumed(self, size: int) -> None:
+        self.buffered -= size
         self.mux.session.consumed(self.id, size)
         self.mux.wake_writer()
 
@@ -96,6 +100,15 @@ class Stream:
         self.mux.session.send_fin(self.id)
         self.mux.wake_writer()
 
+    async def wait_failed(self) -> None:
+        """Raise the stream's error once it is reset or its session ends (never returns otherwise).
+
+        For I/O loops blocked on something else (a socket that neither reads nor writes).
+        """
+        await self._failed.wait()
+        assert self.error is not None
+        raise self.error
+
     def reset(self, code: ErrorCode = ErrorCode.CANCEL, reason: str = "") -> None:
         if self.error is None:
             self.error = StreamError(code, reason or "reset locally")
@@ -109,6 +122,8 @@ class Stream:
     def _wake(self) -> None:
         self._readable.set()
         self._writable.set()
+        if self.error is not None:
+            self._failed.set()
 
 
 StreamHandler = Callable[[Stream], Awaitable[None]]
@@ -123,12 +138,18 @@ class Mux:
         self.handler = handler
         self.streams: dict[int, Stream] = {}
         self.blocked = 0  # times a writer waited for credit (a metric)
+        self.peak_stream_buffered = 0  # the most unconsumed bytes any one stream held (a metric)
         self._dirty = asyncio.Event()
         self._closed = asyncio.Event()
         self._tasks: asyncio.TaskGroup | None = None
         self._background: set[asyncio.Task[None]] = set()
         self.on_event: Callable[[ev.Event], None] | None = None  # renewals, pongs, goaway
         self.hello = asyncio.get_running_loop().create_future()
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received on live streams and not yet consumed: at most the connection window."""
+        return sum(stream.buffered for stream in self.streams.values())
 
     def wake_writer(self) -> None:
         self._dirty.set()
@@ -158,6 +179,9 @@ class Mux:
         except TimeoutError:
             stream.reset(ErrorCode.TIMEOUT, "open timed out")
             raise StreamError(ErrorCode.TIMEOUT, f"no answer to OPEN within {wait}s") from None
+        except asyncio.CancelledError:  # whoever wanted the stream is gone: do not leave it open
+            stream.reset(ErrorCode.CANCEL, "open cancelled")
+            raise
         return stream
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -191,6 +215,9 @@ class Mux:
                     await writer
                     for stream in list(self.streams.values()):
                         stream.error = stream.error or StreamError(ErrorCode.CANCEL, "session closed")
+                        if not stream._accepted.done():  # an `open` still waiting for its answer
+                            stream._accepted.set_exception(stream.error)
+                            stream._accepted.exception()
                         stream._wake()
                     self.streams.clear()
         finally:
@@ -229,6 +256,10 @@ class Mux:
                 self.session.consumed(event.stream_id, len(event.data))
             else:
                 stream._chunks.append(event.data)
+                stream.buffered += len(event.data)
+                if stream.buffered > stream.peak_buffered:
+                    stream.peak_buffered = stream.buffered
+                    self.peak_stream_buffered = max(self.peak_stream_buffered, stream.buffered)
                 stream._readable.set()
         elif isinstance(event, ev.WindowOpened):
             targets = self.streams.values() if event.stream_id == 0 else [self.streams.get(event.stream_id)]
@@ -294,5 +325,7 @@ class Mux:
                     await self.transport.send(frame)
                 except Exception:  # the reader sees the close and ends the session
                     return
-            if self._closed.is_set() and not frames:
-                return
+            if self._closed.is_set():
+                if not frames:
+                    return
+                self._dirty.set()  # closing: flush what was queued meanwhile (a GOAWAY), then stop

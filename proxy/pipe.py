@@ -33,10 +33,19 @@ async def _stream_to_socket(stream: Stream, writer: asyncio.StreamWriter) -> Non
 
 async def pipe_socket(stream: Stream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """Join `stream` and a TCP connection until both directions have ended."""
+    clean = False
     try:
         async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(_socket_to_stream(reader, stream))
-            tasks.create_task(_stream_to_socket(stream, writer))
+            # Both directions may be blocked on the socket (a peer that neither reads nor
+            # writes); the watch ends the pipe when the stream is reset or its session ends.
+            watch = tasks.create_task(stream.wait_failed())
+            directions = [
+                tasks.create_task(_socket_to_stream(reader, stream)),
+                tasks.create_task(_stream_to_socket(stream, writer)),
+            ]
+            await asyncio.wait(directions)
+            watch.cancel()
+        clean = True
     except* (StreamError, ConnectionError, OSError) as group:
         code = ErrorCode.CANCEL
         for exc in group.exceptions:
@@ -44,6 +53,11 @@ async def pipe_socket(stream: Stream, reader: asyncio.StreamReader, writer: asyn
                 code = ErrorCode(exc.code) if exc.code in ErrorCode._value2member_map_ else ErrorCode.CANCEL
         stream.reset(code, "connection closed")
     finally:
+        if not clean:
+            # A broken or abandoned stream: drop the socket at once. A graceful close would
+            # wait (forever, if the peer stopped reading) to flush bytes nobody will take.
+            stream.reset(ErrorCode.CANCEL, "connection closed")
+            writer.transport.abort()
         writer.close()
         with contextlib.suppress(Exception):
             await writer.wait_closed()
@@ -59,10 +73,12 @@ async def _forward(src: Stream, dst: Stream) -> None:
 
 async def pipe_streams(a: Stream, b: Stream) -> None:
     """Join two streams (the relay's switch): each direction ends on its own FIN."""
+    clean = False
     try:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(_forward(a, b))
             tasks.create_task(_forward(b, a))
+        clean = True
     except* StreamError as group:
         exc = group.exceptions[0]
         code = (
@@ -72,5 +88,8 @@ async def pipe_streams(a: Stream, b: Stream) -> None:
         a.reset(code, reason)
         b.reset(code, reason)
     finally:
+        if not clean:  # cancelled (a session ended under us): neither half may outlive the pipe
+            a.reset(ErrorCode.CANCEL, "relay stream cancelled")
+            b.reset(ErrorCode.CANCEL, "relay stream cancelled")
         a.mux.forget(a.id)
         b.mux.forget(b.id)

@@ -61,10 +61,16 @@ class Relay:
         self.replica_id = replica_id
         self.metrics = RelayMetrics()
         self._agents: dict[str, list[_AgentSession]] = {}
+        self.client_muxes: set[Mux] = set()  # live client sessions (introspection, leak checks)
         self._rr = itertools.count()
 
     def connected_clusters(self) -> list[str]:
         return sorted(k for k, v in self._agents.items() if v)
+
+    def agent_muxes(self, cluster: str | None = None) -> list[Mux]:
+        """Live agent sessions (of one cluster, or all)."""
+        keys = [cluster] if cluster is not None else list(self._agents)
+        return [s.mux for k in keys for s in self._agents.get(k, [])]
 
     # ---- agents -------------------------------------------------------------------------
 
@@ -139,10 +145,12 @@ class Relay:
         mux = Mux(session, transport, handler=handle)
         mux.on_event = self._renewals(mux, renew, state, "client")
         self.metrics.sessions.labels("client").inc()
+        self.client_muxes.add(mux)
         log.info("client session up", extra={"cluster": cluster, "user": user})
         try:
             await mux.run()
         finally:
+            self.client_muxes.discard(mux)
             self.metrics.sessions.labels("client").dec()
             log.info("client session down", extra={"cluster": cluster, "user": user})
 

@@ -206,7 +206,7 @@ def json_frame(ftype: FrameType, stream_id: int, doc: dict[str, Any]) -> Frame:
 def read_json(frame: Frame) -> dict[str, Any]:
     try:
         doc = json.loads(frame.payload)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # also too deep nesting, too long integers
         raise FrameError(
             ErrorCode.PROTOCOL_ERROR, f"{frame.type.name} payload is not JSON: {exc}", frame.stream_id
         ) from None

@@ -138,9 +138,10 @@ class Session:
         sid = self._next_sid
         if sid > fr.MAX_STREAM_ID:
             raise SessionClosed("stream ids exhausted; reconnect")
+        frame = fr.json_frame(FrameType.OPEN, sid, target)  # may raise: then nothing is left behind
         self._next_sid += 2
         self._streams[sid] = _Stream(sid, self._peer_settings.initial_window, self.settings.initial_window)
-        self._queue(fr.json_frame(FrameType.OPEN, sid, target))
+        self._queue(frame)
         return sid
 
     def accept(self, sid: int) -> None:
