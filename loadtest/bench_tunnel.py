@@ -1116,7 +1116,7 @@ class Runner:
         port = self.bench.ports[path]
         for done in range(self.args.aborts):
             got = await self.attempt(
-                "aborted download", path, download(port, 1, 0.05, warmup=0.05, abort=True), 15
+                "aborted download", path, download(port, 1, 0.05, warmup=0.05, abort=True), 10
             )
             if got is None:  # the path stopped carrying data: say after how many resets
                 return done, None
@@ -1477,10 +1477,10 @@ def hold(bench: Bench, seconds: float) -> int:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0] if __doc__ else None)
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds per test (paths rotate)")
-    p.add_argument("--bulk-seconds", type=float, default=2.0, help="measured seconds per bulk transfer")
+    p.add_argument("--bulk-seconds", type=float, default=1.5, help="measured seconds per bulk transfer")
     p.add_argument("--parallel", type=int, default=16, help="streams in the multi-stream bulk tests")
     p.add_argument("--rtt-count", type=int, default=2000, help="round trips per path per round")
-    p.add_argument("--loaded-seconds", type=float, default=2.5, help="probe seconds beside a bulk stream")
+    p.add_argument("--loaded-seconds", type=float, default=2.0, help="probe seconds beside a bulk stream")
     p.add_argument(
         "--loaded", default="down,up", help="directions of the saturating bulk stream (down = to the client)"
     )
