@@ -65,9 +65,11 @@ class ConnectAgent:
                 retire = asyncio.Event()  # set on GOAWAY: start the next session now
                 task = sessions.create_task(self._session(fresh, retire))
                 waits = [asyncio.ensure_future(e.wait()) for e in (retire, stop)]
-                done, _ = await asyncio.wait([task, *waits], return_when=asyncio.FIRST_COMPLETED)
-                for w in waits:
-                    w.cancel()
+                try:
+                    done, _ = await asyncio.wait([task, *waits], return_when=asyncio.FIRST_COMPLETED)
+                finally:  # also when run() is cancelled: no orphaned waiters
+                    for w in waits:
+                        w.cancel()
                 if stop.is_set():
                     task.cancel()
                     break
