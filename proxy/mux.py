@@ -56,6 +56,7 @@ class Stream:
         self.error: StreamError | None = None
         self.buffered = 0  # bytes received and not yet consumed: at most our window
         self.peak_buffered = 0
+        self.released = False  # left the mux: its buffered bytes were credited back already
 
     # Reading ------------------------------------------------------------------------------
 
@@ -71,9 +72,26 @@ class Stream:
         return self._chunks.popleft()
 
     def consumed(self, size: int) -> None:
+        if self.released:  # `release` already gave this credit back to the connection
+            return
         self.buffered -= size
         self.mux.session.consumed(self.id, size)
         self.mux.wake_writer()
+
+    def release(self) -> None:
+        """Drop what was received and not consumed, crediting it back to the connection window.
+
+        Without this every stream reset mid-transfer would keep its unread bytes charged against
+        the connection, and after a few such resets the whole session would stall.
+        """
+        if self.released:
+            return
+        self.released = True
+        self._chunks.clear()
+        if self.buffered:
+            self.mux.session.consumed(self.id, self.buffered)
+            self.buffered = 0
+            self.mux.wake_writer()
 
     # Writing ------------------------------------------------------------------------------
 
@@ -155,7 +173,9 @@ class Mux:
         self._dirty.set()
 
     def forget(self, sid: int) -> None:
-        self.streams.pop(sid, None)
+        stream = self.streams.pop(sid, None)
+        if stream is not None:
+            stream.release()
 
     def accept(self, stream: Stream) -> None:
         """Answer a peer's OPEN: the stream is ready for data both ways."""
@@ -275,6 +295,7 @@ class Mux:
         elif isinstance(event, ev.StreamRejected | ev.StreamReset):
             stream = self.streams.pop(event.stream_id, None)
             if stream is not None:
+                stream.release()
                 stream.error = StreamError(event.code, event.reason)
                 if not stream._accepted.done():
                     stream._accepted.set_exception(stream.error)
