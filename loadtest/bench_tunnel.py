@@ -222,7 +222,7 @@ def mux_stats(muxes: list[Any]) -> dict[str, int]:
         "sessions": len(muxes),
         "streams": sum(len(m.streams) for m in muxes),
         "session_streams": sum(m.session.open_streams for m in muxes),
-        "buffered": sum(len(c) for m in muxes for s in m.streams.values() for c in s._chunks),
+        "buffered": sum(s.buffered for m in muxes for s in m.streams.values()),
         "unreturned": unreturned,
     }
 

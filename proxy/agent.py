@@ -24,7 +24,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from kubearc.retry import RetryPolicy
 from proxy.mux import Mux, Stream
-from proxy.pipe import pipe_socket
+from proxy.pipe import SocketPipe
 from proxy.protocol import events as ev
 from proxy.protocol.frames import ErrorCode
 from proxy.protocol.session import Role, Session, Settings
@@ -154,10 +154,12 @@ class ConnectAgent:
 
     async def _open_apiserver(self, stream: Stream) -> None:
         host, port = self.apiserver
+        loop = asyncio.get_running_loop()
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), self.connect_timeout)
+            async with asyncio.timeout(self.connect_timeout):
+                _, pipe = await loop.create_connection(SocketPipe, host, port)
         except (OSError, TimeoutError) as exc:
             stream.mux.refuse(stream, ErrorCode.CONNECT_FAILED, f"apiserver {host}:{port}: {exc}")
             return
         stream.mux.accept(stream)
-        await pipe_socket(stream, reader, writer)
+        pipe.attach(stream)

@@ -20,7 +20,7 @@ from websockets.asyncio.client import connect
 
 from kubearc.retry import RetryPolicy
 from proxy.mux import Mux, StreamError
-from proxy.pipe import pipe_socket
+from proxy.pipe import SocketPipe
 from proxy.protocol import events as ev
 from proxy.protocol.session import Role, Session, Settings
 
@@ -67,17 +67,32 @@ class ClientProxy:
         """Listen on loopback and keep a relay session until `stop`."""
         stop = stop or asyncio.Event()
         self.credential = await self.credentials()
-        server = await asyncio.start_server(self._accept, self.host, self.port, limit=256 * 1024)
-        self.port = server.sockets[0].getsockname()[1]
-        async with server, asyncio.TaskGroup() as tasks:
-            keeper = tasks.create_task(self._keep_session())
-            if ready:
-                ready(self.port)
-            await stop.wait()
-            keeper.cancel()
-            server.close()
+        loop = asyncio.get_running_loop()
+        openers: set[asyncio.Task[None]] = set()
+        async with asyncio.TaskGroup() as tasks:
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            def accepted() -> SocketPipe:
+                # Opening the stream is the only step that waits (for the relay's answer); the
+                # pipe itself runs on callbacks.
+                pipe = SocketPipe()
+                task = tasks.create_task(self._open_for(pipe))
+                openers.add(task)
+                task.add_done_callback(openers.discard)
+                return pipe
+
+            server = await loop.create_server(accepted, self.host, self.port, backlog=1024)
+            self.port = server.sockets[0].getsockname()[1]
+            async with server:
+                keeper = tasks.create_task(self._keep_session())
+                if ready:
+                    ready(self.port)
+                await stop.wait()
+                server.close()
+                for task in [keeper, *openers]:
+                    task.cancel()
+
+    async def _open_for(self, pipe: SocketPipe) -> None:
+        """Open the tunnel stream for one accepted connection and join the two."""
         try:
             async with asyncio.timeout(self.open_wait):
                 await self._up.wait()
@@ -85,10 +100,11 @@ class ClientProxy:
                     raise ConnectionError("relay session went away")
                 stream = await self._mux.open({"kind": "apiserver"})
         except (TimeoutError, StreamError, ConnectionError) as exc:
-            log.warning("cannot open a tunnel stream", extra={"error": str(exc)})
-            writer.close()
+            log.warning("cannot open a tunnel stream", extra={"error": str(exc) or type(exc).__name__})
+            if pipe.transport is not None:
+                pipe.transport.close()
             return
-        await pipe_socket(stream, reader, writer)
+        pipe.attach(stream)
 
     async def _keep_session(self) -> None:
         failures = 0

@@ -40,23 +40,71 @@ class StreamError(Exception):
         self.reason = reason
 
 
+class StreamListener(Protocol):
+    """Takes a stream's events as callbacks instead of `read`/`write` calls (see `pipe.py`).
+
+    Callbacks run inside the mux's reader, so they must not block: they hand data on at once
+    (`Stream.send_now`, a transport's `write`) and call `consumed` when it has really left.
+    """
+
+    def stream_data(self, stream: Stream, data: bytes) -> None: ...
+
+    def stream_eof(self, stream: Stream) -> None: ...
+
+    def stream_writable(self, stream: Stream) -> None: ...
+
+    def stream_failed(self, stream: Stream, error: StreamError) -> None: ...
+
+
 class Stream:
-    """One multiplexed byte stream with half-close, as a pair of async read/write calls."""
+    """One multiplexed byte stream with half-close: async `read`/`write`, or a `StreamListener`.
+
+    Tens of thousands may sit idle, so a stream holds no task and creates its events and
+    buffers only when first needed.
+    """
+
+    __slots__ = (
+        "_accepted",
+        "_chunks",
+        "_failed",
+        "_readable",
+        "_writable",
+        "buffered",
+        "eof",
+        "error",
+        "id",
+        "listener",
+        "mux",
+        "peak_buffered",
+        "released",
+        "target",
+    )
 
     def __init__(self, mux: Mux, sid: int, target: dict[str, Any]) -> None:
         self.mux = mux
         self.id = sid
         self.target = target
-        self._chunks: deque[bytes] = deque()
-        self._readable = asyncio.Event()
-        self._writable = asyncio.Event()
-        self._failed = asyncio.Event()  # set once `error` is: a reset, or the session ended
-        self._accepted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.listener: StreamListener | None = None
+        self._chunks: deque[bytes] | None = None
+        self._readable: asyncio.Event | None = None
+        self._writable: asyncio.Event | None = None
+        self._failed: asyncio.Event | None = None  # set once `error` is: a reset, or the session ended
+        self._accepted: asyncio.Future[None] | None = None  # only for streams we open
         self.eof = False
         self.error: StreamError | None = None
         self.buffered = 0  # bytes received and not yet consumed: at most our window
         self.peak_buffered = 0
         self.released = False  # left the mux: its buffered bytes were credited back already
+
+    def listen(self, listener: StreamListener) -> None:
+        """Deliver this stream's events to `listener` from now on (what arrived before, at once)."""
+        self.listener = listener
+        while self._chunks and self.listener is not None:
+            self._notify(listener.stream_data, self._chunks.popleft())
+        if self.error is not None:
+            self._wake()
+        elif self.eof:
+            self._notify(listener.stream_eof)
 
     # Reading ------------------------------------------------------------------------------
 
@@ -67,6 +115,8 @@ class Stream:
                 raise self.error
             if self.eof:
                 return b""
+            if self._readable is None:
+                self._readable = asyncio.Event()
             self._readable.clear()
             await self._readable.wait()
         return self._chunks.popleft()
@@ -87,7 +137,7 @@ class Stream:
         if self.released:
             return
         self.released = True
-        self._chunks.clear()
+        self._chunks = None
         if self.buffered:
             self.mux.session.consumed(self.id, self.buffered)
             self.buffered = 0
@@ -95,26 +145,40 @@ class Stream:
 
     # Writing ------------------------------------------------------------------------------
 
+    def send_now(self, data: bytes | memoryview) -> int:
+        """Queue as much of `data` as credit allows, without waiting; return how much was taken.
+
+        When not all of it was, `stream_writable` (or a waiting `write`) follows once credit
+        arrives.
+        """
+        if self.error:
+            raise self.error
+        try:
+            taken = self.mux.session.send(self.id, data)
+        except SessionClosed as exc:
+            raise StreamError(ErrorCode.STREAM_CLOSED, str(exc)) from None
+        if taken:
+            self.mux.wake_writer()
+        if taken < len(data):
+            self.mux.starved.add(self)
+            self.mux.blocked += 1
+        return taken
+
     async def write(self, data: bytes | memoryview) -> None:
         """Send all of `data`, waiting for credit as needed."""
         view = memoryview(data)
         while view:
-            if self.error:
-                raise self.error
-            try:
-                taken = self.mux.session.send(self.id, view)
-            except SessionClosed as exc:
-                raise StreamError(ErrorCode.STREAM_CLOSED, str(exc)) from None
-            view = view[taken:]
-            if taken:
-                self.mux.wake_writer()
-            if view:
-                self._writable.clear()
-                if self.mux.session.send_capacity(self.id) == 0:
-                    self.mux.blocked += 1
-                    await self._writable.wait()
+            if self._writable is None:
+                self._writable = asyncio.Event()
+            self._writable.clear()
+            view = view[self.send_now(view) :]
+            if view and self.mux.session.send_capacity(self.id) == 0:
+                await self._writable.wait()
 
     async def write_eof(self) -> None:
+        self.write_eof_now()
+
+    def write_eof_now(self) -> None:
         self.mux.session.send_fin(self.id)
         self.mux.wake_writer()
 
@@ -123,7 +187,10 @@ class Stream:
 
         For I/O loops blocked on something else (a socket that neither reads nor writes).
         """
-        await self._failed.wait()
+        if self.error is None:
+            if self._failed is None:
+                self._failed = asyncio.Event()
+            await self._failed.wait()
         assert self.error is not None
         raise self.error
 
@@ -137,11 +204,59 @@ class Stream:
 
     # Driven by the mux --------------------------------------------------------------------
 
+    def _data(self, data: bytes) -> None:
+        self.buffered += len(data)
+        if self.buffered > self.peak_buffered:
+            self.peak_buffered = self.buffered
+            if self.buffered > self.mux.peak_stream_buffered:
+                self.mux.peak_stream_buffered = self.buffered
+        if self.listener is not None:
+            self._notify(self.listener.stream_data, data)
+            return
+        if self._chunks is None:
+            self._chunks = deque()
+        self._chunks.append(data)
+        if self._readable is not None:
+            self._readable.set()
+
+    def _ended(self) -> None:
+        self.eof = True
+        if self.listener is not None:
+            self._notify(self.listener.stream_eof)
+        elif self._readable is not None:
+            self._readable.set()
+
+    def _on_writable(self) -> None:
+        if self.listener is not None:
+            self._notify(self.listener.stream_writable)
+        if self._writable is not None:
+            self._writable.set()
+
+    def _fail_open(self) -> None:
+        accepted = self._accepted
+        if accepted is not None and not accepted.done() and self.error is not None:
+            accepted.set_exception(self.error)
+            accepted.exception()  # retrieved: the opener may be gone
+
     def _wake(self) -> None:
-        self._readable.set()
-        self._writable.set()
-        if self.error is not None:
-            self._failed.set()
+        """After an error: every waiter and the listener learn of it (once)."""
+        for event in (self._readable, self._writable, self._failed):
+            if event is not None:
+                event.set()
+        listener, self.listener = self.listener, None
+        if listener is not None and self.error is not None:
+            try:
+                listener.stream_failed(self, self.error)
+            except Exception:
+                log.exception("stream listener failed", extra={"stream": self.id})
+
+    def _notify(self, callback: Callable[..., None], *args: Any) -> None:
+        """Run a listener callback; a failing one costs its stream, never the session."""
+        try:
+            callback(self, *args)
+        except Exception:
+            log.exception("stream listener failed", extra={"stream": self.id})
+            self.reset(ErrorCode.INTERNAL_ERROR, "stream handler failed")
 
 
 StreamHandler = Callable[[Stream], Awaitable[None]]
@@ -156,6 +271,7 @@ class Mux:
         self.handler = handler
         self.streams: dict[int, Stream] = {}
         self.blocked = 0  # times a writer waited for credit (a metric)
+        self.starved: set[Stream] = set()  # streams that ran out of credit: woken when it returns
         self.peak_stream_buffered = 0  # the most unconsumed bytes any one stream held (a metric)
         self._dirty = asyncio.Event()
         self._closed = asyncio.Event()
@@ -175,6 +291,7 @@ class Mux:
     def forget(self, sid: int) -> None:
         stream = self.streams.pop(sid, None)
         if stream is not None:
+            self.starved.discard(stream)
             stream.release()
 
     def accept(self, stream: Stream) -> None:
@@ -192,10 +309,11 @@ class Mux:
         """Open a stream and wait (at most `wait` seconds) for the peer to accept it."""
         sid = self.session.open_stream(target)
         stream = Stream(self, sid, target)
+        accepted = stream._accepted = asyncio.get_running_loop().create_future()
         self.streams[sid] = stream
         self.wake_writer()
         try:
-            await asyncio.wait_for(asyncio.shield(stream._accepted), wait)
+            await asyncio.wait_for(asyncio.shield(accepted), wait)
         except TimeoutError:
             stream.reset(ErrorCode.TIMEOUT, "open timed out")
             raise StreamError(ErrorCode.TIMEOUT, f"no answer to OPEN within {wait}s") from None
@@ -235,11 +353,10 @@ class Mux:
                     await writer
                     for stream in list(self.streams.values()):
                         stream.error = stream.error or StreamError(ErrorCode.CANCEL, "session closed")
-                        if not stream._accepted.done():  # an `open` still waiting for its answer
-                            stream._accepted.set_exception(stream.error)
-                            stream._accepted.exception()
+                        stream._fail_open()  # an `open` still waiting for its answer
                         stream._wake()
                     self.streams.clear()
+                    self.starved.clear()
         finally:
             self._tasks = None
             if not self.hello.done():
@@ -275,37 +392,33 @@ class Mux:
             if stream is None:
                 self.session.consumed(event.stream_id, len(event.data))
             else:
-                stream._chunks.append(event.data)
-                stream.buffered += len(event.data)
-                if stream.buffered > stream.peak_buffered:
-                    stream.peak_buffered = stream.buffered
-                    self.peak_stream_buffered = max(self.peak_stream_buffered, stream.buffered)
-                stream._readable.set()
+                stream._data(event.data)
         elif isinstance(event, ev.WindowOpened):
-            targets = self.streams.values() if event.stream_id == 0 else [self.streams.get(event.stream_id)]
-            for stream in targets:
-                if stream is not None:
-                    stream._writable.set()
+            if event.stream_id == 0:
+                starved, self.starved = self.starved, set()
+                for stream in starved:
+                    stream._on_writable()
+            elif (stream := self.streams.get(event.stream_id)) is not None:
+                self.starved.discard(stream)
+                stream._on_writable()
         elif isinstance(event, ev.StreamOpened):
             self._on_open(event)
         elif isinstance(event, ev.StreamAccepted):
             stream = self.streams.get(event.stream_id)
-            if stream and not stream._accepted.done():
+            if stream is not None and stream._accepted is not None and not stream._accepted.done():
                 stream._accepted.set_result(None)
         elif isinstance(event, ev.StreamRejected | ev.StreamReset):
             stream = self.streams.pop(event.stream_id, None)
             if stream is not None:
+                self.starved.discard(stream)
                 stream.release()
                 stream.error = StreamError(event.code, event.reason)
-                if not stream._accepted.done():
-                    stream._accepted.set_exception(stream.error)
-                    stream._accepted.exception()
+                stream._fail_open()
                 stream._wake()
         elif isinstance(event, ev.StreamEnded):
             stream = self.streams.get(event.stream_id)
             if stream is not None:
-                stream.eof = True
-                stream._readable.set()
+                stream._ended()
         elif isinstance(event, ev.Hello):
             if not self.hello.done():
                 self.hello.set_result(event)
@@ -333,7 +446,9 @@ class Mux:
             log.exception("stream handler failed", extra={"stream": stream.id})
             stream.reset(ErrorCode.INTERNAL_ERROR, "handler failed")
         finally:
-            if stream.id in self.streams and stream.error is None and stream.eof:
+            # A handler that attached a listener handed the stream to it; otherwise a stream whose
+            # handler is done and whose peer finished is over.
+            if stream.listener is None and stream.id in self.streams and stream.error is None and stream.eof:
                 self.forget(stream.id)
 
     async def _write_loop(self) -> None:

@@ -1,7 +1,7 @@
 """The relay: a frame switch between client sessions and agent sessions.
 
 It never parses HTTP. A client stream is matched with a fresh stream on one of
-the requested cluster's agent sessions and the two are joined (`pipe_streams`):
+the requested cluster's agent sessions and the two are joined (`StreamPipe`):
 each hop has its own credit window, so the relay holds at most one window of
 data per direction per stream, however fast either end is.
 
@@ -23,7 +23,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from proxy.mux import Mux, Stream, StreamError, Transport
-from proxy.pipe import pipe_streams
+from proxy.pipe import StreamPipe
 from proxy.protocol import events as ev
 from proxy.protocol.frames import ErrorCode
 from proxy.protocol.session import Role, Session, Settings
@@ -137,10 +137,7 @@ class Relay:
             mux.accept(stream)
             self.metrics.opened.inc()
             self.metrics.streams.inc()
-            try:
-                await pipe_streams(stream, upstream)
-            finally:
-                self.metrics.streams.dec()
+            StreamPipe(stream, upstream, on_done=self.metrics.streams.dec).start()
 
         mux = Mux(session, transport, handler=handle)
         mux.on_event = self._renewals(mux, renew, state, "client")
