@@ -11,7 +11,9 @@ dirty. Streams grant credit back only when their data has really been handed on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
@@ -21,6 +23,24 @@ from proxy.protocol.frames import ErrorCode
 from proxy.protocol.session import Session, SessionClosed
 
 log = logging.getLogger("kubearc.tunnel")
+WRITE_BATCH = 256 * 1024  # bytes of data frames the writer takes from the session per turn
+UNSENT_LOW_WATER = 128 * 1024
+
+
+def limit_unsent(transport: object) -> None:
+    """Keep at most ~128 KiB not yet sent in the kernel's socket buffer (TCP_NOTSENT_LOWAT).
+
+    Without it the kernel happily queues megabytes of one bulk stream, in FIFO order, in
+    front of every other stream's small reply; with it the backlog stays in the session,
+    where streams take turns.
+    """
+    raw = getattr(transport, "transport", None)  # a websocket connection's asyncio transport
+    sock = raw.get_extra_info("socket") if raw is not None else None
+    option = getattr(socket, "TCP_NOTSENT_LOWAT", None)
+    if sock is None or option is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, option, UNSENT_LOW_WATER)
 
 
 class Transport(Protocol):
@@ -337,6 +357,7 @@ class Mux:
         `background` coroutines (keepalives, expiry watches) live exactly as long as the session.
         """
         self.wake_writer()  # our HELLO
+        limit_unsent(self.transport)
         try:
             async with asyncio.TaskGroup() as tasks:
                 self._tasks = tasks
@@ -455,13 +476,16 @@ class Mux:
         while True:
             await self._dirty.wait()
             self._dirty.clear()
-            frames = self.session.frames_to_send()
+            # A bounded batch per turn: what other streams queue meanwhile gets the next turn
+            # instead of waiting behind a whole window of one bulk stream.
+            frames = self.session.frames_to_send(WRITE_BATCH)
             for frame in frames:
                 try:
                     await self.transport.send(frame)
                 except Exception:  # the reader sees the close and ends the session
                     return
-            if self._closed.is_set():
-                if not frames:
-                    return
-                self._dirty.set()  # closing: flush what was queued meanwhile (a GOAWAY), then stop
+            if self.session.has_frames:
+                self._dirty.set()
+                await asyncio.sleep(0)  # let the reader in between batches
+            elif self._closed.is_set():
+                return

@@ -182,6 +182,39 @@ def test_fin_queued_behind_data_stays_behind_it() -> None:
     assert got_b == [ev.DataReceived(sid, b"last words"), ev.StreamEnded(sid)]
 
 
+def _open_accepted(a: Session, b: Session) -> int:
+    sid = a.open_stream({})
+    _pump(a, b)
+    b.accept(sid)
+    _pump(a, b)
+    return sid
+
+
+def test_streams_take_turns_so_a_small_reply_does_not_wait_behind_bulk() -> None:
+    a, b = _pair()
+    bulk, small = _open_accepted(a, b), _open_accepted(a, b)
+    assert a.send(bulk, bytes(2 * 1024 * 1024)) == 2 * 1024 * 1024  # 32 frames of 64 KiB queued
+    a.send(small, b"pong")
+    batch = a.frames_to_send(256 * 1024)
+    # The small stream's frame goes out in the first bounded batch, right after one bulk frame.
+    events = [e for m in batch for e in b.receive(m)]
+    assert ev.DataReceived(small, b"pong") in events[:2]
+    assert sum(len(e.data) for e in events if isinstance(e, ev.DataReceived)) < 400 * 1024
+    assert a.has_frames  # the rest of the bulk waits for the next turns
+
+
+def test_reset_drops_unsent_data_and_takes_its_credit_back() -> None:
+    a, b = _pair(b_settings=Settings(connection_window=1024 * 1024, initial_window=1024 * 1024))
+    doomed, other = _open_accepted(a, b), _open_accepted(a, b)
+    assert a.send(doomed, bytes(1024 * 1024)) == 1024 * 1024  # the whole connection window
+    assert a.send_capacity(other) == 0
+    a.reset(doomed, ErrorCode.CANCEL, "client went away")
+    assert a.send_capacity(other) == 1024 * 1024  # nothing of it was sent: all credit returns
+    _, got_b = _pump(a, b)
+    assert not any(isinstance(e, ev.DataReceived) for e in got_b)
+    assert any(isinstance(e, ev.StreamReset) and e.stream_id == doomed for e in got_b)
+
+
 def test_goaway_refuses_new_streams_but_keeps_old_ones() -> None:
     a, b = _pair()
     old = a.open_stream({})

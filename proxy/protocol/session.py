@@ -74,7 +74,10 @@ class Session:
 
     def __post_init__(self) -> None:
         self._control: deque[bytes] = deque()
-        self._data: deque[bytes] = deque()
+        # DATA and FIN wait per stream and leave in turns (`frames_to_send`), so a small reply is
+        # never queued behind another stream's whole window.
+        self._data: dict[int, deque[bytes]] = {}
+        self._turns: deque[int] = deque()  # streams with queued data, next turn first
         self._streams: dict[int, _Stream] = {}
         self._next_sid = 1 if self.role is Role.DIALLER else 2
         self._highest_remote = 0
@@ -110,18 +113,47 @@ class Session:
             return 0
         return max(0, min(stream.send_window, self._conn_send))
 
-    def frames_to_send(self) -> list[bytes]:
-        """Queued frames, control before data (so WINDOW and PONG never wait behind bulk)."""
+    @property
+    def has_frames(self) -> bool:
+        return bool(self._control or self._turns)
+
+    def frames_to_send(self, budget: int | None = None) -> list[bytes]:
+        """Queued frames: all control frames first (WINDOW and PONG never wait behind bulk), then
+        data one frame per stream in turn, until about `budget` bytes (None: everything)."""
         out = list(self._control)
-        out.extend(self._data)
         self._control.clear()
-        self._data.clear()
+        size = 0
+        turns, data = self._turns, self._data
+        while turns and (budget is None or size < budget):
+            sid = turns.popleft()
+            queue = data[sid]
+            frame = queue.popleft()
+            out.append(frame)
+            size += len(frame)
+            if queue:
+                turns.append(sid)
+            else:
+                del data[sid]
         return out
 
     def _queue(self, frame: Frame) -> None:
         # FIN travels with the stream's data (it must follow it); everything else jumps ahead.
-        ordered = frame.type is FrameType.DATA or frame.type is FrameType.FIN
-        (self._data if ordered else self._control).append(frame.encode())
+        if frame.type is FrameType.DATA or frame.type is FrameType.FIN:
+            queue = self._data.get(frame.stream_id)
+            if queue is None:
+                queue = self._data[frame.stream_id] = deque()
+                self._turns.append(frame.stream_id)
+            queue.append(frame.encode())
+        else:
+            self._control.append(frame.encode())
+
+    def _drop_queued(self, sid: int) -> None:
+        """A reset stream's unsent data will never be read: drop it and take its credit back."""
+        queue = self._data.pop(sid, None)
+        if queue is None:
+            return
+        self._turns.remove(sid)
+        self._conn_send += sum(len(f) - fr.HEADER.size for f in queue if f[0] == FrameType.DATA)
 
     def _check_open(self) -> None:
         if self.closed is not None:
@@ -170,11 +202,16 @@ class Session:
         view = memoryview(payload)
         step = self._peer_settings.max_data
         offset = 0
+        queue = self._data.get(sid)
         while offset < total:
-            chunk = bytes(view[offset : min(offset + step, total)])
-            offset += len(chunk)
-            last = fin and offset == len(payload)
-            self._queue(fr.data(sid, chunk, fin=last))
+            end = min(offset + step, total)
+            flags = fr.FLAG_FIN if fin and end == len(payload) else 0
+            if queue is None:
+                queue = self._data[sid] = deque()
+                self._turns.append(sid)
+            # Header and payload joined in one copy (the payload is never copied on its own).
+            queue.append(fr.HEADER.pack(FrameType.DATA, flags, sid) + view[offset:end])
+            offset = end
         stream.send_window -= total
         self._conn_send -= total
         if fin and total == len(payload):
@@ -191,6 +228,7 @@ class Session:
 
     def reset(self, sid: int, code: ErrorCode, reason: str = "") -> None:
         if self._streams.pop(sid, None) is not None:
+            self._drop_queued(sid)
             self._queue(fr.coded(FrameType.RST, sid, code, reason))
 
     def consumed(self, sid: int, size: int) -> None:
@@ -394,6 +432,7 @@ class Session:
         if t is FrameType.RST:
             code, reason = fr.read_coded(frame)
             del self._streams[sid]
+            self._drop_queued(sid)
             return [ev.StreamReset(sid, code, reason, by_peer=True)]
         if sid % 2 != self._next_sid % 2 or stream.accepted:
             raise FrameError(ErrorCode.PROTOCOL_ERROR, f"unexpected {t.name} on stream {sid}", sid)
