@@ -31,6 +31,7 @@ from proxy.relay_auth import HubAuth
 from proxy.relay_server import RelayServer
 from tests.clusters import ConnectedCluster, connected
 from tests.conftest import RunningHub
+from tests.test_tunnel_safety import exchange
 
 pytestmark = pytest.mark.sqlite_only
 
@@ -142,33 +143,14 @@ async def stack(start_hub: object, tmp_path: Path) -> AsyncIterator[Stack]:
         echo.close()
 
 
-async def roundtrip(port: int, payload: bytes) -> bytes:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-
-    async def send() -> None:
-        view = memoryview(payload)
-        for i in range(0, len(view), 1 << 20):
-            writer.write(view[i : i + (1 << 20)])
-            await writer.drain()
-        writer.write_eof()
-
-    sender = asyncio.create_task(send())
-    chunks = []
-    while data := await reader.read(1 << 20):
-        chunks.append(data)
-    await sender
-    writer.close()
-    return b"".join(chunks)
-
-
 async def test_bytes_round_trip_with_half_close(stack: Stack) -> None:
     assert stack.relay.connected_clusters() == [stack.cluster.resource_id.lower()]
     payload = os.urandom(8 * 1024 * 1024)
-    echoed = await asyncio.wait_for(roundtrip(stack.port, payload), 60)
+    echoed = await asyncio.wait_for(exchange(stack.port, b"", payload), 60)
     assert hashlib.sha256(echoed).digest() == hashlib.sha256(payload).digest()
 
 
 async def test_many_parallel_streams(stack: Stack) -> None:
     payloads = [os.urandom(100_000 + i) for i in range(16)]
-    results = await asyncio.wait_for(asyncio.gather(*(roundtrip(stack.port, p) for p in payloads)), 60)
+    results = await asyncio.wait_for(asyncio.gather(*(exchange(stack.port, b"", p) for p in payloads)), 60)
     assert results == payloads

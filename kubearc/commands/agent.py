@@ -29,6 +29,12 @@ HubCaOpt = typer.Option(
 KubeconfigOpt = typer.Option(
     None, "--kubeconfig", help="kubeconfig file (default: in-cluster service account, else $KUBECONFIG)."
 )
+IdentityOpt = typer.Option(
+    DEFAULT_IDENTITY,
+    "--identity",
+    envvar="KUBEARC_IDENTITY_STORE",
+    help="Where the identity agent keeps the certificate: secret:NAMESPACE/NAME or file:DIR.",
+)
 OnceOpt = typer.Option(False, "--once", help="Do one pass and exit (0 only if it fully succeeded).")
 RetryDeadlineOpt = typer.Option(
     300.0,
@@ -128,12 +134,7 @@ def identity(
 def metadata(
     hub: str = HubOpt,
     hub_ca: Path = HubCaOpt,
-    identity: str = typer.Option(
-        DEFAULT_IDENTITY,
-        "--identity",
-        envvar="KUBEARC_IDENTITY_STORE",
-        help="Where the identity agent keeps the certificate: secret:NAMESPACE/NAME or file:DIR.",
-    ),
+    identity: str = IdentityOpt,
     kubeconfig: Path = KubeconfigOpt,
     once: bool = OnceOpt,
     interval: float = typer.Option(60.0, "--interval", min=1, help="Seconds between heartbeats."),
@@ -162,12 +163,7 @@ def metadata(
 def connect(
     hub: str = HubOpt,
     hub_ca: Path = HubCaOpt,
-    identity_store: str = typer.Option(
-        DEFAULT_IDENTITY,
-        "--identity",
-        envvar="KUBEARC_IDENTITY_STORE",
-        help="file:DIR or secret:NAMESPACE/NAME.",
-    ),
+    identity_store: str = IdentityOpt,
     relay: str = typer.Option(
         None, "--relay", envvar="KUBEARC_RELAY_URL", help="wss://... (default: ask the hub)."
     ),
