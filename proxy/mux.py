@@ -67,7 +67,7 @@ class StreamListener(Protocol):
     (`Stream.send_now`, a transport's `write`) and call `consumed` when it has really left.
     """
 
-    def stream_data(self, stream: Stream, data: bytes) -> None: ...
+    def stream_data(self, stream: Stream, data: bytes | memoryview) -> None: ...
 
     def stream_eof(self, stream: Stream) -> None: ...
 
@@ -105,7 +105,7 @@ class Stream:
         self.id = sid
         self.target = target
         self.listener: StreamListener | None = None
-        self._chunks: deque[bytes] | None = None
+        self._chunks: deque[bytes | memoryview] | None = None
         self._readable: asyncio.Event | None = None
         self._writable: asyncio.Event | None = None
         self._failed: asyncio.Event | None = None  # set once `error` is: a reset, or the session ended
@@ -139,7 +139,7 @@ class Stream:
                 self._readable = asyncio.Event()
             self._readable.clear()
             await self._readable.wait()
-        return self._chunks.popleft()
+        return bytes(self._chunks.popleft())
 
     def consumed(self, size: int) -> None:
         if self.released:  # `release` already gave this credit back to the connection
@@ -224,7 +224,7 @@ class Stream:
 
     # Driven by the mux --------------------------------------------------------------------
 
-    def _data(self, data: bytes) -> None:
+    def _data(self, data: bytes | memoryview) -> None:
         self.buffered += len(data)
         if self.buffered > self.peak_buffered:
             self.peak_buffered = self.buffered

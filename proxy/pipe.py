@@ -125,7 +125,7 @@ class SocketPipe(asyncio.Protocol):
 
     # Stream -> socket ---------------------------------------------------------------------
 
-    def stream_data(self, stream: Stream, data: bytes) -> None:
+    def stream_data(self, stream: Stream, data: bytes | memoryview) -> None:
         assert self.transport is not None
         if self.transport.is_closing():  # the socket went away; connection_lost resets the stream
             return
@@ -223,7 +223,7 @@ class StreamPipe:
             return False
         return True
 
-    def stream_data(self, stream: Stream, data: bytes) -> None:
+    def stream_data(self, stream: Stream, data: bytes | memoryview) -> None:
         waiting = self._pending.get(stream)
         if waiting:
             waiting.append(memoryview(data))

@@ -36,7 +36,7 @@ class StreamRejected:
 @dataclass(frozen=True, slots=True)
 class DataReceived:
     stream_id: int
-    data: bytes
+    data: bytes | memoryview  # a view of the received message: copied only where it is kept
 
 
 @dataclass(frozen=True, slots=True)

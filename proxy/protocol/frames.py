@@ -98,7 +98,7 @@ class FrameError(Exception):
 class Frame:
     type: FrameType
     stream_id: int = 0
-    payload: bytes = b""
+    payload: bytes = b""  # a memoryview for received DATA (see `decode`)
     flags: int = 0
 
     def encode(self) -> bytes:
@@ -118,8 +118,7 @@ def decode(message: bytes, max_data: int = DEFAULT_MAX_DATA) -> Frame:
         raise FrameError(ErrorCode.PROTOCOL_ERROR, f"unknown frame type {raw_type}") from None
     if stream_id > MAX_STREAM_ID:
         raise FrameError(ErrorCode.PROTOCOL_ERROR, f"stream id {stream_id} out of range")
-    payload = message[HEADER.size :]
-    size = len(payload)
+    size = len(message) - HEADER.size
     if ftype in _STREAM_FRAMES and stream_id == 0:
         raise FrameError(ErrorCode.PROTOCOL_ERROR, f"{ftype.name} frame on stream 0")
     if ftype in _CONNECTION_FRAMES and stream_id != 0:
@@ -134,7 +133,7 @@ def decode(message: bytes, max_data: int = DEFAULT_MAX_DATA) -> Frame:
     elif ftype is FrameType.WINDOW:
         if size != 4:
             raise FrameError(ErrorCode.FRAME_SIZE_ERROR, "WINDOW payload must be 4 bytes", stream_id)
-        (increment,) = U32.unpack(payload)
+        (increment,) = U32.unpack_from(message, HEADER.size)
         if not 0 < increment <= MAX_WINDOW:
             raise FrameError(
                 ErrorCode.PROTOCOL_ERROR, f"WINDOW increment {increment} out of range", stream_id
@@ -153,7 +152,9 @@ def decode(message: bytes, max_data: int = DEFAULT_MAX_DATA) -> Frame:
             raise FrameError(ErrorCode.FRAME_SIZE_ERROR, f"GOAWAY payload size {size}")
     elif size > MAX_CONTROL_PAYLOAD:
         raise FrameError(ErrorCode.FRAME_SIZE_ERROR, f"{ftype.name} payload of {size} bytes is too large")
-    return Frame(ftype, stream_id, bytes(payload), flags)
+    # DATA payloads stay a view of the message: the relay hands them on with one copy, not two.
+    body = memoryview(message)[HEADER.size :] if ftype is FrameType.DATA else message[HEADER.size :]
+    return Frame(ftype, stream_id, body, flags)  # type: ignore[arg-type]
 
 
 # Constructors and payload readers, so no other module packs bytes by hand.
