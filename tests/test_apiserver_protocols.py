@@ -1,12 +1,14 @@
 """The stand-in's protocol pieces on their own: SPDY framing, protobuf bodies, strategic merge patch,
-watch semantics, logs options, field validation, the built-in shell and websocket refusals."""
+watch semantics, logs options, field validation, the built-in shell, websocket refusals and HTTP/2."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import ssl
 import struct
+import time
 import zlib
 from collections import deque
 from collections.abc import Iterator
@@ -14,6 +16,10 @@ from typing import Any
 
 import httpx
 import pytest
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.events import DataReceived, StreamEnded
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
@@ -316,9 +322,9 @@ def test_streaming_upgrades_are_refused_with_a_status(api: ApiServer) -> None:
             _ws(api, path, token)
         assert refused.value.response.status_code == code
         assert json.loads(refused.value.response.body or b"{}")["code"] == code
-    with _https(api) as c:  # a SPDY upgrade (no websocket) is refused, saying why
-        spdy_try = c.post("/api/v1/namespaces/proto/pods/ws/exec", params={"command": "true"})
-        assert spdy_try.status_code == 400 and "websockets only" in spdy_try.json()["message"]
+    with _https(api) as c:  # a plain request (no upgrade at all) is refused, saying why
+        plain = c.post("/api/v1/namespaces/proto/pods/ws/exec", params={"command": "true"})
+        assert plain.status_code == 400 and "Upgrade request required" in plain.json()["message"]
 
 
 def test_exec_over_a_plain_websocket_client(api: ApiServer) -> None:
@@ -334,6 +340,60 @@ def test_exec_over_a_plain_websocket_client(api: ApiServer) -> None:
             messages.append(message)
     assert b"".join(m[1:] for m in messages if m[0] == 1) == b"hello world"
     assert json.loads(messages[-1][1:]) == {"metadata": {}, "status": "Success"}
+
+
+def _h2_events(sock: ssl.SSLSocket, conn: H2Connection, wanted: type) -> list[Any]:
+    """Read from the socket until an event of the `wanted` type arrives; all events so far."""
+    events: list[Any] = []
+    while not any(isinstance(e, wanted) for e in events):
+        data = sock.recv(65536)
+        assert data, "the server closed the connection"
+        events += conn.receive_data(data)
+        sock.sendall(conn.data_to_send())
+    return events
+
+
+def test_http2_bodies_errors_and_a_cancelled_watch(api: ApiServer) -> None:
+    """HTTP/2 with clients other than Go's: a large body each way and a Status error (httpx), and a
+    watch the client cancels with RST_STREAM (raw h2), which must stop while the connection lives on."""
+    context = ssl.create_default_context(cadata=api.ca_pem.decode())
+    auth = {"Authorization": f"Bearer {api.token}"}
+    with httpx.Client(base_url=api.url, verify=context, headers=auth, http2=True) as c:
+        body = {"metadata": {"name": "h2"}, "data": {"k": "v" * 300_000}}
+        created = c.post("/api/v1/namespaces/proto/configmaps", json=body)
+        assert (created.http_version, created.status_code) == ("HTTP/2", 201)
+        assert c.get("/api/v1/namespaces/proto/configmaps/h2").json()["data"] == body["data"]
+        assert c.get("/api/v1/namespaces/proto/configmaps/nope").json()["reason"] == "NotFound"
+    with httpx.Client(base_url=api.url, verify=context, headers=auth) as c:  # no h2 offered
+        assert c.get("/version").http_version == "HTTP/1.1"
+
+    context.set_alpn_protocols(["h2"])
+    watches = api.store.watch_count("", "configmaps")
+    with context.wrap_socket(
+        socket.create_connection(("127.0.0.1", api.port)), server_hostname="localhost"
+    ) as sock:
+        assert sock.selected_alpn_protocol() == "h2"
+        conn = H2Connection(H2Configuration(client_side=True))
+        conn.initiate_connection()
+
+        def get(path: str) -> list[tuple[str, str]]:
+            pseudo = [(":method", "GET"), (":scheme", "https"), (":authority", "localhost"), (":path", path)]
+            return [*pseudo, ("authorization", auth["Authorization"])]
+
+        conn.send_headers(1, get("/api/v1/namespaces/proto/configmaps?watch=true"), end_stream=True)
+        sock.sendall(conn.data_to_send())
+        _h2_events(sock, conn, DataReceived)  # the first ADDED event
+        assert api.store.watch_count("", "configmaps") == watches + 1
+        conn.reset_stream(1, ErrorCodes.CANCEL)
+        conn.send_headers(3, get("/version"), end_stream=True)
+        sock.sendall(conn.data_to_send())
+        answered = _h2_events(sock, conn, StreamEnded)  # the connection still serves requests
+        assert any(isinstance(e, StreamEnded) and e.stream_id == 3 for e in answered)
+        deadline = time.monotonic() + 5
+        while api.store.watch_count("", "configmaps") > watches:
+            assert time.monotonic() < deadline, "the cancelled watch was never stopped"
+            time.sleep(0.02)
+    assert {s.http_version for s in api.seen() if s.path == "/api/v1/namespaces/proto/configmaps/h2"} == {"2"}
 
 
 # -- the built-in shell -------------------------------------------------------------------------------

@@ -191,7 +191,9 @@ class TunnelStack:
         assert r.status_code == 201, r.text
         return key
 
-    def start_agents(self) -> None:
+    def start_agents(self, connect_to: str | None = None) -> None:
+        """Identity and metadata once, then the connect agent (to `connect_to` HOST:PORT if given,
+        e.g. a kube-aad-proxy, else to the apiserver of the kubeconfig)."""
         kubeconfig = self.apiserver.kubeconfig(self.root / "agent.kubeconfig", tls_server_name=True)
         common = [
             "--hub",
@@ -218,7 +220,8 @@ class TunnelStack:
             env=self.env(),
         )
         cli("agent", "metadata", *common, "--identity", identity, "--once", env=self.env())
-        connect = self.spawn("connect", "agent", "connect", *common, "--identity", identity)
+        target = ["--apiserver", connect_to] if connect_to else []
+        connect = self.spawn("connect", "agent", "connect", *common, "--identity", identity, *target)
         connect.wait_for("connected to the relay")
 
     def start_proxy(self, port: int, kubeconfig: Path, token: str, name: str = "proxy") -> Process:

@@ -4,7 +4,8 @@ No apiserver can be installed from the package registries here, so tests run the
 agents, guard and the tunnel against this. It grows with what they need; today it
 serves discovery and OpenAPI v3, namespaces, nodes, pods, configmaps, secrets and
 deployments (`resources.py`, `workloads.py`), watch, JSON and protobuf bodies,
-pod logs, and exec/attach/port-forward over websockets. Tests drive the pods'
+pod logs, and exec/attach/port-forward over websockets and direct SPDY upgrades, on
+HTTP/1.1 and HTTP/2 (ALPN, as a real apiserver). Tests drive the pods'
 side through `ApiServer` (add_pod, append_log, end_logs, write_file, read_file,
 set_port_forward_target).
 """

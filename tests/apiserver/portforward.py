@@ -5,7 +5,9 @@ and speaks the kubelet's `portforward.k8s.io` protocol over SPDY inside it: for
 every local connection it opens an error stream and a data stream (headers
 `streamType`, `port`, `requestID`), waits for both replies, then copies bytes
 on the data stream; the server reports a failure as text on the error stream
-and ends both with FIN when the pod side closes. The Python client instead
+and ends both with FIN when the pod side closes. Older clients speak the same
+SPDY session directly on an upgraded connection (`spdy_upgrade.py`), so
+`TunnelSession` only sees bytes in and out. The Python client instead
 uses `v4.channel.k8s.io` with `?ports=`: channels 2i (data) and 2i+1 (error)
 per port, each opened by a two-byte little-endian port number.
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from starlette.websockets import WebSocket
@@ -88,11 +91,25 @@ class _Pair:
     pump: asyncio.Task[None] | None = None
 
 
-class TunnelSession:
-    """The server end of one SPDY-over-websocket port-forward session."""
+Receiver = Callable[[], Awaitable[bytes | None]]  # the next bytes from the client; None once it is gone
+Sender = Callable[[bytes], Awaitable[None]]
 
-    def __init__(self, ws: WebSocket, kubelet: Kubelet, pod: PodRuntime) -> None:
-        self.ws, self.kubelet, self.pod = ws, kubelet, pod
+
+def websocket_receiver(ws: WebSocket) -> Receiver:
+    """The bytes of a websocket's binary messages, as one stream (how spdystream treats them)."""
+
+    async def receive() -> bytes | None:
+        message = await ws.receive()
+        return None if message["type"] == "websocket.disconnect" else message.get("bytes") or b""
+
+    return receive
+
+
+class TunnelSession:
+    """The server end of one SPDY port-forward session, inside a websocket or on an upgraded connection."""
+
+    def __init__(self, receive: Receiver, send: Sender, kubelet: Kubelet, pod: PodRuntime) -> None:
+        self.receive, self._send, self.kubelet, self.pod = receive, send, kubelet, pod
         self.spdy = spdy.Connection()
         self.pairs: dict[str, _Pair] = {}
         self.streams: dict[int, _Pair] = {}
@@ -100,15 +117,12 @@ class TunnelSession:
 
     async def send(self, frame: bytes) -> None:
         async with self._lock:
-            await self.ws.send_bytes(frame)
+            await self._send(frame)
 
     async def run(self) -> None:
         try:
-            while True:
-                message = await self.ws.receive()
-                if message["type"] == "websocket.disconnect":
-                    return
-                for frame in self.spdy.feed(message.get("bytes") or b""):
+            while (data := await self.receive()) is not None:
+                for frame in self.spdy.feed(data):
                     if not await self.handle(frame):
                         return
         finally:

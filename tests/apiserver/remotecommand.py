@@ -6,6 +6,8 @@ v5 adds the close signal `[255, channel]` by which kubectl half-closes stdin
 once its own stdin reaches EOF. After the process ends, the server sends the
 Status on channel 3 (reason NonZeroExitCode with an ExitCode cause for a failed
 command, which kubectl turns into its own exit code) and closes normally.
+The same sessions run over direct SPDY upgrades (`spdy_upgrade.py`, one SPDY
+stream per channel) through the `StdStreams` interface.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 from starlette.websockets import WebSocket
 
@@ -38,6 +40,16 @@ def exit_status(code: int, command: list[str]) -> dict[str, Any]:
         "reason": "NonZeroExitCode",
         "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]},
     }
+
+
+class StdStreams(Protocol):
+    """The standard streams of one process, whatever carries them (websocket channels or SPDY streams)."""
+
+    async def read(self) -> bytes: ...  # stdin; b"" at EOF
+    async def out(self, data: bytes) -> None: ...
+    async def err(self, data: bytes) -> None: ...
+    async def pump(self, on_stdin: Any = None) -> None: ...  # read the client until it goes away
+    async def finish(self, status: dict[str, Any]) -> None: ...  # the final Status, then close
 
 
 class Channels:
@@ -116,7 +128,7 @@ async def _until_either(work: asyncio.Task[Any], pump: asyncio.Task[None]) -> bo
     return False
 
 
-async def run_exec(ch: Channels, command: list[str], container: Container) -> None:
+async def run_exec(ch: StdStreams, command: list[str], container: Container) -> None:
     pump = asyncio.create_task(ch.pump())
     io_ = shell.Stdio(ch.read, ch.out, ch.err)
     work = asyncio.create_task(shell.run(command, io_, container.fs))
@@ -128,7 +140,7 @@ async def run_exec(ch: Channels, command: list[str], container: Container) -> No
         await asyncio.gather(pump, return_exceptions=True)
 
 
-async def run_attach(ch: Channels, kubelet: Kubelet, container: Container) -> None:
+async def run_attach(ch: StdStreams, kubelet: Kubelet, container: Container) -> None:
     """Attach to the container's main process: its output from now on; stdin is echoed back."""
 
     async def echo(data: bytes) -> None:

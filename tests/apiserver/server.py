@@ -1,8 +1,9 @@
 """Running the stand-in: its own CA and serving certificate, uvicorn in a background thread.
 
 The socket is bound before the thread starts, so `url` is valid at once (the
-same pattern as the hub's HubThread). The ASGI app is separate from this runner
-so an HTTP/2-capable server can be swapped in without touching the routes.
+same pattern as the hub's HubThread). TLS offers `h2` and `http/1.1` through
+ALPN, as a real apiserver does; every connection starts in `front.py`, which
+serves HTTP/2 itself, runs direct SPDY upgrades and leaves the rest to uvicorn.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from websockets.datastructures import Headers
 from websockets.server import ServerProtocol
 
 from kubearc import pki
-from tests.apiserver.app import ApiServerState, build_app
+from tests.apiserver.app import ApiServerState, Seen, build_app
+from tests.apiserver.front import ALPN, front_protocol
 from tests.apiserver.kubeconfig import write_kubeconfig
 from tests.apiserver.kubelet import Kubelet
 from tests.apiserver.resources import NAMESPACES, NODES, Obj, default_registry
@@ -101,13 +103,15 @@ def node_object(spec: NodeSpec, kubelet_version: str, index: int) -> dict[str, A
 
 
 class _Server(uvicorn.Server):
-    """uvicorn that says when it is listening, so `start()` needs no polling."""
+    """uvicorn that offers h2 through ALPN and says when it is listening, so `start()` needs no polling."""
 
     def __init__(self, config: uvicorn.Config, started: threading.Event) -> None:
         super().__init__(config)
         self._started_event = started
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.config.ssl is not None:
+            self.config.ssl.set_alpn_protocols(ALPN)
         await super().startup(sockets)
         self._started_event.set()
 
@@ -271,6 +275,10 @@ class ApiServer:
         """Where `port-forward` to the pod's `port` leads: a real TCP address, or None (built-in echo)."""
         self.kubelet.set_port_target(self.kubelet.pod(namespace, pod), port, address)
 
+    def seen(self) -> list[Seen]:
+        """The requests received so far (HTTP version, method, path, upgrade), oldest first."""
+        return list(self.state.seen)
+
     def wait_for_watch(self, plural: str, group: str = "", count: int = 1, timeout: float = 15) -> None:
         """Block until `count` watches on the resource are open (e.g. `kubectl get -w` has connected)."""
         deadline = time.monotonic() + timeout
@@ -288,6 +296,7 @@ class ApiServer:
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=2,
+            http=front_protocol(self.state),
             ws=_WebSocketProtocol,
             ws_per_message_deflate=False,
         )

@@ -1,0 +1,138 @@
+"""What the stand-in saw (the last requests' headers) and the apiserver's impersonation rules.
+
+`audited` wraps the whole ASGI app (HTTP/1.1, HTTP/2 and websocket upgrades; direct
+SPDY upgrades bypass the app). It records every request (method, path, headers, the
+authenticated user and whom it impersonates) in `ApiServerState.audit`, so tests can check what reached the
+apiserver, and it applies what a real apiserver does with `Impersonate-*`
+headers: only a user allowed to impersonate (here the stand-in's own admin
+credential) may send them; `Impersonate-Group` or `Impersonate-Extra-*` without
+`Impersonate-User` is a 400; extra keys are lowercased and percent-decoded.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+from tests.apiserver import errors
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Receive, Scope, Send
+
+    from tests.apiserver.app import ApiServerState
+
+IMPERSONATORS = frozenset({"admin"})  # users RBAC would allow to impersonate
+EXTRA_PREFIX = "impersonate-extra-"
+
+
+@dataclass(frozen=True)
+class Impersonation:
+    user: str
+    groups: tuple[str, ...] = ()
+    extra: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """One request as it reached the stand-in."""
+
+    method: str
+    path: str
+    headers: tuple[tuple[str, str], ...]  # names lowercase, in arrival order
+    user: str | None  # whom the bearer token authenticated
+    impersonated: Impersonation | None
+    websocket: bool = False
+
+    def header(self, name: str) -> list[str]:
+        return [v for n, v in self.headers if n == name.lower()]
+
+
+class RequestLog:
+    """The last `size` requests, oldest first."""
+
+    def __init__(self, size: int = 1000) -> None:
+        self._seen: deque[Recorded] = deque(maxlen=size)
+
+    def append(self, seen: Recorded) -> None:
+        self._seen.append(seen)
+
+    def clear(self) -> None:
+        self._seen.clear()
+
+    def __iter__(self) -> Iterator[Recorded]:
+        return iter(list(self._seen))
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+
+def impersonation(headers: list[tuple[str, str]]) -> Impersonation | None:
+    """The identity `Impersonate-*` headers ask for (as the apiserver's impersonation filter reads it)."""
+    user = [v for n, v in headers if n == "impersonate-user"]
+    groups = tuple(v for n, v in headers if n == "impersonate-group")
+    extra: dict[str, list[str]] = {}
+    for name, value in headers:
+        if name.startswith(EXTRA_PREFIX):
+            extra.setdefault(unquote(name[len(EXTRA_PREFIX) :]), []).append(value)
+    if not user and not groups and not extra:
+        return None
+    if len(user) != 1 or not user[0]:
+        raise errors.bad_request(
+            f"requested {[*groups, *extra]} without impersonating a user"
+            if not user
+            else "exactly one Impersonate-User header is allowed"
+        )
+    return Impersonation(user[0], groups, extra)
+
+
+def _bearer_user(state: ApiServerState, headers: list[tuple[str, str]]) -> str | None:
+    value = next((v for n, v in headers if n == "authorization"), "")
+    scheme, _, token = value.partition(" ")
+    return state.tokens.get(token.strip()) if scheme.lower() == "bearer" else None
+
+
+async def _deny(scope: Scope, send: Send, exc: errors.StatusError) -> None:
+    body = json.dumps(exc.body()).encode()
+    kind = "websocket.http.response" if scope["type"] == "websocket" else "http.response"
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": f"{kind}.start", "status": exc.code, "headers": headers})
+    await send({"type": f"{kind}.body", "body": body})
+
+
+def audited(app: ASGIApp, state: ApiServerState) -> ASGIApp:
+    """Record each request in `state.audit` and refuse impersonation by users not allowed it."""
+
+    async def with_audit(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await app(scope, receive, send)
+            return
+        headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"]]
+        user = _bearer_user(state, headers)
+        record: dict[str, Any] = {
+            "method": scope.get("method", "GET"),
+            "path": scope["path"],
+            "headers": tuple(headers),
+            "user": user,
+            "websocket": scope["type"] == "websocket",
+        }
+        try:
+            wanted = impersonation(headers)
+            if wanted is not None and user not in IMPERSONATORS:
+                raise errors.StatusError(
+                    403,
+                    "Forbidden",
+                    f'users "{wanted.user}" is forbidden: User "{user or "system:anonymous"}" cannot '
+                    'impersonate resource "users" in API group "" at the cluster scope',
+                )
+        except errors.StatusError as exc:
+            state.audit.append(Recorded(**record, impersonated=None))
+            await _deny(scope, send, exc)
+            return
+        state.audit.append(Recorded(**record, impersonated=wanted))
+        await app(scope, receive, send)
+
+    return with_audit
