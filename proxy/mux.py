@@ -178,6 +178,7 @@ class Stream:
         except SessionClosed as exc:
             raise StreamError(ErrorCode.STREAM_CLOSED, str(exc)) from None
         if taken:
+            self.mux.bytes_sent += taken
             self.mux.wake_writer()
         if taken < len(data):
             self.mux.starved.add(self)
@@ -291,6 +292,8 @@ class Mux:
         self.handler = handler
         self.streams: dict[int, Stream] = {}
         self.blocked = 0  # times a writer waited for credit (a metric)
+        self.bytes_received = 0  # DATA payload bytes, both metrics
+        self.bytes_sent = 0
         self.starved: set[Stream] = set()  # streams that ran out of credit: woken when it returns
         self.peak_stream_buffered = 0  # the most unconsumed bytes any one stream held (a metric)
         self._dirty = asyncio.Event()
@@ -410,6 +413,7 @@ class Mux:
     def _dispatch(self, event: ev.Event) -> None:
         if isinstance(event, ev.DataReceived):
             stream = self.streams.get(event.stream_id)
+            self.bytes_received += len(event.data)
             if stream is None:
                 self.session.consumed(event.stream_id, len(event.data))
             else:

@@ -16,11 +16,13 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from proxy.mux import Mux, Stream, StreamError, Transport
 from proxy.pipe import StreamPipe
@@ -47,6 +49,42 @@ class RelayMetrics:
         self.renewals = Counter(
             "kubearc_relay_renewals", "Credential renewals.", ["side", "result"], registry=r
         )
+        self.session_failures = Counter(
+            "kubearc_relay_session_failures",
+            "Sessions ended by a protocol error.",
+            ["side", "code"],
+            registry=r,
+        )
+
+
+class _TrafficCollector(Collector):
+    """Bytes and credit stalls, read from the sessions' own counters at scrape time.
+
+    The data path only adds to plain integers on each mux; a session that ends hands its
+    totals to `retired`, so the counters never go backwards.
+    """
+
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+
+    def collect(self) -> Iterator[Metric]:
+        bytes_ = CounterMetricFamily(
+            "kubearc_relay_bytes", "DATA payload bytes by side and direction.", labels=["side", "direction"]
+        )
+        stalls = CounterMetricFamily(
+            "kubearc_relay_window_stalls", "Times a stream waited for credit.", labels=["side"]
+        )
+        for side in ("agent", "client"):
+            received, sent, blocked = self.relay.retired[side]
+            for mux in self.relay.muxes(side):
+                received += mux.bytes_received
+                sent += mux.bytes_sent
+                blocked += mux.blocked
+            bytes_.add_metric([side, "received"], received)
+            bytes_.add_metric([side, "sent"], sent)
+            stalls.add_metric([side], blocked)
+        yield bytes_
+        yield stalls
 
 
 @dataclass
@@ -63,6 +101,21 @@ class Relay:
         self._agents: dict[str, list[_AgentSession]] = {}
         self.client_muxes: set[Mux] = set()  # live client sessions (introspection, leak checks)
         self._rr = itertools.count()
+        # (bytes received, bytes sent, credit stalls) of sessions that have ended, by side
+        self.retired: dict[str, list[int]] = {"agent": [0, 0, 0], "client": [0, 0, 0]}
+        self.metrics.registry.register(_TrafficCollector(self))
+
+    def muxes(self, side: str) -> list[Mux]:
+        return self.agent_muxes() if side == "agent" else list(self.client_muxes)
+
+    def _retire(self, side: str, mux: Mux) -> None:
+        totals = self.retired[side]
+        totals[0] += mux.bytes_received
+        totals[1] += mux.bytes_sent
+        totals[2] += mux.blocked
+        failed = mux.session.closed
+        if failed is not None:
+            self.metrics.session_failures.labels(side, failed.code.name).inc()
 
     def connected_clusters(self) -> list[str]:
         return sorted(k for k, v in self._agents.items() if v)
@@ -89,6 +142,7 @@ class Relay:
         try:
             await mux.run(self._expire_agent(mux, state))
         finally:
+            self._retire("agent", mux)
             self._agents[cluster].remove(entry)
             if not self._agents[cluster]:
                 del self._agents[cluster]
@@ -147,6 +201,7 @@ class Relay:
         try:
             await mux.run()
         finally:
+            self._retire("client", mux)
             self.client_muxes.discard(mux)
             self.metrics.sessions.labels("client").dec()
             log.info("client session down", extra={"cluster": cluster, "user": user})

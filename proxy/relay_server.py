@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from prometheus_client import generate_latest
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
@@ -41,6 +42,8 @@ class RelayServer:
         path = request.path.split("?", 1)[0]
         if path == "/healthz":
             return connection.respond(200, "ok\n")
+        if path == "/metrics":  # counts only: no cluster, user or token appears in them
+            return connection.respond(200, generate_latest(self.relay.metrics.registry).decode())
         if path not in (AGENT_PATH, CLIENT_PATH):
             return connection.respond(404, f"no such relay endpoint {path}\n")
         try:

@@ -37,6 +37,7 @@ import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -1306,3 +1307,33 @@ async def test_malformed_frames_end_their_session_and_never_the_relay(
         await until(lambda: sample(relay, "kubearc_relay_streams") == 0, "relayed streams closed")
         await until(lambda: agent_side.session.open_streams == 0, "no stream left on the agent's session")
         assert await echo(s.port, b"after") == b"after"
+
+
+async def test_relay_metrics_count_bytes_and_broken_sessions_over_https(
+    tunnel_hub: RunningHub, tmp_path: Path
+) -> None:
+    async with stack(tunnel_hub, tmp_path) as s:
+        t = s.tunnel
+        payload = os.urandom(1_000_000)
+        assert await echo(s.port, payload) == payload
+        token = (await t.credential(s.cluster)).token
+        answers, _ = await send_garbage(t, token, [b"\x05"])  # shorter than a frame header
+        assert answers, "no GOAWAY for a broken frame"
+
+        async def scrape() -> dict[tuple[str, ...], float]:
+            async with httpx.AsyncClient(verify=ssl.create_default_context(cafile=t.relay_ca)) as client:
+                response = await client.get(f"https://localhost:{t.relay_port}/metrics")
+            assert response.status_code == 200
+            found: dict[tuple[str, ...], float] = {}
+            for family in text_string_to_metric_families(response.text):
+                for sample_ in family.samples:
+                    found[(sample_.name, *sorted(sample_.labels.values()))] = sample_.value
+            return found
+
+        await until(lambda: sample(t.relay, "kubearc_relay_streams") == 0, "the echo stream closed")
+        found = await scrape()
+        for side in ("agent", "client"):
+            for direction in ("received", "sent"):
+                key = ("kubearc_relay_bytes_total", *sorted((side, direction)))
+                assert found.get(key, 0) >= len(payload), (key, found.get(key))
+        assert found[("kubearc_relay_session_failures_total", "FRAME_SIZE_ERROR", "client")] >= 1
