@@ -228,6 +228,15 @@ class HubClient:
         doc = await self.call("POST", "/agent/v1/identity/renew", {"csr": pki.make_csr(key, name).decode()})
         return parse_issued(doc, key)
 
+    async def aad_proxy_certificate(self, key: pki.PrivateKey) -> tuple[IssuedCertificate, str]:
+        """A serving certificate for the cluster's kube-aad-proxy (impersonation mode) and its name."""
+        csr = pki.make_csr(key, "kube-aad-proxy").decode()
+        doc = await self.call("POST", "/agent/v1/aad-proxy/certificate", {"csr": csr})
+        name = doc.get("serverName")
+        if not isinstance(name, str) or not name:
+            raise HubError(200, "InvalidResponse", "serving certificate response has no serverName")
+        return parse_issued(doc, key), name
+
     async def heartbeat(self) -> dict[str, Any]:
         return await self.call("POST", "/agent/v1/heartbeat", {})
 

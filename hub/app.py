@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from hub import agentapi, clusters, configurations, identity
+from hub import aadproxy, agentapi, clusters, configurations, identity
 from hub.auth import Authenticator
 from hub.context import Hub
 from hub.errors import ApiError, api_error_handler
@@ -46,6 +46,7 @@ def build_app(hub: Hub, extra_routes: list[BaseRoute] | None = None) -> Starlett
         *issuer_routes.routes,
         *rbac_routes.routes,
         *identity.routes,
+        *aadproxy.routes,
         *agentapi.routes,
         *configurations.routes,
         *clusters.routes,

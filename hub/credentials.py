@@ -3,7 +3,8 @@
 The relay credential is a short JWT signed by the hub's issuer key (the relay
 verifies it against the issuer's JWKS, like any other token): it names one user
 and one cluster, and nothing else. The cluster's CA and TLS server name let the
-proxy write a kubeconfig that verifies the real apiserver end to end.
+proxy write a kubeconfig that verifies the real apiserver end to end (or, in
+impersonation mode, the cluster's kube-aad-proxy: see hub/aadproxy.py).
 """
 
 from __future__ import annotations
@@ -47,7 +48,12 @@ def issue_relay_token(hub: Hub, principal: Principal, cluster_resource_key: str)
     return token, exp
 
 
-def cluster_user_credential(hub: Hub, principal: Principal, cluster: Cluster, rid: str) -> dict[str, Any]:
+def _tls_target(hub: Hub, cluster: Cluster, rid: str) -> tuple[str, str, str]:
+    """(mode, CA PEM, server name) kubectl must verify: the kube-aad-proxy's while its serving
+    certificate is valid (impersonation mode, hub/aadproxy.py), else the apiserver's."""
+    expires = cluster.aad_proxy_expires_at
+    if cluster.aad_proxy_server_name and expires is not None and expires > hub.now():
+        return "impersonation", hub.cluster_ca.cert_pem.decode(), cluster.aad_proxy_server_name
     if cluster.cluster_ca is None or cluster.apiserver_server_name is None:
         raise ApiError(
             409,
@@ -55,6 +61,11 @@ def cluster_user_credential(hub: Hub, principal: Principal, cluster: Cluster, ri
             f"connected cluster '{rid}' has not reported its apiserver CA and TLS server name yet; "
             "check that its metadata agent is running",
         )
+    return "passthrough", cluster.cluster_ca, cluster.apiserver_server_name
+
+
+def cluster_user_credential(hub: Hub, principal: Principal, cluster: Cluster, rid: str) -> dict[str, Any]:
+    mode, ca_pem, server_name = _tls_target(hub, cluster, rid)
     token, exp = issue_relay_token(hub, principal, cluster.resource_key)
     return {
         "kubeconfigs": [],
@@ -65,7 +76,8 @@ def cluster_user_credential(hub: Hub, principal: Principal, cluster: Cluster, ri
             "expirationTime": exp,
         },
         "clusterConnect": {
-            "certificateAuthorityData": base64.b64encode(cluster.cluster_ca.encode()).decode(),
-            "tlsServerName": cluster.apiserver_server_name,
+            "mode": mode,
+            "certificateAuthorityData": base64.b64encode(ca_pem.encode()).decode(),
+            "tlsServerName": server_name,
         },
     }

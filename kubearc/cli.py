@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from kubearc.commands import admin, agent, cluster, demo, guard, hub, login, proxy, relay, role
+from kubearc.commands import aadproxy, admin, agent, cluster, demo, guard, hub, login, proxy, relay, role
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -19,6 +19,7 @@ app.command("demo")(demo.demo)
 guard_app = typer.Typer(no_args_is_help=True, help="The TokenReview / SubjectAccessReview webhook.")
 guard_app.command("serve")(guard.guard)
 guard_app.command("kubeconfig")(guard.guard_kubeconfig)
+guard_app.command("proxy")(aadproxy.aad_proxy)
 app.add_typer(guard_app, name="guard")
 app.add_typer(cluster.app, name="cluster", help="Connected-cluster resources.")
 app.add_typer(role.app, name="role", help="Role definitions and role assignments.")

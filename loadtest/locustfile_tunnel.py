@@ -98,8 +98,12 @@ class KubectlUser(User):
         except Exception as exc:  # reported to locust, never raised into gevent
             error = exc
         events.request.fire(
-            request_type="GET", name=name, response_time=(time.perf_counter() - start) * 1000,
-            response_length=len(body), exception=error, context={},
+            request_type="GET",
+            name=name,
+            response_time=(time.perf_counter() - start) * 1000,
+            response_length=len(body),
+            exception=error,
+            context={},
         )
         return None if error else body
 

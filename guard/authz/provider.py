@@ -12,13 +12,14 @@ the configured failure policy answers, with the reason; `authorize` never raises
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from dataclasses import dataclass, field
 from typing import Literal
 
 from guard.authz.actions import CONNECTED_CLUSTERS, ActionMapper, Mapped, Wildcards
-from guard.authz.checkaccess import CheckAccessClient, CheckAccessError
+from guard.authz.checkaccess import AccessDecision, CheckAccessClient, CheckAccessError
 from guard.reviews import Decision, SubjectAccessReview
 
 log = logging.getLogger(__name__)
@@ -53,16 +54,19 @@ def _decide(policy: Policy, reason: str, error: str = "") -> Decision:
     return Decision.no_opinion(reason, error)
 
 
+@functools.lru_cache(maxsize=65536)
+def _object_id(group: str) -> str | None:
+    """A group name as a canonical object id, or None; cached: the same groups come in every review."""
+    try:
+        return str(uuid.UUID(group))
+    except ValueError:
+        return None
+
+
 def security_groups(groups: list[str]) -> list[str]:
     """Only Entra group object ids go to checkAccess (as guard's getValidSecurityGroups): the
     apiserver adds `system:authenticated` and friends, which ARM would reject."""
-    out: list[str] = []
-    for group in groups:
-        try:
-            out.append(str(uuid.UUID(group)))
-        except ValueError:
-            continue
-    return sorted(set(out))
+    return sorted({oid for group in groups if (oid := _object_id(group)) is not None})
 
 
 def is_discovery(path: str, prefixes: tuple[str, ...]) -> bool:
@@ -87,7 +91,21 @@ class AzureAuthorizer:
             log.exception("authorizing %s failed", review.user)
             return _decide(self.config.failure, "Azure RBAC check failed", f"{type(exc).__name__}: {exc}")
 
-    async def _authorize(self, review: SubjectAccessReview, deadline: float) -> Decision:
+    def decide_now(self, review: SubjectAccessReview) -> Decision | None:
+        """The answer when it needs no checkAccess call (skipped users, discovery, a cached decision),
+        else None. Synchronous, so the server answers these without setting up a deadline."""
+        try:
+            plan = self._plan(review)
+            if isinstance(plan, Decision):
+                return plan
+            oid, groups, mapped = plan
+            hit = self.client.cached(oid, groups, mapped.action, mapped.scope)
+            return None if hit is None else self._conclude(mapped, [hit])
+        except Exception:  # the full path decides, and reports, whatever went wrong here
+            return None
+
+    def _plan(self, review: SubjectAccessReview) -> Decision | tuple[str, list[str], Mapped]:
+        """A decision without checkAccess, or what to ask it: (oid, security groups, action and scope)."""
         cfg = self.config
         if any(review.user.startswith(p) for p in cfg.extra_skip_prefixes):
             return Decision.no_opinion(f"user {review.user!r} is a system user; Azure RBAC has no opinion")
@@ -107,11 +125,20 @@ class AzureAuthorizer:
         mapped = self.mapper.map(review)
         if not isinstance(mapped, Mapped):
             return _decide(cfg.unmappable, f"no Azure data action: {mapped.reason}")
-        groups = security_groups(review.groups)
-        decisions = await self.client.check(oids[0], groups, mapped.scope, [mapped.action], deadline)
+        return oids[0], security_groups(review.groups), mapped
+
+    def _conclude(self, mapped: Mapped, decisions: list[AccessDecision]) -> Decision:
         where = f"{mapped.action} at {mapped.scope}"
         if decisions and all(d.allowed for d in decisions):
             return Decision.allow(f"Azure RBAC allows {where}")
         if any(d.denied for d in decisions):
             return Decision.deny(f"an Azure deny assignment denies {where}")
-        return _decide(cfg.not_allowed, f"no Azure role assignment grants {where}")
+        return _decide(self.config.not_allowed, f"no Azure role assignment grants {where}")
+
+    async def _authorize(self, review: SubjectAccessReview, deadline: float) -> Decision:
+        plan = self._plan(review)
+        if isinstance(plan, Decision):
+            return plan
+        oid, groups, mapped = plan
+        decisions = await self.client.check(oid, groups, mapped.scope, [mapped.action], deadline)
+        return self._conclude(mapped, decisions)

@@ -83,6 +83,10 @@ class Cluster(Base):
     metadata_updated_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
     # Expiry of the newest identity certificate issued; None until the agent onboards.
     identity_expires_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    # Impersonation mode (hub/aadproxy.py): the TLS name of the cluster's kube-aad-proxy, kept for
+    # the life of the resource, and the expiry of its newest serving certificate (None: passthrough).
+    aad_proxy_server_name: Mapped[str | None] = mapped_column(String(253), nullable=True)
+    aad_proxy_expires_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
 
 
 class IdentityCertificate(Base):

@@ -12,7 +12,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import logging
 import os
+from collections.abc import Coroutine
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,11 @@ from kubearc.logs import setup_logging
 from kubearc.settings import parse_duration
 
 GRAPH_SECRET_ENV = "KUBEARC_GUARD_GRAPH_CLIENT_SECRET"
+ARM_SECRET_ENV = "KUBEARC_GUARD_ARM_CLIENT_SECRET"
 ENTRA = "https://login.microsoftonline.com"
+ARM = "https://management.azure.com"
+ARM_SCOPE = "https://management.azure.com/.default"
+POLICIES = ("noopinion", "deny")
 
 
 def _seconds(value: str, flag: str) -> float:
@@ -81,25 +88,118 @@ def guard(
     ),
     deadline: str = typer.Option("3s", envvar="KUBEARC_GUARD_DEADLINE", help="Time budget per review."),
     failure_policy: str = typer.Option(
-        "noopinion", envvar="KUBEARC_GUARD_FAILURE_POLICY", help="noopinion or deny, past the deadline."
+        "noopinion",
+        envvar="KUBEARC_GUARD_FAILURE_POLICY",
+        help="noopinion or deny, past the deadline or when checkAccess cannot answer.",
+    ),
+    cluster_resource_id: str = typer.Option(
+        None,
+        envvar="KUBEARC_GUARD_CLUSTER_RESOURCE_ID",
+        help="ARM id of this cluster; SubjectAccessReviews then go to Azure RBAC (else: NoOpinion).",
+    ),
+    cluster_type: str = typer.Option(
+        "connectedClusters",
+        envvar="KUBEARC_GUARD_CLUSTER_TYPE",
+        help="connectedClusters (Arc) or managedClusters (AKS): the data actions' prefix.",
+    ),
+    checkaccess_url: str = typer.Option(
+        ARM, envvar="KUBEARC_GUARD_CHECKACCESS_URL", help="ARM, or the kubearc hub's URL."
+    ),
+    checkaccess_ca: Path = typer.Option(
+        None, envvar="KUBEARC_GUARD_CHECKACCESS_CA", help="CA bundle of a self-signed checkAccess endpoint."
+    ),
+    identity: str = typer.Option(
+        None,
+        envvar="KUBEARC_GUARD_IDENTITY",
+        help="checkAccess credential: the cluster identity store, file:DIR or secret:NS/NAME (hub only).",
+    ),
+    identity_audience: str = typer.Option(
+        None,
+        envvar="KUBEARC_GUARD_IDENTITY_AUDIENCE",
+        help="Audience of identity agent tokens: the hub's public URL (default: --checkaccess-url).",
+    ),
+    kubeconfig: Path = typer.Option(
+        None, envvar="KUBECONFIG", help="For a secret: identity store (default: in-cluster)."
+    ),
+    arm_client_id: str = typer.Option(
+        None,
+        envvar="KUBEARC_GUARD_ARM_CLIENT_ID",
+        help=f"checkAccess credential: an Entra app id; its secret is read from ${ARM_SECRET_ENV}.",
+    ),
+    arm_authority: str = typer.Option(
+        None,
+        envvar="KUBEARC_GUARD_ARM_AUTHORITY",
+        help="Token authority for --arm-client-id (default: the first --entra-tenant).",
+    ),
+    arm_scope: str = typer.Option(
+        ARM_SCOPE,
+        envvar="KUBEARC_GUARD_ARM_SCOPE",
+        help="Scope for --arm-client-id tokens (a hub: its audience + /.default).",
+    ),
+    skip_user: list[str] = typer.Option(
+        [], envvar="KUBEARC_GUARD_SKIP_USER", help="User Azure RBAC has no opinion on (repeatable)."
+    ),
+    skip_group: list[str] = typer.Option(
+        [], envvar="KUBEARC_GUARD_SKIP_GROUP", help="Group Azure RBAC has no opinion on (repeatable)."
+    ),
+    not_allowed: str = typer.Option(
+        "noopinion",
+        envvar="KUBEARC_GUARD_NOT_ALLOWED",
+        help="noopinion (Kubernetes RBAC may still allow) or deny, when no role grants the action.",
+    ),
+    without_oid: str = typer.Option(
+        "noopinion",
+        envvar="KUBEARC_GUARD_WITHOUT_OID",
+        help="noopinion or deny, for users without extra.oid (not from Entra).",
+    ),
+    allow_ttl: str = typer.Option(
+        "5m", envvar="KUBEARC_GUARD_ALLOW_TTL", help="Longest time an Allowed decision is reused."
+    ),
+    deny_ttl: str = typer.Option(
+        "30s", envvar="KUBEARC_GUARD_DENY_TTL", help="Longest time a NotAllowed/Denied decision is reused."
     ),
     log_level: str = typer.Option("info", envvar="KUBEARC_LOG_LEVEL"),
     log_format: str = typer.Option("json", envvar="KUBEARC_LOG_FORMAT", help="text or json."),
 ) -> None:
-    """Run the guard webhook: TokenReviews (Entra, local issuer, static tokens) and SubjectAccessReviews."""
+    """Run the guard webhook: TokenReviews (Entra, local issuer, static tokens); SARs via Azure RBAC."""
     from guard.authn.chain import AuthnChain
     from guard.authn.graph import GRAPH_BASE, GraphGroups, GraphSettings
     from guard.authn.oidc import OidcAuthenticator
     from guard.authn.static import StaticTokens
     from guard.config import GuardConfig
-    from guard.server import GuardServer, GuardState, NoAuthorizer
+    from guard.server import Authorizer, GuardServer, GuardState, NoAuthorizer
 
-    if failure_policy not in ("noopinion", "deny"):
-        raise typer.BadParameter("must be noopinion or deny", param_hint="--failure-policy")
+    for value, flag in (
+        (failure_policy, "--failure-policy"),
+        (not_allowed, "--not-allowed"),
+        (without_oid, "--without-oid"),
+    ):
+        if value not in POLICIES:
+            raise typer.BadParameter("must be noopinion or deny", param_hint=flag)
     if (entra_tenant or issuer) and not audience:
         raise typer.BadParameter("give the accepted token audience", param_hint="--audience")
     if not (entra_tenant or issuer or token_file):
         raise typer.BadParameter("give --entra-tenant, --issuer or --token-file", param_hint="--issuer")
+    plan = _authz_plan(
+        cluster_resource_id=cluster_resource_id,
+        cluster_type=cluster_type,
+        checkaccess_url=checkaccess_url,
+        checkaccess_ca=checkaccess_ca,
+        identity=identity,
+        identity_audience=identity_audience,
+        kubeconfig=kubeconfig,
+        arm_client_id=arm_client_id,
+        arm_authority=arm_authority or (f"{ENTRA}/{entra_tenant[0]}" if entra_tenant else None),
+        arm_scope=arm_scope,
+        issuer_ca=issuer_ca,
+        skip_user=skip_user,
+        skip_group=skip_group,
+        not_allowed=not_allowed,
+        without_oid=without_oid,
+        failure_policy=failure_policy,
+        allow_ttl=allow_ttl,
+        deny_ttl=deny_ttl,
+    )
     setup_logging(log_level, log_format)
     ca = str(issuer_ca) if issuer_ca else None
     graph = None
@@ -133,24 +233,184 @@ def guard(
         deadline=_seconds(deadline, "--deadline"),
         failure_policy="deny" if failure_policy == "deny" else "noopinion",
     )
-    # SubjectAccessReviews get NoOpinion until an authorizer (Azure RBAC) is configured.
-    state = GuardState(config, chain, NoAuthorizer())
 
     async def main() -> None:
-        server = GuardServer(state, chain.ready)
+        from guard.assemble import azure_authorizer, readiness
+
+        authorizer: Authorizer = NoAuthorizer()
+        loader: Any = chain.ready
+        client = None
+        if plan is not None:
+            # Built on the serving loop: the checkAccess client's connections belong to it.
+            azure = azure_authorizer(plan.settings, plan.credential)
+            authorizer, client = azure, azure.client
+            loader = readiness(("signing keys", chain.ready), ("checkAccess credential", plan.credential))
+            logging.getLogger("kubearc.guard").info(
+                "SubjectAccessReviews go to Azure RBAC",
+                extra={
+                    "cluster": plan.settings.cluster_resource_id,
+                    "checkaccess": plan.settings.checkaccess_url,
+                    "credential": plan.describe,
+                },
+            )
+        server = GuardServer(GuardState(config, chain, authorizer), loader, freeze_gc=True)
+        mode = "Azure RBAC" if plan is not None else "NoOpinion (no --cluster-resource-id)"
         typer.echo(
-            f"kubearc guard: reviews on https://{host}:{server.port}, probes on :{server.health_port}",
+            f"kubearc guard: reviews on https://{host}:{server.port}, probes on :{server.health_port}, "
+            f"authorization: {mode}",
             err=True,
         )
         try:
             await server.serve()
         finally:
             server.close()
+            if client is not None:
+                await client.aclose()
             if graph is not None:
                 await graph.aclose()
+            if plan is not None:
+                plan.close()
 
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(main())
+        _run(main())
+
+
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    """uvloop when available (uvicorn[standard] brings it), as the hub does: less CPU per review."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
+@dataclass
+class _AuthzPlan:
+    """Validated authorization settings and the checkAccess credential (no secret in `describe`)."""
+
+    settings: Any  # guard.assemble.AuthzSettings
+    credential: Any  # IdentityCredential | ClientCredential
+    describe: str
+    kube: Any = None
+
+    def close(self) -> None:
+        close = getattr(self.credential, "close", None)
+        if close is not None:
+            close()
+        if self.kube is not None:
+            self.kube.close()
+
+
+def _authz_plan(
+    *,
+    cluster_resource_id: str | None,
+    cluster_type: str,
+    checkaccess_url: str,
+    checkaccess_ca: Path | None,
+    identity: str | None,
+    identity_audience: str | None,
+    kubeconfig: Path | None,
+    arm_client_id: str | None,
+    arm_authority: str | None,
+    arm_scope: str,
+    issuer_ca: Path | None,
+    skip_user: list[str],
+    skip_group: list[str],
+    not_allowed: str,
+    without_oid: str,
+    failure_policy: str,
+    allow_ttl: str,
+    deny_ttl: str,
+) -> _AuthzPlan | None:
+    """Check the Azure RBAC flags together; None keeps authentication-only mode (NoAuthorizer)."""
+    from guard.assemble import (
+        CLUSTER_TYPES,
+        AuthzSettings,
+        ClientCredential,
+        IdentityCredential,
+        check_cluster_resource_id,
+    )
+    from kubearc.identitystore import StoreError, open_store
+    from kubearc.kube import Kube
+
+    if not cluster_resource_id:
+        for value, flag in ((identity, "--identity"), (arm_client_id, "--arm-client-id")):
+            if value:
+                raise typer.BadParameter(
+                    "is a checkAccess credential: give --cluster-resource-id too", param_hint=flag
+                )
+        return None
+    if cluster_type not in CLUSTER_TYPES:
+        raise typer.BadParameter(
+            f"must be one of {', '.join(CLUSTER_TYPES)}, got {cluster_type!r}", param_hint="--cluster-type"
+        )
+    arm_type = CLUSTER_TYPES[cluster_type]
+    try:
+        resource_id = check_cluster_resource_id(cluster_resource_id, arm_type)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--cluster-resource-id") from None
+    url = checkaccess_url.strip().rstrip("/")
+    if not url.lower().startswith("https://") or len(url) <= len("https://"):
+        raise typer.BadParameter(
+            f"must be an https:// URL, got {checkaccess_url!r}", param_hint="--checkaccess-url"
+        )
+    if checkaccess_ca is not None and not checkaccess_ca.is_file():
+        raise typer.BadParameter(f"{checkaccess_ca} is not a readable file", param_hint="--checkaccess-ca")
+    if identity and arm_client_id:
+        raise typer.BadParameter("give --identity or --arm-client-id, not both", param_hint="--identity")
+    if not (identity or arm_client_id):
+        raise typer.BadParameter(
+            "Azure RBAC needs a checkAccess credential: --identity file:DIR|secret:NAMESPACE/NAME "
+            f"(a kubearc hub) or --arm-client-id with ${ARM_SECRET_ENV} (ARM)",
+            param_hint="--cluster-resource-id",
+        )
+    settings = AuthzSettings(
+        cluster_resource_id=resource_id,
+        checkaccess_url=url,
+        checkaccess_ca=str(checkaccess_ca) if checkaccess_ca else None,
+        cluster_type=arm_type,
+        skip_users=frozenset(skip_user),
+        skip_groups=frozenset(skip_group),
+        not_allowed="deny" if not_allowed == "deny" else "noopinion",
+        without_oid="deny" if without_oid == "deny" else "noopinion",
+        failure="deny" if failure_policy == "deny" else "noopinion",
+        allow_ttl=_seconds(allow_ttl, "--allow-ttl"),
+        deny_ttl=_seconds(deny_ttl, "--deny-ttl"),
+    )
+    if identity:
+        if url.lower() == ARM and not identity_audience:
+            raise typer.BadParameter(
+                "a cluster identity's agent tokens are accepted by a kubearc hub only: "
+                "give --checkaccess-url https://HUB (or use --arm-client-id for ARM)",
+                param_hint="--identity",
+            )
+        kube = Kube(kubeconfig) if identity.startswith("secret:") else None
+        try:
+            store = open_store(identity, kube)
+        except StoreError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--identity") from None
+        audience = (identity_audience or url).rstrip("/")
+        return _AuthzPlan(
+            settings, IdentityCredential(store, audience), f"identity {store.description}", kube
+        )
+    assert arm_client_id  # one of the two credentials was given
+    secret = os.environ.get(ARM_SECRET_ENV)
+    if not secret:
+        raise typer.BadParameter(
+            f"set ${ARM_SECRET_ENV} to the app's client secret", param_hint="--arm-client-id"
+        )
+    if not arm_authority:
+        raise typer.BadParameter(
+            f"give --arm-authority (e.g. {ENTRA}/TENANT_ID) or --entra-tenant", param_hint="--arm-client-id"
+        )
+    if not arm_scope.endswith("/.default"):
+        raise typer.BadParameter(
+            f"client credentials need a RESOURCE/.default scope, got {arm_scope!r}", param_hint="--arm-scope"
+        )
+    ca = str(issuer_ca or checkaccess_ca) if (issuer_ca or checkaccess_ca) else None
+    credential = ClientCredential(arm_client_id, secret, arm_authority.rstrip("/"), arm_scope, ca_file=ca)
+    return _AuthzPlan(settings, credential, f"Entra app {arm_client_id} at {arm_authority}")
 
 
 def _b64(path: Path) -> str:
