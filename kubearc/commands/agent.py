@@ -16,6 +16,7 @@ from typing import Any
 
 import typer
 
+from kubearc import aio
 from kubearc.logs import setup_logging
 
 app = typer.Typer(no_args_is_help=True, help="In-cluster agents.")
@@ -67,7 +68,7 @@ def _execute(agent: str, main: Coroutine[Any, Any, None]) -> None:
             log.info("%s agent stopped", agent)
 
     try:
-        asyncio.run(supervised())
+        aio.run(supervised())
     except RetriesExhausted as exc:
         typer.echo(f"error: {agent}: gave up: {exc}", err=True)
         raise typer.Exit(3) from None

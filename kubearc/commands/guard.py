@@ -9,12 +9,10 @@ certificate; kubelet's probes have none).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import logging
 import os
-from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from typing import Any
 import typer
 import yaml
 
+from kubearc import aio
 from kubearc.logs import setup_logging
 from kubearc.settings import parse_duration
 
@@ -272,17 +271,7 @@ def guard(
                 plan.close()
 
     with contextlib.suppress(KeyboardInterrupt):
-        _run(main())
-
-
-def _run(main: Coroutine[Any, Any, None]) -> None:
-    """uvloop when available (uvicorn[standard] brings it), as the hub does: less CPU per review."""
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(main)
-    else:
-        uvloop.run(main)
+        aio.run(main())
 
 
 @dataclass

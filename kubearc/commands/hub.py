@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import typer
 
+from kubearc import aio
 from kubearc.logs import setup_logging
 from kubearc.settings import default_state_dir, parse_duration
 
@@ -129,7 +129,7 @@ def hub(
                 typer.echo(f"  cluster-connect relay: {config.relay}", err=True)
 
     try:
-        _run(main())
+        aio.run(main())
     except KeyboardInterrupt:
         pass
     except ExceptionGroup as group:
@@ -152,13 +152,3 @@ async def _relay(host: str, port: int, tls: TlsFiles, hub_url: str) -> None:
     context.load_cert_chain(tls.cert, tls.key)
     auth = HubAuth(hub_url, str(tls.ca) if tls.ca else None)
     await RelayServer(Relay(), auth, host, port, context).serve_forever()
-
-
-def _run(main: Coroutine[Any, Any, None]) -> None:
-    """uvloop when available (it comes with uvicorn[standard]): less CPU per request."""
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(main)
-    else:
-        uvloop.run(main)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import typer
 
+from kubearc import aio
 from kubearc.commands.output import fail, request_json, subscription_or_fail
 from kubearc.logs import setup_logging
 
@@ -99,7 +100,7 @@ def proxy(
         await client.run(ready, stop)
 
     try:
-        asyncio.run(main())
+        aio.run(main())
     except OSError as exc:
         if exc.errno == 98:  # EADDRINUSE
             fail(f"port {port} is in use (is another kubearc proxy running? pick one with --port)")

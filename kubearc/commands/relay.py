@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ssl
 from pathlib import Path
 
 import typer
 
+from kubearc import aio
 from kubearc.logs import setup_logging
 from kubearc.settings import default_state_dir
 
@@ -54,4 +54,4 @@ def relay(
     )
     typer.echo(f"kubearc relay listening on wss://{host}:{port}", err=True)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(server.serve_forever())
+        aio.run(server.serve_forever())
