@@ -28,7 +28,6 @@ import multiprocessing as mp
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -42,6 +41,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from loadtest.procstat import cpu_seconds, free_port, machine_busy_seconds
+
 ROOT = Path(__file__).resolve().parents[1]
 SUB = "00000000-0000-0000-0000-00000000be02"
 RG = "bench"
@@ -50,7 +51,6 @@ CC = "Microsoft.Kubernetes/connectedClusters"
 AUDIENCE = "api://kubearc-hub"
 ONBOARDING_ROLE = "Kubernetes Cluster - Azure Arc Onboarding"
 VIEWER_ROLE = "Azure Arc Kubernetes Viewer"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 NAN = float("nan")
 WARMUP = 0.3  # seconds per measured slice before counting
 T = TypeVar("T")
@@ -150,27 +150,6 @@ class Outcome:
     cpu: float = 0.0  # load-generator CPU seconds in the window
     watched: dict[str, float] = field(default_factory=dict)
     exhausted: bool = False  # `once` bodies ran out before the slice's end
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """utime + stime of `pids` from /proc (gone processes count nothing)."""
-    total = 0.0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / CLK_TCK
-    return total
-
-
-def machine_busy_seconds() -> float:
-    try:
-        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    except OSError:
-        return NAN
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / CLK_TCK
 
 
 class HttpConn(asyncio.Protocol):
@@ -436,12 +415,6 @@ class LoadGen:
 
 
 # --------------------------------------------------------------------------- the stack
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def pdeathsig() -> None:

@@ -20,7 +20,6 @@ import math
 import multiprocessing as mp
 import os
 import random
-import socket
 import ssl
 import subprocess
 import sys
@@ -36,6 +35,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+
+from loadtest.procstat import cpu_seconds, free_port, machine_busy_seconds
 
 try:
     import sniffio  # noqa: F401
@@ -53,7 +54,6 @@ HEARTBEAT = "/agent/v1/heartbeat"
 HEALTHZ = "/healthz"
 ONBOARD = "/agent/v1/identity/certificate"
 PG_ADMIN = os.environ.get("KUBEARC_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 SLICE_WARMUP = 1.0  # seconds per measured slice before counting: new keep-alive connections settle
 VERIFY_SAMPLE = 100
 ONBOARD_CHUNK = 2500  # onboarding assertions are made per chunk: they expire 5 minutes after
@@ -104,29 +104,6 @@ class Outcome:
     cpu: float = 0.0  # load-generator CPU seconds in the window
     watched: dict[str, float] = field(default_factory=dict)  # CPU seconds of watched pids in the window
     picked: dict[int, Any] = field(default_factory=dict)
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """utime + stime of `pids` from /proc (processes that are gone count nothing)."""
-    total = 0.0
-    for pid in pids:
-        try:
-            text = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        fields = text.rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / CLK_TCK
-    return total
-
-
-def machine_busy_seconds() -> float:
-    """CPU seconds all cores spent busy since boot (/proc/stat): shows how shared the machine was."""
-    try:
-        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    except OSError:
-        return NAN
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / CLK_TCK
 
 
 def _dig(value: Any, path: str) -> Any:
@@ -376,12 +353,6 @@ class Report:
 
 
 # --------------------------------------------------------------------------- hub process and store
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def postgres_pids() -> list[int]:

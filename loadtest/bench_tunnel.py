@@ -45,6 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
+from loadtest.procstat import cpu_seconds, free_port, machine_busy_seconds
+
 ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
 SUB = "00000000-0000-0000-0000-00000000be02"
@@ -53,7 +55,6 @@ CLUSTER = "bench-tunnel"
 API = {"api-version": "2024-01-01"}
 ONBOARDING_ROLE = "Kubernetes Cluster - Azure Arc Onboarding"
 USER_ROLE = "Azure Arc Enabled Kubernetes Cluster User Role"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 MB = 1_000_000
 BLOCK = bytes(1 << 20)  # what bulk senders write per call
 SOURCE_CHUNK = bytes(256 * 1024)  # what the target's source mode writes per call
@@ -90,12 +91,6 @@ def raise_nofile(wanted: int) -> int:
     return new
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
 # --------------------------------------------------------------------------- /proc readings
 
 
@@ -107,23 +102,6 @@ def rss_kb(pid: int) -> int:
     except OSError:
         pass
     return 0
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / CLK_TCK
-
-
-def machine_busy_seconds() -> float:
-    """Non-idle CPU time of the whole machine: shows other work sharing the cores."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(fields) - fields[3] - fields[4]) / CLK_TCK
 
 
 def descendants(root: int) -> list[int]:
