@@ -60,6 +60,20 @@ CLUSTER_ADMIN = "8393591c-06b9-48a2-a542-1bd6b377f6a2"  # Azure Arc Kubernetes C
 OWNER = "8e3af657-a8ff-443c-a75c-2fe8c4bcb635"
 CONTRIBUTOR = "b24988ac-6180-42a0-ab88-20f7382dd24c"
 PODS_READ = "Microsoft.Kubernetes/connectedClusters/pods/read"
+# `kubearc guard serve` with everything but authorization set (the files need not exist: the
+# flag checks come first).
+SERVE_ARGS = (
+    "guard",
+    "serve",
+    "--tls-cert",
+    "c",
+    "--tls-key",
+    "k",
+    "--client-ca",
+    "ca",
+    "--issuer",
+    "https://i",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -512,18 +526,7 @@ RID = f"/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.Kubernetes/co
 def test_bad_authorization_flags_name_the_problem(
     tmp_path: Path, extra: list[str], env: dict[str, str], hint: str, message: str
 ) -> None:
-    args = [
-        "guard",
-        "serve",
-        "--tls-cert",
-        "c",
-        "--tls-key",
-        "k",
-        "--client-ca",
-        "ca",
-        "--issuer",
-        "https://i",
-    ]
+    args = list(SERVE_ARGS)
     args += ["--audience", "a", "--checkaccess-url", "https://hub:8443", "--cluster-resource-id", RID]
     result = CliRunner().invoke(app, [*args, *extra], env={"KUBEARC_GUARD_ARM_CLIENT_SECRET": "", **env})
     assert result.exit_code == 2, result.output
@@ -544,18 +547,7 @@ def test_bad_authorization_flags_name_the_problem(
     ],
 )
 def test_cluster_resource_id_must_name_a_cluster(rid: str, cluster_type: str) -> None:
-    args = [
-        "guard",
-        "serve",
-        "--tls-cert",
-        "c",
-        "--tls-key",
-        "k",
-        "--client-ca",
-        "ca",
-        "--issuer",
-        "https://i",
-    ]
+    args = list(SERVE_ARGS)
     args += ["--audience", "a", "--identity", "file:/x", "--checkaccess-url", "https://hub"]
     result = CliRunner().invoke(app, [*args, "--cluster-resource-id", rid, "--cluster-type", cluster_type])
     assert result.exit_code == 2
@@ -565,17 +557,6 @@ def test_cluster_resource_id_must_name_a_cluster(rid: str, cluster_type: str) ->
 
 
 def test_credentials_only_with_a_cluster() -> None:
-    args = [
-        "guard",
-        "serve",
-        "--tls-cert",
-        "c",
-        "--tls-key",
-        "k",
-        "--client-ca",
-        "ca",
-        "--issuer",
-        "https://i",
-    ]
+    args = list(SERVE_ARGS)
     result = CliRunner().invoke(app, [*args, "--audience", "a", "--identity", "file:/x"])
     assert result.exit_code == 2 and "--cluster-resource-id" in result.output
