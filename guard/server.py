@@ -32,6 +32,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from guard.audit import AuditSink, LoggingAudit
 from guard.authn.base import AuthenticationError, Authenticator
 from guard.authn.chain import AuthnChain
 from guard.config import GuardConfig
@@ -46,7 +47,6 @@ from guard.reviews import (
 from kubearc.metrics import RequestMetrics, metrics_endpoint, request_histogram
 
 log = logging.getLogger("kubearc.guard")
-audit = logging.getLogger("kubearc.guard.audit")
 
 
 class Authorizer(Protocol):
@@ -58,6 +58,7 @@ class GuardState:
     config: GuardConfig
     authenticator: Authenticator
     authorizer: Authorizer
+    audit: AuditSink = field(default_factory=LoggingAudit)
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     ready: bool = False
     waiting_for: str = "signing keys and configuration not loaded yet"  # /readyz says why it is 503
@@ -137,13 +138,6 @@ def _request_id(request: Request) -> str:
     return f"{_ID_PREFIX}{next(_ids):08x}"
 
 
-def _audit(message: str, fields: dict[str, Any]) -> None:
-    """One audit record, as `audit.info(message, extra=fields)` makes it, minus the caller lookup
-    (`findCaller` walks the stack on every record; the formatters print no source line)."""
-    if audit.isEnabledFor(logging.INFO):
-        audit.handle(audit.makeRecord(audit.name, logging.INFO, __file__, 0, message, (), None, extra=fields))
-
-
 def _policy(state: GuardState, reason: str) -> Decision:
     if state.config.failure_policy == "deny":
         return Decision.deny(reason)
@@ -184,7 +178,7 @@ async def token_reviews(request: Request) -> Response:
         log.exception("token review failed")
         error = "internal error while authenticating"
     state.count("tokenreview", "authenticated" if user else "refused")
-    _audit(
+    state.audit.decision(
         "tokenreview",
         {
             "request_id": _request_id(request),
@@ -223,7 +217,7 @@ async def subject_access_reviews(request: Request) -> Response:
     result = "allowed" if decision.allowed else "denied" if decision.denied else "noopinion"
     state.count("subjectaccessreview", result)
     attrs = review.resource or review.non_resource
-    _audit(
+    state.audit.decision(
         "subjectaccessreview",
         {
             "request_id": _request_id(request),
@@ -363,6 +357,7 @@ class GuardServer:
                 loader.cancel()
                 self.stop()
         finally:
+            self.state.audit.flush()
             for sig in handled:
                 loop.remove_signal_handler(sig)
 

@@ -17,39 +17,55 @@ _RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color
 _encode = json.JSONEncoder(default=str).encode
 
 
-class JsonFormatter(logging.Formatter):
-    # The date and time to the second, formatted once per second: guard writes an audit line per
-    # review, thousands a second, and strftime was a tenth of each line's cost.
-    _second = -1
-    _stamp = ""
+class _Clock:
+    """`YYYY-MM-DDTHH:MM:SS.mmmZ`, the date and time to the second formatted once per second: guard
+    writes an audit line per review, thousands a second, and strftime was a tenth of each line's cost."""
 
-    def format(self, record: logging.LogRecord) -> str:
-        second = int(record.created)
+    def __init__(self) -> None:
+        self._second = -1
+        self._stamp = ""
+
+    def stamp(self, created: float) -> str:
+        second = int(created)
         if second != self._second:
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
             self._second = second
-        doc: dict[str, object] = {
-            "ts": f"{self._stamp}.{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        for key, value in record.__dict__.items():
-            if key not in _RESERVED and key[:1] != "_":
-                doc[key] = value
+        return f"{self._stamp}.{int((created - second) * 1000):03d}Z"
+
+
+_clock = _Clock()
+
+
+def json_line(created: float, level: str, logger: str, msg: str, fields: dict[str, object]) -> str:
+    """One log line as `JsonFormatter` writes it (also used by writers that bypass `logging`)."""
+    doc: dict[str, object] = {"ts": _clock.stamp(created), "level": level, "logger": logger, "msg": msg}
+    doc.update(fields)
+    return _encode(doc)
+
+
+def text_line(level: str, logger: str, msg: str, fields: dict[str, object]) -> str:
+    """One log line as `TextFormatter` writes it."""
+    line = f"{level:5} {logger}: {msg}"
+    if fields:
+        line += " [" + " ".join(f"{k}={v}" for k, v in fields.items()) + "]"
+    return line
+
+
+def _fields(record: logging.LogRecord) -> dict[str, object]:
+    return {k: v for k, v in vars(record).items() if k not in _RESERVED and k[:1] != "_"}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        fields = _fields(record)
         if record.exc_info:
-            doc["exc"] = self.formatException(record.exc_info)
-        return _encode(doc)
+            fields["exc"] = self.formatException(record.exc_info)
+        return json_line(record.created, record.levelname.lower(), record.name, record.getMessage(), fields)
 
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        fields = " ".join(
-            f"{k}={v}" for k, v in vars(record).items() if k not in _RESERVED and not k.startswith("_")
-        )
-        line = f"{record.levelname.lower():5} {record.name}: {record.getMessage()}"
-        if fields:
-            line += f" [{fields}]"
+        line = text_line(record.levelname.lower(), record.name, record.getMessage(), _fields(record))
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line

@@ -13,6 +13,7 @@ import base64
 import contextlib
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -161,6 +162,7 @@ def guard(
     log_format: str = typer.Option("json", envvar="KUBEARC_LOG_FORMAT", help="text or json."),
 ) -> None:
     """Run the guard webhook: TokenReviews (Entra, local issuer, static tokens); SARs via Azure RBAC."""
+    from guard.audit import StreamAudit
     from guard.authn.chain import AuthnChain
     from guard.authn.graph import GRAPH_BASE, GraphGroups, GraphSettings
     from guard.authn.oidc import OidcAuthenticator
@@ -252,7 +254,8 @@ def guard(
                     "credential": plan.describe,
                 },
             )
-        server = GuardServer(GuardState(config, chain, authorizer), loader, freeze_gc=True)
+        audit = StreamAudit(sys.stderr, log_format)  # the log's format, one write per loop turn
+        server = GuardServer(GuardState(config, chain, authorizer, audit=audit), loader, freeze_gc=True)
         mode = "Azure RBAC" if plan is not None else "NoOpinion (no --cluster-resource-id)"
         typer.echo(
             f"kubearc guard: reviews on https://{host}:{server.port}, probes on :{server.health_port}, "
