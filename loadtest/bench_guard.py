@@ -778,12 +778,11 @@ def count_uncached_token_reviews(guard_log: Path) -> int:
     n = 0
     with guard_log.open(errors="replace") as f:
         for line in f:
-            if (
-                '"msg": "tokenreview"' in line
-                and '"cached": false' in line
-                and '"authenticated": true' in line
-            ):
-                n += 1
+            if '"msg":"tokenreview"' not in line:
+                continue
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                n += record.get("cached") is False and record.get("authenticated") is True
     return n
 
 

@@ -390,8 +390,8 @@ def test_guard_process_answers_reviews_from_hub_rbac(
     log = guard.output
     for secret in (alice_token, bob_token, (store / "tls.key").read_text().strip().splitlines()[1]):
         assert secret not in log
-    assert '"msg": "subjectaccessreview"' in log and "SubjectAccessReviews go to Azure RBAC" in log
-    assert f'"request_id": "{audit_id}"' in log
+    assert '"msg":"subjectaccessreview"' in log and "SubjectAccessReviews go to Azure RBAC" in log
+    assert f'"request_id":"{audit_id}"' in log
     guard.stop()
     assert guard.proc.returncode == 0, log
 
