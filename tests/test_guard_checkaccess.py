@@ -507,7 +507,7 @@ def test_discovery_paths_match_whole_segments(path: str, expected: bool) -> None
 
 def test_only_entra_group_ids_are_sent() -> None:
     g = str(uuid.uuid4())
-    assert security_groups(["system:authenticated", g.upper(), g, "devs"]) == [g]
+    assert security_groups(["system:authenticated", g.upper(), g, "devs"]) == (g,)
 
 
 async def test_credential_failure_is_an_outage_not_a_crash() -> None:

@@ -26,6 +26,7 @@ Choices where guard is silent or weak, on purpose:
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -110,31 +111,38 @@ class ActionMapper:
         return Unmappable("the review has neither resourceAttributes nor nonResourceAttributes")
 
     def map_resource(self, ra: ResourceAttributes) -> Mapped | Unmappable:
-        verb = ra.verb.lower()
-        resource = ra.resource.lower()
-        group = ra.group.lower()
-        subresource = ra.subresource.lower()
+        # The object's name and the API version do not change the action: cached without them.
+        return self._map_resource(ra.namespace, ra.verb, ra.group, ra.resource, ra.subresource)
+
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 (one mapper per authorizer, as long-lived as the process)
+    def _map_resource(
+        self, namespace: str, raw_verb: str, raw_group: str, raw_resource: str, raw_subresource: str
+    ) -> Mapped | Unmappable:
+        verb = raw_verb.lower()
+        resource = raw_resource.lower()
+        group = raw_group.lower()
+        subresource = raw_subresource.lower()
         if not resource:
-            return Unmappable(f"resource request for verb {ra.verb!r} names no resource")
+            return Unmappable(f"resource request for verb {raw_verb!r} names no resource")
         for what, value in (("resource", resource), ("group", group), ("subresource", subresource)):
             if value and (not _SEGMENT.match(value) or ("*" in value and value != "*")):
                 return Unmappable(f"{what} {value!r} is not a valid name")
         if self.wildcards == "unmappable" and "*" in (verb, resource, group):
             return Unmappable(f"wildcard in verb/group/resource ({verb} {group}/{resource}) is not mapped")
-        if ra.namespace and (not _SEGMENT.match(ra.namespace) or "*" in ra.namespace):
-            return Unmappable(f"namespace {ra.namespace!r} is not a valid name")
+        if namespace and (not _SEGMENT.match(namespace) or "*" in namespace):
+            return Unmappable(f"namespace {namespace!r} is not a valid name")
         special = None if group else SUBRESOURCE_ACTIONS.get((resource, subresource))
         if special is not None and verb in RESOURCE_VERBS:
             tail = special.split("/", 1)[1]
         else:
             action = RESOURCE_VERBS.get(verb)
             if action is None:
-                return Unmappable(f"verb {ra.verb!r} has no Azure data action")
+                return Unmappable(f"verb {raw_verb!r} has no Azure data action")
             tail = action
         prefix = f"{self.cluster_type}/{group}" if group else self.cluster_type
         scope = self.cluster_resource_id
-        if ra.namespace:
-            scope = f"{scope}/namespaces/{ra.namespace}"
+        if namespace:
+            scope = f"{scope}/namespaces/{namespace}"
         return Mapped(f"{prefix}/{resource}/{tail}", scope)
 
     def map_non_resource(self, nra: NonResourceAttributes) -> Mapped | Unmappable:

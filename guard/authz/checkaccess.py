@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -68,12 +69,13 @@ CacheKey = tuple[str, tuple[str, ...], str, str]
 
 def cache_key(oid: str, groups: Sequence[str], action: str, scope: str) -> CacheKey:
     """Everything the answer depends on; ids and paths compare case-insensitively in ARM."""
-    return (
-        oid.lower(),
-        tuple(sorted({g.lower() for g in groups})),
-        action.lower(),
-        scope.lower().rstrip("/"),
-    )
+    return (oid.lower(), _canonical_groups(tuple(groups)), action.lower(), scope.lower().rstrip("/"))
+
+
+@functools.lru_cache(maxsize=16384)
+def _canonical_groups(groups: tuple[str, ...]) -> tuple[str, ...]:
+    # Cached: the same few group lists come with every review.
+    return tuple(sorted({g.lower() for g in groups}))
 
 
 @dataclass

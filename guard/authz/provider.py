@@ -63,10 +63,16 @@ def _object_id(group: str) -> str | None:
         return None
 
 
-def security_groups(groups: list[str]) -> list[str]:
+def security_groups(groups: list[str]) -> tuple[str, ...]:
     """Only Entra group object ids go to checkAccess (as guard's getValidSecurityGroups): the
-    apiserver adds `system:authenticated` and friends, which ARM would reject."""
-    return sorted({oid for group in groups if (oid := _object_id(group)) is not None})
+    apiserver adds `system:authenticated` and friends, which ARM would reject. Sorted, lower case."""
+    return _security_groups(tuple(groups))
+
+
+@functools.lru_cache(maxsize=16384)
+def _security_groups(groups: tuple[str, ...]) -> tuple[str, ...]:
+    # Cached per group list: a user's reviews all carry the same one.
+    return tuple(sorted({oid for group in groups if (oid := _object_id(group)) is not None}))
 
 
 def is_discovery(path: str, prefixes: tuple[str, ...]) -> bool:
@@ -104,10 +110,10 @@ class AzureAuthorizer:
         except Exception:  # the full path decides, and reports, whatever went wrong here
             return None
 
-    def _plan(self, review: SubjectAccessReview) -> Decision | tuple[str, list[str], Mapped]:
+    def _plan(self, review: SubjectAccessReview) -> Decision | tuple[str, tuple[str, ...], Mapped]:
         """A decision without checkAccess, or what to ask it: (oid, security groups, action and scope)."""
         cfg = self.config
-        if any(review.user.startswith(p) for p in cfg.extra_skip_prefixes):
+        if review.user.startswith(cfg.extra_skip_prefixes):
             return Decision.no_opinion(f"user {review.user!r} is a system user; Azure RBAC has no opinion")
         if review.user in cfg.skip_users:
             return Decision.no_opinion(f"user {review.user!r} is skipped by configuration")
