@@ -32,12 +32,15 @@ import jwt
 import msal
 import pytest
 import yaml
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from guard.authn.static import StaticTokens, digest
 from guard.impersonation import ImpersonatingProxy, ProxySettings, serving_context, upstream_from_kube
 from guard.impersonation.upstream import Upstream, client_context
 from guard.reviews import Decision, SubjectAccessReview, UserInfo
 from hub.aadproxy import NAME_SUFFIX
+from hub.issuer import admin, directory
+from hub.store.db import sqlite_url
 from kubearc import pki
 from kubearc.kube import Kube
 from kubearc.session import issuer_http_client
@@ -258,9 +261,12 @@ async def test_an_unreachable_or_unverifiable_apiserver_is_a_clear_error(
 class Stack:
     tunnel: TunnelStack
     kubeconfig: Path
-    tokens: dict[str, str]  # alice (Cluster Admin through a group), bob (Viewer), carol (no role)
+    # alice (Cluster Admin through a group), bob (Viewer), carol (no role), dave (250 groups, over
+    # the token's limit: Viewer through the last of them, found only through Graph)
+    tokens: dict[str, str]
     oids: dict[str, str]
     group: str
+    dave_groups: list[str]
 
     @property
     def api(self) -> ApiServer:
@@ -317,17 +323,22 @@ def _stack_up(tunnel: TunnelStack, root: Path) -> Stack:
     tunnel.create_cluster(user_token(tunnel))
     aad_port = free_port()
     tunnel.start_agents(connect_to=f"127.0.0.1:{aad_port}")
-    users = {who: new_upn() for who in ("alice", "bob", "carol")}
+    users = {who: new_upn() for who in ("alice", "bob", "carol", "dave")}
     oids = {}
     for who, upn in users.items():
+        if who == "dave":
+            continue
         created = json.loads(cli("admin", "user", "create", upn, "--password-stdin", env=env, stdin=PASSWORD))
         oids[who] = str(created.get("id") or created["objectId"])
+    dave_groups = asyncio.run(_user_in_groups(sqlite_url(root / "hub"), users["dave"], 250))
+    oids["dave"] = dave_groups.pop()
     group = json.loads(cli("admin", "group", "create", f"cluster admins {uuid.uuid4().hex[:6]}", env=env))
     group_id = str(group.get("id") or group["objectId"])
     cli("admin", "group", "add-member", group_id, users["alice"], env=env)
     for assignee, role in (
         (group_id, "Azure Arc Kubernetes Cluster Admin"),
         (users["bob"], "Azure Arc Kubernetes Viewer"),
+        (dave_groups[-1], "Azure Arc Kubernetes Viewer"),
     ):
         cli(
             "admin",
@@ -341,6 +352,7 @@ def _stack_up(tunnel: TunnelStack, root: Path) -> Stack:
             tunnel.resource_id,
             env=env,
         )
+    reader = json.loads(cli("admin", "sp", "create", "aad-proxy graph reader", env=env))
     hub_tls = ssl.create_default_context(cafile=str(tunnel.hub_ca))
     issuer = httpx.get(f"{tunnel.hub_url}/.well-known/kubearc-configuration", verify=hub_tls).json()["issuer"]
     aad = tunnel.spawn(
@@ -351,12 +363,30 @@ def _stack_up(tunnel: TunnelStack, root: Path) -> Stack:
         *("--listen", f"127.0.0.1:{aad_port}", "--kubeconfig", str(root / "agent.kubeconfig")),
         *("--issuer", issuer, "--audience", AKS_SERVER_APP, "--issuer-ca", str(tunnel.hub_ca)),
         *("--authorize", "--log-format", "text"),
+        *("--graph-client-id", reader["appId"], "--graph-url", f"{tunnel.hub_url}/v1.0"),
+        KUBEARC_GUARD_GRAPH_CLIENT_SECRET=reader["secret"],
     )
     aad.wait_for("listening on")
     tokens = {who: _entra_token(tunnel, issuer, upn) for who, upn in users.items()}
     kubeconfig = root / "user.kubeconfig"
     tunnel.start_proxy(free_port(), kubeconfig, tokens["alice"])
-    return Stack(tunnel, kubeconfig, tokens, oids, group_id)
+    return Stack(tunnel, kubeconfig, tokens, oids, group_id, sorted(dave_groups))
+
+
+async def _user_in_groups(database_url: str, upn: str, groups: int) -> list[str]:
+    """A user in `groups` new groups, written to the hub's directory in one transaction (through
+    the CLI it would be 500 commands); returns the group ids, then the user's object id, last."""
+
+    async def create(session: AsyncSession) -> list[str]:
+        user = await directory.create_user(session, upn, PASSWORD, commit=False)
+        ids = [(await directory.create_group(session, f"dave {i}", commit=False)).id for i in range(groups)]
+        await session.flush()
+        for gid in ids:
+            await directory.add_member(session, gid, user.id, commit=False)
+        await session.commit()
+        return [*ids, user.id]
+
+    return list(await admin.run(database_url, create))
 
 
 def ok(result: object) -> str:
@@ -453,3 +483,18 @@ def test_azure_rbac_decides_per_request(stack: Stack) -> None:
     carol = stack.kubectl("carol", "get", "pods", "-n", ns)
     assert carol.returncode != 0 and "Forbidden" in carol.stderr
     assert f'User "{stack.upn("carol")}" cannot list resource "pods"' in carol.stderr
+
+
+def test_a_user_over_the_group_limit_gets_every_group_through_graph(stack: Stack) -> None:
+    # dave's token carries no groups, only the overage marker; the proxy asks the hub's Graph for
+    # all 250, Azure RBAC allows through the last of them, and the apiserver sees every one.
+    claims = jwt.decode(stack.tokens["dave"], options={"verify_signature": False})
+    assert "groups" not in claims and "groups" in claims.get("_claim_names", {}), claims
+    ns = _namespace(stack.api)
+    stack.api.add_pod("crowded", ns)
+    before = len(stack.api.state.audit)
+    assert "crowded" in ok(stack.kubectl("dave", "get", "pods", "-n", ns))
+    (seen,) = [r for r in _since(stack.api, before) if r.path == f"/api/v1/namespaces/{ns}/pods"]
+    assert seen.impersonated is not None and seen.impersonated.user == stack.upn("dave")
+    assert sorted(seen.impersonated.groups) == stack.dave_groups and len(stack.dave_groups) == 250
+    assert seen.header("impersonate-extra-oid") == [stack.oids["dave"]]

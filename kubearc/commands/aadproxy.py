@@ -25,6 +25,13 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from kubearc.commands.guard import (
+    GraphAuthorityOpt,
+    GraphClientIdOpt,
+    GraphUrlOpt,
+    authenticators,
+    graph_groups,
+)
 from kubearc.logs import setup_logging
 
 if TYPE_CHECKING:
@@ -103,7 +110,12 @@ def aad_proxy(
     ),
     issuer: list[str] = typer.Option([], "--issuer", help="Other OIDC issuer accepted (the hub's issuer)."),
     audience: list[str] = typer.Option([], "--audience", help="Accepted token audience (repeatable)."),
-    issuer_ca: Path = typer.Option(None, "--issuer-ca", help="CA bundle of a self-signed issuer."),
+    issuer_ca: Path = typer.Option(
+        None, "--issuer-ca", help="CA bundle of a self-signed issuer and its Graph."
+    ),
+    graph_client_id: str = GraphClientIdOpt,
+    graph_authority: str = GraphAuthorityOpt,
+    graph_url: str = GraphUrlOpt,
     authorize: bool = typer.Option(
         False, "--authorize/--no-authorize", help="Check Azure RBAC per request (only Allowed passes)."
     ),
@@ -121,7 +133,6 @@ def aad_proxy(
     from agents.hubclient import HubClient
     from guard.assemble import AuthzSettings, IdentityCredential, azure_authorizer, check_cluster_resource_id
     from guard.authn.chain import AuthnChain
-    from guard.authn.oidc import OidcAuthenticator
     from guard.authz.actions import CONNECTED_CLUSTERS
     from guard.impersonation import ImpersonatingProxy, ProxySettings, serving_context, upstream_from_kube
     from guard.impersonation.upstream import parse_address
@@ -145,10 +156,8 @@ def aad_proxy(
     setup_logging(log_level, log_format)
     hub = hub.rstrip("/")
     ca = str(issuer_ca) if issuer_ca else None
-    providers = [OidcAuthenticator.entra(t, audience, ca_file=ca) for t in entra_tenant]
-    if issuer:
-        providers.append(OidcAuthenticator(issuer, audience, ca_file=ca))
-    chain = AuthnChain(providers)
+    graph = graph_groups(graph_client_id, graph_authority, graph_url, entra_tenant, issuer, ca)
+    chain = AuthnChain(authenticators(entra_tenant, issuer, audience, ca, graph))
     kube = Kube(kubeconfig)
     store = open_store(identity, kube if identity.startswith("secret:") else None)
 
@@ -187,5 +196,7 @@ def aad_proxy(
                 serving.remove()
                 if authorizer is not None:
                     await authorizer.client.aclose()
+                if graph is not None:
+                    await graph.aclose()
 
     _execute("aad-proxy", main())

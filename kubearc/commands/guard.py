@@ -16,7 +16,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 import yaml
@@ -25,12 +25,74 @@ from kubearc import aio
 from kubearc.logs import setup_logging
 from kubearc.settings import parse_duration
 
+if TYPE_CHECKING:
+    from guard.authn.graph import GraphGroups
+    from guard.authn.oidc import OidcAuthenticator
+
 GRAPH_SECRET_ENV = "KUBEARC_GUARD_GRAPH_CLIENT_SECRET"
 ARM_SECRET_ENV = "KUBEARC_GUARD_ARM_CLIENT_SECRET"
 ENTRA = "https://login.microsoftonline.com"
 ARM = "https://management.azure.com"
 ARM_SCOPE = "https://management.azure.com/.default"
 POLICIES = ("noopinion", "deny")
+
+
+GraphClientIdOpt = typer.Option(
+    None,
+    "--graph-client-id",
+    envvar="KUBEARC_GUARD_GRAPH_CLIENT_ID",
+    help=f"App id for group overage lookups; its secret is read from ${GRAPH_SECRET_ENV}.",
+)
+GraphAuthorityOpt = typer.Option(
+    None,
+    "--graph-authority",
+    envvar="KUBEARC_GUARD_GRAPH_AUTHORITY",
+    help="Token authority for Graph (default: the first Entra tenant, else the first issuer).",
+)
+GraphUrlOpt = typer.Option(
+    None, "--graph-url", envvar="KUBEARC_GUARD_GRAPH_URL", help="Graph /v1.0 root (default: Microsoft Graph)."
+)
+
+
+def graph_groups(
+    client_id: str | None,
+    authority: str | None,
+    url: str | None,
+    entra_tenant: list[str],
+    issuer: list[str],
+    ca: str | None,
+) -> GraphGroups | None:
+    """The Graph client that resolves group overage, when `--graph-client-id` is given."""
+    from guard.authn.graph import GRAPH_BASE, GraphGroups, GraphSettings
+
+    if not client_id:
+        return None
+    secret = os.environ.get(GRAPH_SECRET_ENV)
+    if not secret:
+        raise typer.BadParameter(f"set ${GRAPH_SECRET_ENV}", param_hint="--graph-client-id")
+    authority = authority or (f"{ENTRA}/{entra_tenant[0]}" if entra_tenant else issuer[0])
+    return GraphGroups(
+        GraphSettings(
+            client_id=client_id,
+            client_secret=secret,
+            authority=authority,
+            oidc_authority=not authority.startswith(ENTRA),
+            base_url=url or GRAPH_BASE,
+            ca_file=ca,
+        )
+    )
+
+
+def authenticators(
+    entra_tenant: list[str], issuer: list[str], audience: list[str], ca: str | None, graph: GraphGroups | None
+) -> list[OidcAuthenticator]:
+    """One verifier per Entra tenant (v1 and v2 issuers) and one for the other issuers."""
+    from guard.authn.oidc import OidcAuthenticator
+
+    providers = [OidcAuthenticator.entra(t, audience, ca_file=ca, graph=graph) for t in entra_tenant]
+    if issuer:
+        providers.append(OidcAuthenticator(issuer, audience, ca_file=ca, graph=graph))
+    return providers
 
 
 def _seconds(value: str, flag: str) -> float:
@@ -73,19 +135,9 @@ def guard(
     token_file: Path = typer.Option(
         None, envvar="KUBEARC_GUARD_TOKEN_FILE", help='Static tokens: token,user,uid,"group1,group2".'
     ),
-    graph_client_id: str = typer.Option(
-        None,
-        envvar="KUBEARC_GUARD_GRAPH_CLIENT_ID",
-        help=f"App id for group overage lookups; its secret is read from ${GRAPH_SECRET_ENV}.",
-    ),
-    graph_authority: str = typer.Option(
-        None,
-        envvar="KUBEARC_GUARD_GRAPH_AUTHORITY",
-        help="Token authority for Graph (default: the first Entra tenant, else the first issuer).",
-    ),
-    graph_url: str = typer.Option(
-        None, envvar="KUBEARC_GUARD_GRAPH_URL", help="Graph /v1.0 root (default: Microsoft Graph)."
-    ),
+    graph_client_id: str = GraphClientIdOpt,
+    graph_authority: str = GraphAuthorityOpt,
+    graph_url: str = GraphUrlOpt,
     deadline: str = typer.Option("3s", envvar="KUBEARC_GUARD_DEADLINE", help="Time budget per review."),
     failure_policy: str = typer.Option(
         "noopinion",
@@ -164,8 +216,6 @@ def guard(
     """Run the guard webhook: TokenReviews (Entra, local issuer, static tokens); SARs via Azure RBAC."""
     from guard.audit import StreamAudit
     from guard.authn.chain import AuthnChain
-    from guard.authn.graph import GRAPH_BASE, GraphGroups, GraphSettings
-    from guard.authn.oidc import OidcAuthenticator
     from guard.authn.static import StaticTokens
     from guard.config import GuardConfig
     from guard.server import Authorizer, GuardServer, GuardState, NoAuthorizer
@@ -203,25 +253,8 @@ def guard(
     )
     setup_logging(log_level, log_format)
     ca = str(issuer_ca) if issuer_ca else None
-    graph = None
-    if graph_client_id:
-        secret = os.environ.get(GRAPH_SECRET_ENV)
-        if not secret:
-            raise typer.BadParameter(f"set ${GRAPH_SECRET_ENV}", param_hint="--graph-client-id")
-        authority = graph_authority or (f"{ENTRA}/{entra_tenant[0]}" if entra_tenant else issuer[0])
-        graph = GraphGroups(
-            GraphSettings(
-                client_id=graph_client_id,
-                client_secret=secret,
-                authority=authority,
-                oidc_authority=not authority.startswith(ENTRA),
-                base_url=graph_url or GRAPH_BASE,
-                ca_file=ca,
-            )
-        )
-    providers = [OidcAuthenticator.entra(t, audience, ca_file=ca, graph=graph) for t in entra_tenant]
-    if issuer:
-        providers.append(OidcAuthenticator(issuer, audience, ca_file=ca, graph=graph))
+    graph = graph_groups(graph_client_id, graph_authority, graph_url, entra_tenant, issuer, ca)
+    providers = authenticators(entra_tenant, issuer, audience, ca, graph)
     chain = AuthnChain(providers, StaticTokens.load(token_file) if token_file else None)
     config = GuardConfig(
         tls_cert=tls_cert,
