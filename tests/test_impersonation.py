@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import socket
 import ssl
 import subprocess
@@ -498,3 +499,23 @@ def test_a_user_over_the_group_limit_gets_every_group_through_graph(stack: Stack
     assert seen.impersonated is not None and seen.impersonated.user == stack.upn("dave")
     assert sorted(seen.impersonated.groups) == stack.dave_groups and len(stack.dave_groups) == 250
     assert seen.header("impersonate-extra-oid") == [stack.oids["dave"]]
+
+
+def test_spdy_exec_passes_through_as_the_user(stack: Stack) -> None:
+    # Older clients (and kubectl with websockets off) upgrade with SPDY/3.1: the proxy forwards the
+    # POST upgrade with the impersonation headers and splices the streams after the 101.
+    api, ns = stack.api, _namespace(stack.api)
+    api.add_pod("old", ns)
+    before = len(api.state.audit)
+    data = os.urandom(256 * 1024)
+    done = kubectl_bytes(
+        stack.kubeconfig,
+        *("--token", stack.tokens["alice"], "exec", "-i", "old", "-n", ns, "--", "cat"),
+        input=data,
+        env={"KUBECTL_REMOTE_COMMAND_WEBSOCKETS": "false"},
+    )
+    assert done.returncode == 0 and done.stdout == data, done.stderr
+    (upgraded,) = [r for r in _since(api, before) if r.path == f"/api/v1/namespaces/{ns}/pods/old/exec"]
+    assert not upgraded.websocket and upgraded.method == "POST"
+    assert upgraded.header("upgrade") == ["SPDY/3.1"]
+    assert upgraded.impersonated is not None and upgraded.impersonated.user == stack.upn("alice")

@@ -103,6 +103,34 @@ async def _deny(scope: Scope, send: Send, exc: errors.StatusError) -> None:
     await send({"type": f"{kind}.body", "body": body})
 
 
+def admit(
+    state: ApiServerState, method: str, path: str, headers: list[tuple[str, str]], websocket: bool
+) -> None:
+    """Record one request in `state.audit`; a StatusError if it impersonates without the right to.
+    `headers` have lowercase names. The ASGI wrapper and the SPDY upgrade path both call it."""
+    user = _bearer_user(state, headers)
+    record: dict[str, Any] = {
+        "method": method,
+        "path": path,
+        "headers": tuple(headers),
+        "user": user,
+        "websocket": websocket,
+    }
+    try:
+        wanted = impersonation(headers)
+        if wanted is not None and user not in IMPERSONATORS:
+            raise errors.StatusError(
+                403,
+                "Forbidden",
+                f'users "{wanted.user}" is forbidden: User "{user or "system:anonymous"}" cannot '
+                'impersonate resource "users" in API group "" at the cluster scope',
+            )
+    except errors.StatusError:
+        state.audit.append(Recorded(**record, impersonated=None))
+        raise
+    state.audit.append(Recorded(**record, impersonated=wanted))
+
+
 def audited(app: ASGIApp, state: ApiServerState) -> ASGIApp:
     """Record each request in `state.audit` and refuse impersonation by users not allowed it."""
 
@@ -111,28 +139,11 @@ def audited(app: ASGIApp, state: ApiServerState) -> ASGIApp:
             await app(scope, receive, send)
             return
         headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"]]
-        user = _bearer_user(state, headers)
-        record: dict[str, Any] = {
-            "method": scope.get("method", "GET"),
-            "path": scope["path"],
-            "headers": tuple(headers),
-            "user": user,
-            "websocket": scope["type"] == "websocket",
-        }
         try:
-            wanted = impersonation(headers)
-            if wanted is not None and user not in IMPERSONATORS:
-                raise errors.StatusError(
-                    403,
-                    "Forbidden",
-                    f'users "{wanted.user}" is forbidden: User "{user or "system:anonymous"}" cannot '
-                    'impersonate resource "users" in API group "" at the cluster scope',
-                )
+            admit(state, scope.get("method", "GET"), scope["path"], headers, scope["type"] == "websocket")
         except errors.StatusError as exc:
-            state.audit.append(Recorded(**record, impersonated=None))
             await _deny(scope, send, exc)
             return
-        state.audit.append(Recorded(**record, impersonated=wanted))
         await app(scope, receive, send)
 
     return with_audit

@@ -29,7 +29,7 @@ from urllib.parse import unquote
 import h11
 from starlette.datastructures import QueryParams
 
-from tests.apiserver import errors, portforward, remotecommand, spdy, upgrades
+from tests.apiserver import audit, errors, portforward, remotecommand, spdy, upgrades
 from tests.apiserver.app import Seen
 
 if TYPE_CHECKING:
@@ -202,12 +202,13 @@ async def serve(
     """Answer one SPDY upgrade request and run its session to the end."""
     raw_path, _, query = request.target.partition(b"?")
     path = unquote(raw_path.decode("ascii"))
-    headers = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in request.headers]
+    headers = [(name.decode("latin-1").lower(), value.decode("latin-1")) for name, value in request.headers]
     state.seen.append(Seen("1.1", request.method.decode("ascii"), path, "SPDY/3.1"))
     link = _Link(reader, writer)
     kubelet = state.kubelet
     assert kubelet is not None
     try:
+        audit.admit(state, request.method.decode("ascii"), path, headers, websocket=False)
         authorization = next((v for n, v in headers if n == "authorization"), "")
         target = upgrades.check(state, path, authorization)
         versions = [v for n, v in headers if n == "x-stream-protocol-version"]
