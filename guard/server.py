@@ -20,7 +20,6 @@ import ssl
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -44,7 +43,7 @@ from guard.reviews import (
     subject_access_review_response,
     token_review_response,
 )
-from kubearc.metrics import RequestMetrics, metrics_endpoint, request_histogram
+from kubearc.metrics import EmbeddedUvicorn, RequestMetrics, metrics_endpoint, request_histogram
 
 log = logging.getLogger("kubearc.guard")
 
@@ -269,16 +268,6 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-class _Uvicorn(uvicorn.Server):
-    """uvicorn without its own signal handling: `GuardServer` owns SIGTERM and SIGINT for both
-    listeners. uvicorn re-raises a caught signal when its `serve()` returns, which would kill the
-    process before the caller's cleanup (closing the checkAccess and Graph clients) runs."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 class GuardServer:
     """Both listeners and the key loader, run together until `should_exit`."""
 
@@ -289,7 +278,7 @@ class GuardServer:
         self.health_sock = bind(cfg.health_host, cfg.health_port)
         reviews, health = build_apps(state)
         common: dict[str, Any] = {"log_config": None, "access_log": False, "lifespan": "off"}
-        self.review_server = _Uvicorn(
+        self.review_server = EmbeddedUvicorn(
             uvicorn.Config(
                 reviews,
                 ssl_certfile=str(cfg.tls_cert),
@@ -300,7 +289,7 @@ class GuardServer:
                 **common,
             )
         )
-        self.health_server = _Uvicorn(uvicorn.Config(health, timeout_graceful_shutdown=1, **common))
+        self.health_server = EmbeddedUvicorn(uvicorn.Config(health, timeout_graceful_shutdown=1, **common))
         self._load = ready  # async callable loading keys (e.g. AuthnChain.ready)
         self.freeze_gc = freeze_gc  # the process is this server's alone (`kubearc guard serve`)
 

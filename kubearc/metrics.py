@@ -6,9 +6,12 @@ Buckets start at 50 microseconds: a webhook or a heartbeat that answers in
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
+import uvicorn
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -16,8 +19,10 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LATENCY_BUCKETS = (
@@ -84,3 +89,38 @@ def request_histogram(prefix: str, registry: CollectorRegistry = REGISTRY) -> Hi
         buckets=LATENCY_BUCKETS,
         registry=registry,
     )
+
+
+class EmbeddedUvicorn(uvicorn.Server):
+    """uvicorn inside a process that owns its signals: no handlers of its own. uvicorn re-raises a
+    caught signal when `serve()` returns, which would kill the process before the caller's cleanup."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def serve_probes(
+    host: str, port: int, registry: CollectorRegistry, ready: Callable[[], str | None]
+) -> None:
+    """`/healthz`, `/readyz` and `/metrics` in plain HTTP on host:port until cancelled. `ready()`
+    returns None when ready, else what is missing (the 503's body)."""
+
+    async def healthz(_: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    async def readyz(_: Request) -> Response:
+        missing = ready()
+        return PlainTextResponse(missing or "ok", status_code=503 if missing else 200)
+
+    metrics = metrics_endpoint(registry)
+    app = Starlette(routes=[Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics)])
+    config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="off")
+    server = EmbeddedUvicorn(config)
+    try:
+        await server.serve()
+    except asyncio.CancelledError:
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(server.shutdown(), 2)
+        raise

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import socket
 import ssl
 import subprocess
+import time
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Iterator
@@ -33,6 +35,7 @@ import jwt
 import msal
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from guard.authn.static import StaticTokens, digest
@@ -268,6 +271,7 @@ class Stack:
     oids: dict[str, str]
     group: str
     dave_groups: list[str]
+    probes: str  # the proxy's /healthz, /readyz and /metrics
 
     @property
     def api(self) -> ApiServer:
@@ -356,6 +360,7 @@ def _stack_up(tunnel: TunnelStack, root: Path) -> Stack:
     reader = json.loads(cli("admin", "sp", "create", "aad-proxy graph reader", env=env))
     hub_tls = ssl.create_default_context(cafile=str(tunnel.hub_ca))
     issuer = httpx.get(f"{tunnel.hub_url}/.well-known/kubearc-configuration", verify=hub_tls).json()["issuer"]
+    probes_port = free_port()
     aad = tunnel.spawn(
         "aad-proxy",
         "guard",
@@ -365,13 +370,21 @@ def _stack_up(tunnel: TunnelStack, root: Path) -> Stack:
         *("--issuer", issuer, "--audience", AKS_SERVER_APP, "--issuer-ca", str(tunnel.hub_ca)),
         *("--authorize", "--log-format", "text"),
         *("--graph-client-id", reader["appId"], "--graph-url", f"{tunnel.hub_url}/v1.0"),
+        *("--probes-listen", f"127.0.0.1:{probes_port}"),
         KUBEARC_GUARD_GRAPH_CLIENT_SECRET=reader["secret"],
     )
     aad.wait_for("listening on")
+    for _ in range(100):  # the probes listener starts right after the proxy's
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(f"http://127.0.0.1:{probes_port}/healthz", timeout=1).status_code == 200:
+                break
+        time.sleep(0.05)
     tokens = {who: _entra_token(tunnel, issuer, upn) for who, upn in users.items()}
     kubeconfig = root / "user.kubeconfig"
     tunnel.start_proxy(free_port(), kubeconfig, tokens["alice"])
-    return Stack(tunnel, kubeconfig, tokens, oids, group_id, sorted(dave_groups))
+    return Stack(
+        tunnel, kubeconfig, tokens, oids, group_id, sorted(dave_groups), f"http://127.0.0.1:{probes_port}"
+    )
 
 
 async def _user_in_groups(database_url: str, upn: str, groups: int) -> list[str]:
@@ -519,3 +532,32 @@ def test_spdy_exec_passes_through_as_the_user(stack: Stack) -> None:
     assert not upgraded.websocket and upgraded.method == "POST"
     assert upgraded.header("upgrade") == ["SPDY/3.1"]
     assert upgraded.impersonated is not None and upgraded.impersonated.user == stack.upn("alice")
+
+
+def _proxy_metrics(stack: Stack) -> dict[str, float]:
+    text = httpx.get(f"{stack.probes}/metrics", timeout=10).text
+    return {
+        sample.name + json.dumps(sample.labels, sort_keys=True): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_the_proxy_counts_what_it_forwards_and_refuses(stack: Stack) -> None:
+    assert httpx.get(f"{stack.probes}/readyz", timeout=10).text == "ok"
+    before = _proxy_metrics(stack)
+    ns = _namespace(stack.api)
+    ok(stack.kubectl("bob", "get", "pods", "-n", ns))
+    assert stack.kubectl("not-a-token", "get", "pods").returncode != 0
+    assert stack.kubectl("carol", "get", "pods", "-n", ns).returncode != 0
+    after = _proxy_metrics(stack)
+
+    def grew(name: str, **labels: str) -> float:
+        key = name + json.dumps(labels, sort_keys=True)
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert grew("kubearc_aad_proxy_events_total", event="forwarded") >= 1
+    assert grew("kubearc_aad_proxy_events_total", event="Unauthorized") >= 1
+    assert grew("kubearc_aad_proxy_events_total", event="Forbidden") >= 1
+    assert grew("kubearc_aad_proxy_response_head_seconds_count") >= 1
+    assert "kubearc_aad_proxy_connections{}" in after

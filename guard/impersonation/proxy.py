@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import h11
+from prometheus_client import Histogram
 
 from guard.authn.base import AuthenticationError
 from guard.impersonation import headers as hdr
@@ -92,7 +93,9 @@ class ImpersonatingProxy:
     authenticator: Authenticator
     authorizer: Authorizer | None = None
     settings: ProxySettings = field(default_factory=ProxySettings)
-    stats: Counter[str] = field(default_factory=Counter)
+    stats: Counter[str] = field(default_factory=Counter)  # events by name (`guard.impersonation.metrics`)
+    connections: int = 0  # client connections open now
+    head_latency: Histogram | None = None  # seconds from a request to the apiserver's response head
 
     async def start(self, host: str, port: int, tls: ssl.SSLContext) -> asyncio.Server:
         """Listen on host:port; the returned server's sockets tell the bound port."""
@@ -102,6 +105,7 @@ class ImpersonatingProxy:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         connection = _Connection(self, reader, writer)
+        self.connections += 1
         try:
             await connection.run()
         except (ConnectionError, ssl.SSLError, TimeoutError, _ClientGone):
@@ -109,6 +113,7 @@ class ImpersonatingProxy:
         except Exception:
             log.exception("impersonating proxy connection failed")
         finally:
+            self.connections -= 1
             connection.close()
 
 
@@ -123,6 +128,7 @@ class _Connection:
         self.client_eof = False
         self.user = ""  # the authenticated user of the current request, for logs
         self.status = 0  # the apiserver's answer to it
+        self.started = 0.0  # when the current request arrived
 
     def close(self) -> None:
         if self.upstream is not None:
@@ -243,7 +249,7 @@ class _Connection:
 
     async def _exchange(self, request: h11.Request) -> bool:
         """Check and forward one request; returns whether the client connection stays open."""
-        started = time.monotonic()
+        started = self.started = time.monotonic()
         self._check_size(request)
         user = await self._identify(request)
         self.user = user.username
@@ -316,6 +322,8 @@ class _Connection:
             except TimeoutError:
                 raise Refused(504, "Timeout", "the apiserver did not answer in time") from None
             self.status = head.status_code
+            if self.proxy.head_latency is not None:
+                self.proxy.head_latency.observe(time.monotonic() - self.started)
             if isinstance(head, h11.InformationalResponse):  # 101: the request had no body to wait for
                 await pump
                 await self._switch(up, head)

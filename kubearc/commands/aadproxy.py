@@ -125,6 +125,12 @@ def aad_proxy(
     checkaccess_url: str = typer.Option(
         None, "--checkaccess-url", help="checkAccess endpoint (default: --hub)."
     ),
+    probes_listen: str = typer.Option(
+        "127.0.0.1:9090",
+        "--probes-listen",
+        envvar="KUBEARC_AAD_PROXY_PROBES_LISTEN",
+        help="HOST:PORT for /healthz, /readyz and /metrics in plain HTTP (keep it off public networks).",
+    ),
     max_body: int = typer.Option(16 * 1024 * 1024, "--max-body", min=1, help="Largest request body (bytes)."),
     log_level: str = typer.Option("info", "--log-level", envvar="KUBEARC_LOG_LEVEL"),
     log_format: str = typer.Option("json", "--log-format", envvar="KUBEARC_LOG_FORMAT", help="json or text."),
@@ -135,10 +141,12 @@ def aad_proxy(
     from guard.authn.chain import AuthnChain
     from guard.authz.actions import CONNECTED_CLUSTERS
     from guard.impersonation import ImpersonatingProxy, ProxySettings, serving_context, upstream_from_kube
+    from guard.impersonation.metrics import proxy_registry
     from guard.impersonation.upstream import parse_address
     from kubearc.commands.agent import _execute
     from kubearc.identitystore import StoreError, open_store
     from kubearc.kube import Kube
+    from kubearc.metrics import serve_probes
 
     if not (entra_tenant or issuer):
         raise typer.BadParameter("give --entra-tenant or --issuer", param_hint="--issuer")
@@ -148,6 +156,10 @@ def aad_proxy(
         host, port = parse_address(listen)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--listen") from None
+    try:
+        probes_host, probes_port = parse_address(probes_listen)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--probes-listen") from None
     if cluster_resource_id:
         try:
             cluster_resource_id = check_cluster_resource_id(cluster_resource_id, CONNECTED_CLUSTERS)
@@ -190,8 +202,10 @@ def aad_proxy(
                     f"apiserver {upstream.authority}; authorization {'on' if authorize else 'off'}",
                     err=True,
                 )
-                async with server:
-                    await serving.keep_renewed(tls)
+                registry = proxy_registry(proxy)
+                async with server, asyncio.TaskGroup() as tasks:
+                    tasks.create_task(serving.keep_renewed(tls))
+                    tasks.create_task(serve_probes(probes_host, probes_port, registry, lambda: None))
             finally:
                 serving.remove()
                 if authorizer is not None:
