@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 
 from kubearc.retry import RetryPolicy
 from proxy.mux import Mux, Stream
@@ -28,6 +28,7 @@ from proxy.pipe import SocketPipe
 from proxy.protocol import events as ev
 from proxy.protocol.frames import ErrorCode
 from proxy.protocol.session import Role, Session, Settings
+from proxy.wsconn import DirectClientConnection
 
 log = logging.getLogger("kubearc.connect")
 
@@ -95,12 +96,14 @@ class ConnectAgent:
                 open_timeout=self.connect_timeout,
                 write_limit=256 * 1024,
                 proxy=True,  # HTTPS_PROXY / NO_PROXY from the environment, as egress proxies need
+                create_connection=DirectClientConnection,
             ) as ws:
+                assert isinstance(ws, DirectClientConnection)
                 await self._serve(ws, fresh, retire)
         except Exception as exc:  # every failure ends in a backoff and a new attempt
             log.warning("relay session ended: %s: %s", type(exc).__name__, exc)
 
-    async def _serve(self, ws: ClientConnection, fresh: asyncio.Event, retire: asyncio.Event) -> None:
+    async def _serve(self, ws: DirectClientConnection, fresh: asyncio.Event, retire: asyncio.Event) -> None:
         session = Session(Role.DIALLER, self.settings)
         mux = Mux(session, ws, handler=self._open_apiserver)
         pongs: asyncio.Queue[bytes] = asyncio.Queue()

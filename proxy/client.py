@@ -23,6 +23,7 @@ from proxy.mux import Mux, StreamError
 from proxy.pipe import SocketPipe
 from proxy.protocol import events as ev
 from proxy.protocol.session import Role, Session, Settings
+from proxy.wsconn import DirectClientConnection
 
 log = logging.getLogger("kubearc.proxy")
 
@@ -134,7 +135,9 @@ class ClientProxy:
             open_timeout=10,
             write_limit=256 * 1024,
             proxy=True,
+            create_connection=DirectClientConnection,
         ) as ws:
+            assert isinstance(ws, DirectClientConnection)
             mux = Mux(Session(Role.DIALLER, self.settings), ws)
 
             def on_event(event: ev.Event) -> None:

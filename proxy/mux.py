@@ -1,11 +1,14 @@
-"""The asyncio layer over a tunnel `Session`: one reader, one writer, many streams.
+"""The asyncio layer over a tunnel `Session`: callbacks in, one flush out, many streams.
 
-The reader feeds websocket messages to the session and routes its events; it
-never waits on a stream (data lands in that stream's buffer, bounded by the
-credit we granted), so one stalled consumer cannot block the others. The writer
-drains the session's queue, control frames first, whenever an action made it
-dirty. Streams grant credit back only when their data has really been handed on
-(`Stream.consumed`), which carries backpressure end to end.
+Messages arrive by callback from the websocket connection (`proxy/wsconn.py`)
+and are fed to the session at once; its events are routed to the streams. The
+reader never waits on a stream (data lands in that stream's buffer, bounded by
+the credit we granted), so one stalled consumer cannot block the others. Frames
+the session queued leave in one write at the end of each read batch, or on the
+next loop turn when a stream or timer queued them, control frames first. No
+task sits between the socket and the session. Streams grant credit back only
+when their data has really been handed on (`Stream.consumed`), which carries
+backpressure end to end.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import contextlib
 import logging
 import socket
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, Protocol
 
 from proxy.protocol import events as ev
@@ -24,6 +27,9 @@ from proxy.protocol.session import Session, SessionClosed
 
 log = logging.getLogger("kubearc.tunnel")
 UNSENT_LOW_WATER = 128 * 1024
+# Frames written per transport write while it accepts more: a bulk backlog goes out in pieces
+# that each let the transport say it is full (then the rest waits for `resume_writing`).
+FLUSH_BUDGET = 256 * 1024
 
 
 def limit_unsent(transport: object) -> None:
@@ -43,11 +49,16 @@ def limit_unsent(transport: object) -> None:
 
 
 class Transport(Protocol):
-    """A message transport (a websocket): whole binary messages in and out."""
+    """A websocket carrying whole binary messages by callback (`proxy.wsconn`)."""
 
-    async def recv(self) -> str | bytes: ...
+    @property
+    def can_write(self) -> bool: ...
 
-    async def send(self, message: bytes) -> None: ...
+    def deliver_to(self, on_message: Callable[[bytes], None], on_batch: Callable[[], None]) -> None: ...
+
+    def write_messages(self, messages: Iterable[bytes | memoryview]) -> None: ...
+
+    async def wait_closed(self) -> None: ...
 
     async def close(self, code: int = 1000, reason: str = "") -> None: ...
 
@@ -295,7 +306,8 @@ class Mux:
         self.bytes_sent = 0
         self.starved: set[Stream] = set()  # streams that ran out of credit: woken when it returns
         self.peak_stream_buffered = 0  # the most unconsumed bytes any one stream held (a metric)
-        self._dirty = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._flush_pending = False
         self._closed = asyncio.Event()
         self._tasks: asyncio.TaskGroup | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -308,7 +320,19 @@ class Mux:
         return sum(stream.buffered for stream in self.streams.values())
 
     def wake_writer(self) -> None:
-        self._dirty.set()
+        """Something was queued: write it on the next loop turn (once, however many queued it)."""
+        if not self._flush_pending:
+            self._flush_pending = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_pending = False
+        transport, session = self.transport, self.session
+        while session.has_frames and transport.can_write:
+            try:
+                transport.write_messages(session.frames_to_send(FLUSH_BUDGET))
+            except Exception:  # the connection is going away: its close ends the session
+                return
 
     def forget(self, sid: int) -> None:
         stream = self.streams.pop(sid, None)
@@ -354,26 +378,27 @@ class Mux:
         task.add_done_callback(self._background.discard)
 
     async def run(self, *background: Coroutine[Any, Any, None]) -> None:
-        """Read and write until the transport closes or the session fails; then close every stream.
+        """Serve until the transport closes or the session fails; then close every stream.
 
         `background` coroutines (keepalives, expiry watches) live exactly as long as the session.
         """
+        self.transport.deliver_to(self._on_message, self._flush)
         self.wake_writer()  # our HELLO
         limit_unsent(self.transport)
         try:
             async with asyncio.TaskGroup() as tasks:
                 self._tasks = tasks
-                writer = tasks.create_task(self._write_loop())
+                watcher = tasks.create_task(self._watch_transport())
                 for coro in background:
                     self.spawn(coro)
                 try:
-                    await self._read_loop()
+                    await self._closed.wait()
                 finally:
                     self._closed.set()
-                    self._dirty.set()
+                    self._flush()  # a GOAWAY or an error frame the session queued last
+                    watcher.cancel()
                     for task in list(self._background):
                         task.cancel()
-                    await writer
                     for stream in list(self.streams.values()):
                         stream.error = stream.error or StreamError(ErrorCode.CANCEL, "session closed")
                         stream._fail_open()  # an `open` still waiting for its answer
@@ -388,26 +413,20 @@ class Mux:
 
     async def close(self) -> None:
         self._closed.set()
-        self._dirty.set()
+        self._flush()
         await self.transport.close()
 
-    async def _read_loop(self) -> None:
-        while not self._closed.is_set():
-            try:
-                message = await self.transport.recv()
-            except (ConnectionError, EOFError, asyncio.IncompleteReadError):
-                return
-            except Exception as exc:  # websockets' ConnectionClosed and friends
-                if type(exc).__name__.startswith("ConnectionClosed"):
-                    return
-                raise
-            if isinstance(message, str):
-                message = message.encode()
-            for event in self.session.receive(message):
-                self._dispatch(event)
-            self._dirty.set()
-            if self.session.closed is not None:
-                return
+    async def _watch_transport(self) -> None:
+        await self.transport.wait_closed()
+        self._closed.set()
+
+    def _on_message(self, message: bytes) -> None:
+        if self._closed.is_set():
+            return
+        for event in self.session.receive(message):
+            self._dispatch(event)
+        if self.session.closed is not None:
+            self._closed.set()
 
     def _dispatch(self, event: ev.Event) -> None:
         if isinstance(event, ev.DataReceived):
@@ -474,21 +493,3 @@ class Mux:
             # handler is done and whose peer finished is over.
             if stream.listener is None and stream.id in self.streams and stream.error is None and stream.eof:
                 self.forget(stream.id)
-
-    async def _write_loop(self) -> None:
-        while True:
-            await self._dirty.wait()
-            self._dirty.clear()
-            # Everything queued, streams in turns: a small reply leaves after at most one frame of
-            # each other stream. (Bounded batches with a yield in between were measured: they let
-            # the reader pile more bulk in front and doubled small-request latency beside bulk.)
-            frames = self.session.frames_to_send()
-            for frame in frames:
-                try:
-                    await self.transport.send(frame)
-                except Exception:  # the reader sees the close and ends the session
-                    return
-            if self.session.has_frames:
-                self._dirty.set()
-            elif self._closed.is_set():
-                return

@@ -19,6 +19,7 @@ from websockets.http11 import Request, Response
 
 from proxy.relay import Relay
 from proxy.relay_auth import AgentIdentity, ClientIdentity, HubAuth, Unauthorized, bearer
+from proxy.wsconn import DirectServerConnection
 
 log = logging.getLogger("kubearc.relay")
 
@@ -60,6 +61,7 @@ class RelayServer:
         return None
 
     async def _handle(self, ws: ServerConnection) -> None:
+        assert isinstance(ws, DirectServerConnection)
         identity = self._identities.pop(ws.id)
         if isinstance(identity, AgentIdentity):
             await self.relay.serve_agent(
@@ -105,6 +107,7 @@ class RelayServer:
             max_size=MAX_MESSAGE,
             ping_interval=None,  # liveness is the tunnel's own PING
             write_limit=256 * 1024,
+            create_connection=DirectServerConnection,
         )
 
     async def serve_forever(self, ready: asyncio.Event | None = None) -> None:

@@ -17,6 +17,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from proxy.mux import Mux, Stream, StreamError
 from proxy.protocol.frames import ErrorCode
 from proxy.protocol.session import Role, Session, Settings
+from proxy.wsconn import DirectClientConnection, DirectServerConnection
 
 pytestmark = pytest.mark.sqlite_only
 
@@ -47,13 +48,22 @@ async def pair() -> AsyncIterator[Callable[[], Mux]]:
         listener: list[Mux] = []
 
         async def handler(ws: ServerConnection) -> None:
+            assert isinstance(ws, DirectServerConnection)
             mux = Mux(Session(Role.LISTENER, SETTINGS), ws, sender)
             listener.append(mux)
             await mux.run()
 
-        async with serve(handler, "127.0.0.1", 0, max_size=None, compression=None) as server:
+        async with serve(
+            handler, "127.0.0.1", 0, max_size=None, compression=None, create_connection=DirectServerConnection
+        ) as server:
             port = server.sockets[0].getsockname()[1]
-            async with connect(f"ws://127.0.0.1:{port}", max_size=None, compression=None) as ws:
+            async with connect(
+                f"ws://127.0.0.1:{port}",
+                max_size=None,
+                compression=None,
+                create_connection=DirectClientConnection,
+            ) as ws:
+                assert isinstance(ws, DirectClientConnection)
                 dialler = Mux(Session(Role.DIALLER, SETTINGS), ws)
                 runner = tasks.create_task(dialler.run())
                 await asyncio.wait_for(dialler.hello, 5)
