@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import socket
 from collections import deque
@@ -30,6 +31,7 @@ UNSENT_LOW_WATER = 128 * 1024
 # Frames written per transport write while it accepts more: a bulk backlog goes out in pieces
 # that each let the transport say it is full (then the rest waits for `resume_writing`).
 FLUSH_BUDGET = 256 * 1024
+RTT_PROBE_INTERVAL = 5.0  # seconds between the PINGs that measure the round trip (window tuning)
 
 
 def limit_unsent(transport: object) -> None:
@@ -389,6 +391,7 @@ class Mux:
             async with asyncio.TaskGroup() as tasks:
                 self._tasks = tasks
                 watcher = tasks.create_task(self._watch_transport())
+                self.spawn(self._probe_rtt())
                 for coro in background:
                     self.spawn(coro)
                 try:
@@ -415,6 +418,17 @@ class Mux:
         self._closed.set()
         self._flush()
         await self.transport.close()
+
+    async def _probe_rtt(self) -> None:
+        """PING now and then: the session tunes its stream windows to the round trip it measures."""
+        try:
+            await self.hello
+        except ConnectionError:
+            return
+        for n in itertools.count():
+            self.session.ping(b"rtt" + n.to_bytes(5, "big"))
+            self.wake_writer()
+            await asyncio.sleep(RTT_PROBE_INTERVAL)
 
     async def _watch_transport(self) -> None:
         await self.transport.wait_closed()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
@@ -191,7 +192,7 @@ def _open_accepted(a: Session, b: Session) -> int:
 
 
 def test_streams_take_turns_so_a_small_reply_does_not_wait_behind_bulk() -> None:
-    a, b = _pair()
+    a, b = _pair(b_settings=Settings(initial_window=4 * 1024 * 1024))
     bulk, small = _open_accepted(a, b), _open_accepted(a, b)
     assert a.send(bulk, bytes(2 * 1024 * 1024)) == 2 * 1024 * 1024  # 32 frames of 64 KiB queued
     a.send(small, b"pong")
@@ -345,3 +346,87 @@ class TwoSessions(RuleBasedStateMachine):
 
 TestTwoSessions = TwoSessions.TestCase
 TestTwoSessions.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _consume_all(a: Session, b: Session, sid: int, clock: FakeClock, seconds_per_byte: float) -> int:
+    """Send what credit allows on `sid`, let b consume it at the given pace; return bytes moved."""
+    moved = 0
+    while size := a.send_capacity(sid):
+        a.send(sid, bytes(size))
+        for message in a.frames_to_send():
+            for event in b.receive(message):
+                if isinstance(event, ev.DataReceived):
+                    clock.now += len(event.data) * seconds_per_byte
+                    b.consumed(sid, len(event.data))
+                    moved += len(event.data)
+        for message in b.frames_to_send():
+            a.receive(message)
+        if moved > 256 * 1024 * 1024:
+            break
+    return moved
+
+
+def _measured_rtt(a: Session, b: Session, clock: FakeClock, rtt: float) -> None:
+    """b PINGs a; the PONG comes back `rtt` seconds later."""
+    b.ping(b"probe")
+    for message in b.frames_to_send():
+        a.receive(message)
+    clock.now += rtt
+    for message in a.frames_to_send():
+        b.receive(message)
+    assert b.rtt == pytest.approx(rtt)
+
+
+def test_a_window_grows_on_a_long_path_and_stays_small_on_a_short_one() -> None:
+    # Long path: 50 ms round trip, the receiver consumes 100 MB/s. A 256 KiB window allows only
+    # 5 MB/s there, so it doubles, up to max_window, and no further.
+    clock = FakeClock()
+    a = Session(Role.DIALLER, Settings())
+    b = Session(Role.LISTENER, Settings(max_window=4 * 1024 * 1024), clock=clock)
+    _pump(a, b)
+    sid = _open_accepted(a, b)
+    assert b.window(sid) == 256 * 1024 and b.rtt == 0
+    _consume_all(a, b, sid, clock, 1e-8)
+    assert b.window(sid) == 256 * 1024  # no round trip measured yet: no growth
+    _measured_rtt(a, b, clock, 0.050)
+    _consume_all(a, b, sid, clock, 1e-8)
+    assert b.window(sid) == 4 * 1024 * 1024
+    assert a.send_capacity(sid) <= 4 * 1024 * 1024  # the sender never has more than the window
+
+    # Short path: 0.1 ms round trip at the same rate. 256 KiB already covers it: no growth.
+    clock2 = FakeClock()
+    c = Session(Role.DIALLER, Settings())
+    d = Session(Role.LISTENER, Settings(), clock=clock2)
+    _pump(c, d)
+    sid2 = _open_accepted(c, d)
+    _measured_rtt(c, d, clock2, 0.0001)
+    _consume_all(c, d, sid2, clock2, 1e-8)
+    assert d.window(sid2) == 256 * 1024
+
+
+def test_the_round_trip_is_the_lowest_recent_ping() -> None:
+    clock = FakeClock()
+    a, b = Session(Role.DIALLER), Session(Role.LISTENER, clock=clock)
+    _pump(a, b)
+    for rtt in (0.004, 0.001, 0.009):  # queueing delay inflates some samples; the minimum is the path
+        _measured_rtt_any(a, b, clock, rtt)
+    assert b.rtt == pytest.approx(0.001)
+    b.receive(fr.Frame(FrameType.PONG, 0, b"unasked!").encode())  # an unsolicited PONG is ignored
+    assert b.rtt == pytest.approx(0.001)
+
+
+def _measured_rtt_any(a: Session, b: Session, clock: FakeClock, rtt: float) -> None:
+    b.ping(clock.now.hex().encode()[-8:])
+    for message in b.frames_to_send():
+        a.receive(message)
+    clock.now += rtt
+    for message in a.frames_to_send():
+        b.receive(message)

@@ -10,11 +10,22 @@ sender may only have as many unacknowledged bytes in flight as the receiver
 granted; the receiver grants more as its application *consumes* data. Memory is
 therefore bounded by the windows, whatever the peer's speed, and a stalled
 stream never holds up another (its credit runs out; the others' does not).
+
+Stream windows tune themselves (like QUIC's): each starts small and doubles, up
+to `max_window`, while it is smaller than twice the stream's consumption rate
+times the round trip, i.e. while the window, not the path, limits the stream.
+A window is a queue in front of whatever is slowest; a fixed large one kept
+megabytes of a bulk download in the sockets in front of every small reply on a
+fast link, while a fixed small one starves a long-distance link. The round trip
+is the lowest recent PING time (`ping` timestamps its payloads), so queueing
+delay does not inflate it; until one is measured, windows stay at their start.
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -30,10 +41,11 @@ PROTOCOL_VERSIONS = (1,)
 class Settings:
     """What this side grants its peer; sent in HELLO."""
 
-    initial_window: int = 4 * 1024 * 1024
+    initial_window: int = 256 * 1024  # each stream's window at first (then tuned, see above)
     connection_window: int = 32 * 1024 * 1024
     max_data: int = 64 * 1024
     max_streams: int = 65_536
+    max_window: int = 16 * 1024 * 1024  # the most a stream's window grows to (not sent in HELLO)
 
     def to_hello(self) -> dict[str, int]:
         return {
@@ -60,6 +72,9 @@ class _Stream:
     local_closed: bool = False
     remote_closed: bool = False
     unacked: int = 0  # consumed bytes not yet returned as credit
+    window: int = 0  # what we grant this stream now (`recv_credit` at most); tuned upwards
+    epoch_start: float = 0.0  # window tuning: when the current measuring epoch began
+    epoch_bytes: int = 0  # bytes consumed since then
 
 
 class SessionClosed(Exception):
@@ -71,6 +86,10 @@ class Session:
     role: Role
     settings: Settings = field(default_factory=Settings)
     hello_info: dict[str, Any] = field(default_factory=dict)
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False)
+
+    RTT_SAMPLES = 8  # PING round trips kept; the lowest is the path's round trip
+    MIN_EPOCH = 0.02  # seconds: the shortest span a consumption rate is measured over
 
     def __post_init__(self) -> None:
         self._control: deque[bytes] = deque()
@@ -89,6 +108,8 @@ class Session:
         self.closed: ev.ConnectionFailed | None = None
         self.going_away = False  # we sent GOAWAY: refuse new streams
         self.peer_going_away = False
+        self._pings: dict[bytes, float] = {}  # payload -> when sent, until its PONG
+        self._rtts: deque[float] = deque(maxlen=self.RTT_SAMPLES)
         self._queue(
             fr.json_frame(
                 FrameType.HELLO,
@@ -106,6 +127,16 @@ class Session:
     @property
     def open_streams(self) -> int:
         return len(self._streams)
+
+    @property
+    def rtt(self) -> float:
+        """The lowest of the recent PING round trips in seconds (0 until one is measured)."""
+        return min(self._rtts, default=0.0)
+
+    def window(self, sid: int) -> int:
+        """The receive window we grant stream `sid` now (0 when unknown)."""
+        stream = self._streams.get(sid)
+        return stream.window if stream is not None else 0
 
     def send_capacity(self, sid: int) -> int:
         stream = self._streams.get(sid)
@@ -172,9 +203,15 @@ class Session:
             raise SessionClosed("stream ids exhausted; reconnect")
         frame = fr.json_frame(FrameType.OPEN, sid, target)  # may raise: then nothing is left behind
         self._next_sid += 2
-        self._streams[sid] = _Stream(sid, self._peer_settings.initial_window, self.settings.initial_window)
+        self._streams[sid] = self._new_stream(sid, accepted=False)
         self._queue(frame)
         return sid
+
+    def _new_stream(self, sid: int, accepted: bool) -> _Stream:
+        window = self.settings.initial_window
+        return _Stream(
+            sid, self._peer_settings.initial_window, window, accepted, window=window, epoch_start=self.clock()
+        )
 
     def accept(self, sid: int) -> None:
         stream = self._streams.get(sid)
@@ -242,13 +279,41 @@ class Session:
         if stream is None or stream.remote_closed:
             return
         stream.unacked += size
-        if stream.unacked >= self.settings.initial_window // 4:
-            self._queue(fr.window(sid, stream.unacked))
-            stream.recv_credit += stream.unacked
+        if stream.unacked >= stream.window // 4:
+            grant = stream.unacked + self._grow(stream)
+            self._queue(fr.window(sid, grant))
+            stream.recv_credit += grant
             stream.unacked = 0
 
+    def _grow(self, stream: _Stream) -> int:
+        """How much to enlarge `stream`'s window now (see the module docstring); 0 mostly.
+
+        The consumption rate is averaged over an epoch of at least `MIN_EPOCH` and four round
+        trips: a process that was descheduled drains its backlog in a burst, and a burst's rate
+        says nothing about the path. The window doubles while it is under twice rate x RTT.
+        """
+        stream.epoch_bytes += stream.unacked
+        rtt = self.rtt
+        if rtt <= 0 or stream.window >= self.settings.max_window:
+            return 0
+        now = self.clock()
+        elapsed = now - stream.epoch_start
+        if elapsed < max(self.MIN_EPOCH, 4 * rtt):
+            return 0
+        rate = stream.epoch_bytes / elapsed
+        stream.epoch_start, stream.epoch_bytes = now, 0
+        if stream.window >= 2 * rate * rtt:
+            return 0
+        grown = min(2 * stream.window, self.settings.max_window)
+        extra, stream.window = grown - stream.window, grown
+        return extra
+
     def ping(self, payload: bytes) -> None:
-        self._queue(Frame(FrameType.PING, 0, payload.ljust(8, b"\0")[:8]))
+        """Queue a PING; its PONG gives a round-trip sample (and a `PongReceived` event)."""
+        payload = payload.ljust(8, b"\0")[:8]
+        if len(self._pings) < 64:  # a peer that never answers cannot grow this
+            self._pings[payload] = self.clock()
+        self._queue(Frame(FrameType.PING, 0, payload))
 
     def goaway(self, code: ErrorCode = ErrorCode.NO_ERROR, reason: str = "") -> None:
         """Tell the peer to open no new streams here; existing ones finish normally."""
@@ -308,6 +373,9 @@ class Session:
             self._queue(Frame(FrameType.PONG, 0, frame.payload))
             return []
         if t is FrameType.PONG:
+            sent = self._pings.pop(bytes(frame.payload), None)
+            if sent is not None:
+                self._rtts.append(max(self.clock() - sent, 1e-6))
             return [ev.PongReceived(frame.payload)]
         if t is FrameType.GOAWAY:
             last, code, reason = fr.read_goaway(frame)
@@ -371,9 +439,7 @@ class Session:
                 )
             )
             return []
-        self._streams[sid] = _Stream(
-            sid, self._peer_settings.initial_window, self.settings.initial_window, accepted=False
-        )
+        self._streams[sid] = self._new_stream(sid, accepted=False)
         return [ev.StreamOpened(sid, target)]
 
     def _on_data(self, frame: Frame) -> list[ev.Event]:
