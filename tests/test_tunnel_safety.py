@@ -1140,11 +1140,15 @@ async def test_the_relay_never_sees_the_bearer_token_when_tls_runs_end_to_end(
 
 
 class ConnectProxy:
-    """A small HTTP CONNECT proxy that remembers whom it connected to and from which address."""
+    """A small HTTP CONNECT proxy that remembers whom it connected to and from which address.
 
-    def __init__(self) -> None:
+    With `delay`, every byte is held that many seconds each way (a delay line, no bandwidth
+    limit): the path behind it looks like a long-distance link."""
+
+    def __init__(self, delay: float = 0.0) -> None:
         self.targets: list[tuple[str, int]] = []
         self.upstream_addresses: list[tuple[str, int]] = []
+        self.delay = delay
 
     async def start(self) -> ConnectProxy:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -1165,12 +1169,25 @@ class ConnectProxy:
             writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
 
             async def copy(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-                with contextlib.suppress(ConnectionError, OSError):
-                    while data := await src.read(65536):
+                line: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+                async def release() -> None:
+                    while True:
+                        due, data = await line.get()
+                        await asyncio.sleep(max(0.0, due - time.monotonic()))
+                        if not data:
+                            if dst.can_write_eof():
+                                dst.write_eof()
+                            return
                         dst.write(data)
                         await dst.drain()
-                    if dst.can_write_eof():
-                        dst.write_eof()
+
+                with contextlib.suppress(ConnectionError, OSError):
+                    async with asyncio.TaskGroup() as tasks:
+                        tasks.create_task(release())
+                        while data := await src.read(65536):
+                            line.put_nowait((time.monotonic() + self.delay, data))
+                        line.put_nowait((time.monotonic() + self.delay, b""))
 
             await asyncio.gather(copy(reader, up_writer), copy(up_reader, writer))
             up_writer.close()
@@ -1360,3 +1377,54 @@ async def test_relay_metrics_count_bytes_and_broken_sessions_over_https(
                 key = ("kubearc_relay_bytes_total", *sorted((side, direction)))
                 assert found.get(key, 0) >= len(payload), (key, found.get(key))
         assert found[("kubearc_relay_session_failures_total", "FRAME_SIZE_ERROR", "client")] >= 1
+
+
+@deadline(120)
+async def test_a_long_path_grows_the_window_past_its_start(
+    tunnel_hub: RunningHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 20 ms each way between agent and relay. A 256 KiB window allows ~6 MB/s there; the relay's
+    # agent-side session measures the round trip with PINGs and grows the window of a download
+    # that keeps it full. (On loopback it stays at its start: `test_tunnel_protocol`.)
+    egress = await ConnectProxy(delay=0.020).start()
+    for name in ("HTTPS_PROXY", "https_proxy"):
+        monkeypatch.setenv(name, f"http://127.0.0.1:{egress.port}")
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(name, "localhost")
+    for name in ("ALL_PROXY", "all_proxy", "WSS_PROXY", "wss_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    target = await Target().start()
+    cluster = new_cluster(tunnel_hub)
+    try:
+        async with tunnel(tunnel_hub, tmp_path) as t:
+            t.start_agent(cluster, target, url=f"wss://127.0.0.1:{t.relay_port}{AGENT_PATH}")
+            await t.connected(cluster)
+            (agent_side,) = t.relay.agent_muxes(cluster.key)
+            await until(lambda: agent_side.session.rtt >= 0.04, "a round trip measured through the delay")
+            proxy = await t.start_proxy(cluster)
+            largest = 0
+            done = False
+
+            async def watch() -> None:
+                nonlocal largest
+                while not done:
+                    for stream in list(agent_side.streams.values()):
+                        largest = max(largest, agent_side.session.window(stream.id))
+                    await asyncio.sleep(0.01)
+
+            watcher = asyncio.create_task(watch())
+            size = 24 * 1024 * 1024
+            reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+            writer.write(f"fire {size}\n".encode())
+            digest, got = hashlib.sha256(), 0
+            while data := await asyncio.wait_for(reader.read(1 << 20), 30):
+                digest.update(data)
+                got += len(data)
+            writer.close()
+            done = True
+            await watcher
+            assert got == size and digest.hexdigest() == pattern_digest(size)
+            assert largest > WINDOW, f"the window stayed at {largest} on a 40 ms path"
+            assert largest <= SETTINGS.max_window
+    finally:
+        await target.close()
