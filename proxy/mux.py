@@ -384,12 +384,14 @@ class Mux:
 
         `background` coroutines (keepalives, expiry watches) live exactly as long as the session.
         """
-        self.transport.deliver_to(self._on_message, self._flush)
         self.wake_writer()  # our HELLO
         limit_unsent(self.transport)
         try:
             async with asyncio.TaskGroup() as tasks:
                 self._tasks = tasks
+                # Messages flow from here on (those that came early first): a peer's OPEN needs
+                # the task group to serve it in.
+                self.transport.deliver_to(self._on_message, self._flush)
                 watcher = tasks.create_task(self._watch_transport())
                 self.spawn(self._probe_rtt())
                 for coro in background:
