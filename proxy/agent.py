@@ -23,11 +23,12 @@ from dataclasses import dataclass, field
 from websockets.asyncio.client import connect
 
 from kubearc.retry import RetryPolicy
-from proxy.mux import Mux, Stream
+from proxy.mux import Mux
 from proxy.pipe import SocketPipe
 from proxy.protocol import events as ev
 from proxy.protocol.frames import ErrorCode
 from proxy.protocol.session import Role, Session, Settings
+from proxy.stream import Stream
 from proxy.wsconn import DirectClientConnection
 
 log = logging.getLogger("kubearc.connect")

@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from websockets.asyncio.client import connect
 
 from kubearc.retry import RetryPolicy
-from proxy.mux import Mux, StreamError
+from proxy.mux import Mux
 from proxy.pipe import SocketPipe
 from proxy.protocol import events as ev
 from proxy.protocol.session import Role, Session, Settings
+from proxy.stream import StreamError
 from proxy.wsconn import DirectClientConnection
 
 log = logging.getLogger("kubearc.proxy")

@@ -17,8 +17,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import cast
 
-from proxy.mux import Stream, StreamError
 from proxy.protocol.frames import ErrorCode
+from proxy.stream import Stream, StreamError
 
 
 def _code(error: StreamError) -> ErrorCode:

@@ -24,11 +24,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from proxy.mux import Mux, Stream, StreamError, Transport
+from proxy.mux import Mux, Transport
 from proxy.pipe import StreamPipe
 from proxy.protocol import events as ev
 from proxy.protocol.frames import ErrorCode
 from proxy.protocol.session import Role, Session, Settings
+from proxy.stream import Stream, StreamError
 
 log = logging.getLogger("kubearc.relay")
 

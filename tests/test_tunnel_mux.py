@@ -14,9 +14,10 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 
-from proxy.mux import Mux, Stream, StreamError
+from proxy.mux import Mux
 from proxy.protocol.frames import ErrorCode
 from proxy.protocol.session import Role, Session, Settings
+from proxy.stream import Stream, StreamError
 from proxy.wsconn import DirectClientConnection, DirectServerConnection
 
 pytestmark = pytest.mark.sqlite_only

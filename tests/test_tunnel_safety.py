@@ -46,13 +46,14 @@ from kubearc import pki, tokens
 from kubearc.retry import RetryPolicy
 from proxy.agent import ConnectAgent
 from proxy.client import ClientProxy, Credential
-from proxy.mux import Mux, Stream, StreamError, Transport
+from proxy.mux import Mux, Transport
 from proxy.protocol import frames as fr
 from proxy.protocol.frames import ErrorCode, FrameType
 from proxy.protocol.session import Role, Session, Settings
 from proxy.relay import Relay
 from proxy.relay_auth import HubAuth
 from proxy.relay_server import AGENT_PATH, CLIENT_PATH, RelayServer
+from proxy.stream import Stream, StreamError
 from proxy.wsconn import DirectClientConnection
 from tests.clusters import SUB, ConnectedCluster, connected
 from tests.conftest import RunningHub, database
