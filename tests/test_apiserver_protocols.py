@@ -305,7 +305,7 @@ def _ws(api: ApiServer, path: str, token: str, protocol: str = "v5.channel.k8s.i
         ssl=context,
         subprotocols=[protocol],  # type: ignore[list-item]
         additional_headers={"Authorization": f"Bearer {token}"},
-        open_timeout=5,
+        open_timeout=20,  # a loaded CI machine once took over 5 s to answer a handshake here
     )
 
 
