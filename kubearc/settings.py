@@ -56,3 +56,20 @@ def parse_duration(text: str) -> float:
     if seconds <= 0:
         raise ValueError(f"invalid duration {text!r}: must be positive")
     return seconds
+
+
+_SIZES = {"": 1, "k": 1000, "ki": 1024, "m": 1000**2, "mi": 1024**2, "g": 1000**3, "gi": 1024**3}
+
+
+def parse_size(text: str) -> int:
+    """Bytes in `262144`, `256Ki`, `16Mi` or `1G` (Kubernetes quantity suffixes); a ValueError
+    names the bad value."""
+    value = text.strip().lower()
+    number = value.rstrip("kmgi")
+    unit = value[len(number) :]
+    if unit not in _SIZES or not number.isdigit():
+        raise ValueError(f"invalid size {text!r}: use bytes or e.g. 256Ki, 16Mi, 1Gi")
+    size = int(number) * _SIZES[unit]
+    if size <= 0:
+        raise ValueError(f"invalid size {text!r}: must be positive")
+    return size

@@ -17,6 +17,7 @@ from typing import Any
 import typer
 
 from kubearc import aio
+from kubearc.commands.tunnelopts import MaxWindowOpt, tunnel_settings
 from kubearc.logs import setup_logging
 
 app = typer.Typer(no_args_is_help=True, help="In-cluster agents.")
@@ -178,6 +179,7 @@ def connect(
         help="HOST:PORT (default: from the kubeconfig or in-cluster).",
     ),
     kubeconfig: Path = KubeconfigOpt,
+    max_window: str = MaxWindowOpt,
     log_level: str = LogLevelOpt,
     log_format: str = LogFormatOpt,
 ) -> None:
@@ -193,6 +195,7 @@ def connect(
     from proxy.agent import ConnectAgent
 
     setup_logging(log_level, log_format)
+    settings = tunnel_settings(max_window)
     hub = hub.rstrip("/")
     kube = Kube(kubeconfig) if identity_store.startswith("secret:") or not apiserver else None
     store = open_store(identity_store, kube)
@@ -226,6 +229,7 @@ def connect(
             token,
             (host, int(port)),
             str(relay_ca or hub_ca) if (relay_ca or hub_ca) else None,
+            settings=settings,
         )
         await agent.run()
 

@@ -10,12 +10,14 @@ from typing import TYPE_CHECKING
 import typer
 
 from kubearc import aio
+from kubearc.commands.tunnelopts import MaxWindowOpt, tunnel_settings
 from kubearc.logs import setup_logging
 from kubearc.settings import default_state_dir, parse_duration
 
 if TYPE_CHECKING:
     from hub.context import Hub
     from hub.server import TlsFiles
+    from proxy.protocol.session import Settings
 
 
 def _duration(value: str, flag: str) -> dt.timedelta:
@@ -70,6 +72,7 @@ def hub(
     relay_url: str = typer.Option(
         None, envvar="KUBEARC_RELAY_URL", help="wss:// URL clients and agents reach the relay at."
     ),
+    max_window: str = MaxWindowOpt,
     latest_agent_version: str = typer.Option(
         None,
         envvar="KUBEARC_LATEST_AGENT_VERSION",
@@ -85,6 +88,7 @@ def hub(
     if (tls_cert is None) != (tls_key is None):
         raise typer.BadParameter("give both --tls-cert and --tls-key, or neither")
     setup_logging(log_level, log_format)
+    tunnel = tunnel_settings(max_window)
     config = HubConfig(
         state_dir=state_dir or default_state_dir(),
         host=host,
@@ -125,7 +129,7 @@ def hub(
             tasks.create_task(serve(config, on_ready=ready))
             if relay:
                 await started.wait()
-                tasks.create_task(_relay(config.host, relay_port, serving["tls"], config.url))
+                tasks.create_task(_relay(config.host, relay_port, serving["tls"], config.url, tunnel))
                 typer.echo(f"  cluster-connect relay: {config.relay}", err=True)
 
     try:
@@ -140,7 +144,7 @@ def hub(
         raise typer.Exit(1) from None
 
 
-async def _relay(host: str, port: int, tls: TlsFiles, hub_url: str) -> None:
+async def _relay(host: str, port: int, tls: TlsFiles, hub_url: str, settings: Settings) -> None:
     """The relay in the hub's process: same certificate, verifying credentials with this hub."""
     import ssl
 
@@ -151,4 +155,4 @@ async def _relay(host: str, port: int, tls: TlsFiles, hub_url: str) -> None:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(tls.cert, tls.key)
     auth = HubAuth(hub_url, str(tls.ca) if tls.ca else None)
-    await RelayServer(Relay(), auth, host, port, context).serve_forever()
+    await RelayServer(Relay(settings), auth, host, port, context).serve_forever()

@@ -18,6 +18,7 @@ import typer
 
 from kubearc import aio
 from kubearc.commands.output import fail, request_json, subscription_or_fail
+from kubearc.commands.tunnelopts import MaxWindowOpt, tunnel_settings
 from kubearc.logs import setup_logging
 
 CC = "providers/Microsoft.Kubernetes/connectedClusters"
@@ -42,6 +43,7 @@ def proxy(
         None, "--token", envvar="KUBEARC_PROXY_TOKEN", help="Service-account token for the apiserver."
     ),
     relay_ca: Path = typer.Option(None, "--relay-ca", help="CA of the relay (default: the hub's CA)."),
+    max_window: str = MaxWindowOpt,
     log_level: str = typer.Option("warning", "--log-level"),
 ) -> None:
     """Open cluster connect: kubectl reaches the cluster through 127.0.0.1:PORT until Ctrl+C."""
@@ -50,6 +52,7 @@ def proxy(
     from proxy.client import ClientProxy, Credential
 
     setup_logging(log_level, "text")
+    settings = tunnel_settings(max_window)
     sub = subscription_or_fail(subscription)
     rid = f"/subscriptions/{sub}/resourceGroups/{resource_group}/{CC}/{name}"
 
@@ -71,7 +74,7 @@ def proxy(
         return await asyncio.to_thread(fetch)
 
     ca = relay_ca or load_client_config().get("ca_file")
-    client = ClientProxy(credentials, port=port, relay_ca_file=str(ca) if ca else None)
+    client = ClientProxy(credentials, port=port, relay_ca_file=str(ca) if ca else None, settings=settings)
 
     def ready(bound: int) -> None:
         user = {"token": token} if token else {}

@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from kubearc import aio
+from kubearc.commands.tunnelopts import MaxWindowOpt, tunnel_settings
 from kubearc.logs import setup_logging
 from kubearc.settings import default_state_dir
 
@@ -24,6 +25,7 @@ def relay(
         None, "--state-dir", envvar="KUBEARC_STATE_DIR", help="Where a self-made serving certificate is kept."
     ),
     replica_id: str = typer.Option("relay-0", "--replica-id", envvar="KUBEARC_RELAY_REPLICA"),
+    max_window: str = MaxWindowOpt,
     log_level: str = typer.Option("info", "--log-level", envvar="KUBEARC_LOG_LEVEL"),
     log_format: str = typer.Option("text", "--log-format", envvar="KUBEARC_LOG_FORMAT"),
 ) -> None:
@@ -34,6 +36,7 @@ def relay(
     from proxy.relay_server import RelayServer
 
     setup_logging(log_level, log_format)
+    settings = tunnel_settings(max_window)
     if (tls_cert is None) != (tls_key is None):
         raise typer.BadParameter("give both --tls-cert and --tls-key, or neither")
     if tls_cert is None:
@@ -46,7 +49,7 @@ def relay(
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(tls_cert, tls_key)
     server = RelayServer(
-        Relay(replica_id=replica_id),
+        Relay(settings, replica_id=replica_id),
         HubAuth(hub.rstrip("/"), str(hub_ca) if hub_ca else None),
         host,
         port,

@@ -1,0 +1,38 @@
+"""The tunnel options the relay, the agent and the client proxy share."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import typer
+
+from kubearc.settings import parse_size
+
+if TYPE_CHECKING:
+    from proxy.protocol.session import Settings
+
+MaxWindowOpt = typer.Option(
+    "16Mi",
+    "--max-window",
+    envvar="KUBEARC_TUNNEL_MAX_WINDOW",
+    help="Largest receive window a stream grows to (256Ki at first). Raise it for paths whose "
+    "bandwidth x round trip exceeds it; it bounds memory per stream.",
+)
+
+
+def tunnel_settings(max_window: str) -> Settings:
+    """Session settings with `--max-window` applied (a bad value is a usage error)."""
+    from proxy.protocol import frames
+    from proxy.protocol.session import Settings
+
+    try:
+        size = parse_size(max_window)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--max-window") from None
+    defaults = Settings()
+    if not defaults.initial_window <= size <= frames.MAX_WINDOW:
+        raise typer.BadParameter(
+            f"must be between {defaults.initial_window} (the starting window) and {frames.MAX_WINDOW} bytes",
+            param_hint="--max-window",
+        )
+    return Settings(max_window=size)
