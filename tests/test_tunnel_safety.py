@@ -1198,19 +1198,26 @@ class ConnectProxy:
             writer.close()
 
 
-@deadline(120)
-async def test_the_agent_reaches_the_relay_through_an_https_proxy(
-    tunnel_hub: RunningHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    egress = await ConnectProxy().start()
+async def egress_proxy(monkeypatch: pytest.MonkeyPatch, delay: float = 0.0) -> ConnectProxy:
+    """A CONNECT proxy that the agent's relay session must take (from `HTTPS_PROXY`).
+
+    The hub and the client proxy's relay URL are "localhost" (direct); the agent dials the relay
+    as 127.0.0.1, which NO_PROXY does not name, so it must take the proxy."""
+    egress = await ConnectProxy(delay).start()
     for name in ("HTTPS_PROXY", "https_proxy"):
         monkeypatch.setenv(name, f"http://127.0.0.1:{egress.port}")
-    # The hub and the client proxy's relay URL are "localhost" (direct); the agent dials the
-    # relay as 127.0.0.1, which NO_PROXY does not name, so it must take the proxy.
     for name in ("NO_PROXY", "no_proxy"):
         monkeypatch.setenv(name, "localhost")
     for name in ("ALL_PROXY", "all_proxy", "WSS_PROXY", "wss_proxy"):
         monkeypatch.delenv(name, raising=False)
+    return egress
+
+
+@deadline(120)
+async def test_the_agent_reaches_the_relay_through_an_https_proxy(
+    tunnel_hub: RunningHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    egress = await egress_proxy(monkeypatch)
     target = await Target().start()
     cluster = new_cluster(tunnel_hub)
     try:
@@ -1387,13 +1394,7 @@ async def test_a_long_path_grows_the_window_past_its_start(
     # 20 ms each way between agent and relay. A 256 KiB window allows ~6 MB/s there; the relay's
     # agent-side session measures the round trip with PINGs and grows the window of a download
     # that keeps it full. (On loopback it stays at its start: `test_tunnel_protocol`.)
-    egress = await ConnectProxy(delay=0.020).start()
-    for name in ("HTTPS_PROXY", "https_proxy"):
-        monkeypatch.setenv(name, f"http://127.0.0.1:{egress.port}")
-    for name in ("NO_PROXY", "no_proxy"):
-        monkeypatch.setenv(name, "localhost")
-    for name in ("ALL_PROXY", "all_proxy", "WSS_PROXY", "wss_proxy"):
-        monkeypatch.delenv(name, raising=False)
+    await egress_proxy(monkeypatch, delay=0.020)
     target = await Target().start()
     cluster = new_cluster(tunnel_hub)
     try:
