@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from proxy.mux import Mux, Transport
@@ -75,17 +75,43 @@ class _TrafficCollector(Collector):
         stalls = CounterMetricFamily(
             "kubearc_relay_window_stalls", "Times a stream waited for credit.", labels=["side"]
         )
+        grown = CounterMetricFamily(
+            "kubearc_relay_windows_grown",
+            "Times the relay doubled a stream's receive window (window tuning on long paths).",
+            labels=["side"],
+        )
+        rtts = HistogramMetricFamily(
+            "kubearc_relay_session_round_trip_seconds",
+            "Live sessions by measured round trip (lowest recent PING): how far away the peers are.",
+            labels=["side"],
+        )
         for side in ("agent", "client"):
-            received, sent, blocked = self.relay.retired[side]
+            received, sent, blocked, doubled = self.relay.retired[side]
+            counts, total = [0] * len(RTT_BUCKETS), 0.0
             for mux in self.relay.muxes(side):
                 received += mux.bytes_received
                 sent += mux.bytes_sent
                 blocked += mux.blocked
+                doubled += mux.session.windows_grown
+                if (rtt := mux.session.rtt) > 0:
+                    total += rtt
+                    counts = [n + (rtt <= bound) for n, bound in zip(counts, RTT_BUCKETS, strict=True)]
             bytes_.add_metric([side, "received"], received)
             bytes_.add_metric([side, "sent"], sent)
             stalls.add_metric([side], blocked)
+            grown.add_metric([side], doubled)
+            rtts.add_metric([side], [(_bound(b), n) for b, n in zip(RTT_BUCKETS, counts, strict=True)], total)
         yield bytes_
         yield stalls
+        yield grown
+        yield rtts
+
+
+RTT_BUCKETS = (0.0005, 0.002, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, float("inf"))
+
+
+def _bound(bucket: float) -> str:
+    return "+Inf" if bucket == float("inf") else repr(bucket)
 
 
 @dataclass
@@ -102,8 +128,8 @@ class Relay:
         self._agents: dict[str, list[_AgentSession]] = {}
         self.client_muxes: set[Mux] = set()  # live client sessions (introspection, leak checks)
         self._rr = itertools.count()
-        # (bytes received, bytes sent, credit stalls) of sessions that have ended, by side
-        self.retired: dict[str, list[int]] = {"agent": [0, 0, 0], "client": [0, 0, 0]}
+        # (bytes received, bytes sent, credit stalls, windows grown) of sessions that ended, by side
+        self.retired: dict[str, list[int]] = {"agent": [0, 0, 0, 0], "client": [0, 0, 0, 0]}
         self.metrics.registry.register(_TrafficCollector(self))
 
     def muxes(self, side: str) -> list[Mux]:
@@ -114,6 +140,7 @@ class Relay:
         totals[0] += mux.bytes_received
         totals[1] += mux.bytes_sent
         totals[2] += mux.blocked
+        totals[3] += mux.session.windows_grown
         failed = mux.session.closed
         if failed is not None:
             self.metrics.session_failures.labels(side, failed.code.name).inc()

@@ -1428,5 +1428,13 @@ async def test_a_long_path_grows_the_window_past_its_start(
             assert got == size and digest.hexdigest() == pattern_digest(size)
             assert largest > WINDOW, f"the window stayed at {largest} on a 40 ms path"
             assert largest <= SETTINGS.max_window
+            # The relay's metrics say so too: windows grown on the agent side, and one agent
+            # session measured at least 40 ms away (the delay line), one client session.
+            relay = t.relay
+            assert sample(relay, "kubearc_relay_windows_grown_total", side="agent") >= 1
+            rtt = "kubearc_relay_session_round_trip_seconds_bucket"
+            assert sample(relay, rtt, side="agent", le="0.025") == 0
+            assert sample(relay, rtt, side="agent", le="+Inf") == 1
+            assert sample(relay, rtt, side="client", le="+Inf") == 1
     finally:
         await target.close()

@@ -109,6 +109,7 @@ class Session:
         self.going_away = False  # we sent GOAWAY: refuse new streams
         self.peer_going_away = False
         self._pings: dict[bytes, float] = {}  # payload -> when sent, until its PONG
+        self.windows_grown = 0  # times a stream window doubled (a metric)
         self._rtts: deque[float] = deque(maxlen=self.RTT_SAMPLES)
         self._queue(
             fr.json_frame(
@@ -306,6 +307,7 @@ class Session:
             return 0
         grown = min(2 * stream.window, self.settings.max_window)
         extra, stream.window = grown - stream.window, grown
+        self.windows_grown += 1
         return extra
 
     def ping(self, payload: bytes) -> None:
