@@ -430,3 +430,14 @@ def _measured_rtt_any(a: Session, b: Session, clock: FakeClock, rtt: float) -> N
     clock.now += rtt
     for message in a.frames_to_send():
         b.receive(message)
+
+
+def test_a_peer_that_asks_and_never_reads_the_answers_is_cut_off() -> None:
+    _, b = _pair()
+    ping = fr.Frame(FrameType.PING, 0, b"flood!!!").encode()
+    events: list[ev.Event] = []
+    for _ in range(Session.MAX_CONTROL_BACKLOG + 1):  # b never calls frames_to_send: PONGs pile up
+        events += b.receive(ping)
+    (failed,) = [e for e in events if isinstance(e, ev.ConnectionFailed)]
+    assert "faster than it reads" in failed.reason and b.closed is not None
+    assert b.receive(ping) == []  # and nothing more is taken

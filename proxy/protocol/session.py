@@ -90,6 +90,7 @@ class Session:
 
     RTT_SAMPLES = 8  # PING round trips kept; the lowest is the path's round trip
     MIN_EPOCH = 0.02  # seconds: the shortest span a consumption rate is measured over
+    MAX_CONTROL_BACKLOG = 100_000  # unsent control frames (answers) before the peer is cut off
 
     def __post_init__(self) -> None:
         self._control: deque[bytes] = deque()
@@ -347,6 +348,14 @@ class Session:
             frame = fr.decode(message, self.settings.max_data)
             if self.peer is None and frame.type is not FrameType.HELLO:
                 raise FrameError(ErrorCode.PROTOCOL_ERROR, f"{frame.type.name} before HELLO")
+            if len(self._control) >= self.MAX_CONTROL_BACKLOG:
+                # Every PING, OPEN or RENEW is answered; a peer that keeps asking and never reads
+                # the answers would otherwise grow this queue without end.
+                raise FrameError(
+                    ErrorCode.PROTOCOL_ERROR,
+                    f"{self.MAX_CONTROL_BACKLOG} control frames wait unsent: "
+                    "the peer sends faster than it reads",
+                )
             return self._handle(frame)
         except FrameError as exc:
             if exc.stream_id and exc.stream_id in self._streams:  # stream-scoped: reset only that stream
