@@ -25,13 +25,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from typer.testing import CliRunner
 
+from guard.app import GuardState
 from guard.authn.chain import AuthnChain
 from guard.authn.graph import GraphGroups, GraphSettings
 from guard.authn.oidc import OidcAuthenticator
 from guard.authn.static import StaticTokens
 from guard.config import GuardConfig
 from guard.reviews import Decision, SubjectAccessReview
-from guard.server import GuardState, GuardThread
+from guard.server import GuardThread
 from hub.issuer import directory, graph
 from kubearc import pki
 from kubearc.commands.guard import guard_kubeconfig

@@ -214,11 +214,12 @@ def guard(
     log_format: str = typer.Option("json", envvar="KUBEARC_LOG_FORMAT", help="text or json."),
 ) -> None:
     """Run the guard webhook: TokenReviews (Entra, local issuer, static tokens); SARs via Azure RBAC."""
+    from guard.app import Authorizer, GuardState, NoAuthorizer
     from guard.audit import StreamAudit
     from guard.authn.chain import AuthnChain
     from guard.authn.static import StaticTokens
     from guard.config import GuardConfig
-    from guard.server import Authorizer, GuardServer, GuardState, NoAuthorizer
+    from guard.server import GuardServer
 
     for value, flag in (
         (failure_policy, "--failure-policy"),
