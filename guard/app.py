@@ -22,7 +22,7 @@ import orjson
 from prometheus_client import CollectorRegistry, Counter
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from guard.audit import AuditSink, LoggingAudit
@@ -37,7 +37,7 @@ from guard.reviews import (
     subject_access_review_response,
     token_review_response,
 )
-from kubearc.metrics import RequestMetrics, metrics_endpoint, request_histogram
+from kubearc.metrics import RequestMetrics, probe_routes, probes_app, request_histogram
 
 log = logging.getLogger("kubearc.guard")
 
@@ -225,21 +225,14 @@ async def subject_access_reviews(request: Request) -> Response:
     return ReviewResponse(subject_access_review_response(review, decision))
 
 
-async def healthz(_: Request) -> Response:
-    return PlainTextResponse("ok")
-
-
-async def readyz(request: Request) -> Response:
-    state: GuardState = request.app.state.guard
-    if not state.ready:
-        return PlainTextResponse(state.waiting_for, status_code=503)
-    return PlainTextResponse("ok")
-
-
 def build_apps(state: GuardState) -> tuple[Any, Any]:
     """(the mTLS review app, the plain health and metrics app)."""
     histogram = request_histogram("guard", state.registry)
-    probes = [Route("/healthz", healthz), Route("/readyz", readyz)]
+
+    def missing() -> str | None:
+        return None if state.ready else state.waiting_for
+
+    probes = probe_routes(missing)
     reviews = Starlette(
         routes=[
             Route("/tokenreviews", token_reviews, methods=["POST"]),
@@ -247,9 +240,8 @@ def build_apps(state: GuardState) -> tuple[Any, Any]:
             *probes,
         ]
     )
-    health = Starlette(routes=[*probes, Route("/metrics", metrics_endpoint(state.registry))])
-    for app in (reviews, health):
-        app.state.guard = state
+    health = probes_app(state.registry, missing)
+    reviews.state.guard = state
     return RequestMetrics(reviews, histogram), health
 
 

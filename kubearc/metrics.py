@@ -100,11 +100,11 @@ class EmbeddedUvicorn(uvicorn.Server):
         yield
 
 
-async def serve_probes(
-    host: str, port: int, registry: CollectorRegistry, ready: Callable[[], str | None]
-) -> None:
-    """`/healthz`, `/readyz` and `/metrics` in plain HTTP on host:port until cancelled. `ready()`
-    returns None when ready, else what is missing (the 503's body)."""
+Readiness = Callable[[], str | None]  # None when ready, else what is missing (the 503's body)
+
+
+def probe_routes(ready: Readiness) -> list[Route]:
+    """`/healthz` (the process answers) and `/readyz` (503 with what is missing until ready)."""
 
     async def healthz(_: Request) -> Response:
         return PlainTextResponse("ok")
@@ -113,8 +113,17 @@ async def serve_probes(
         missing = ready()
         return PlainTextResponse(missing or "ok", status_code=503 if missing else 200)
 
-    metrics = metrics_endpoint(registry)
-    app = Starlette(routes=[Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics)])
+    return [Route("/healthz", healthz), Route("/readyz", readyz)]
+
+
+def probes_app(registry: CollectorRegistry, ready: Readiness) -> Starlette:
+    """The plain-HTTP app for kubelet and Prometheus: the probes and `/metrics`."""
+    return Starlette(routes=[*probe_routes(ready), Route("/metrics", metrics_endpoint(registry))])
+
+
+async def serve_probes(host: str, port: int, registry: CollectorRegistry, ready: Readiness) -> None:
+    """`probes_app` in plain HTTP on host:port until cancelled."""
+    app = probes_app(registry, ready)
     config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="off")
     server = EmbeddedUvicorn(config)
     try:
