@@ -24,8 +24,9 @@ import httpx
 from cryptography import x509
 
 from agents import AGENT_VERSION
-from kubearc import pki, tokens
-from kubearc.retry import RetryPolicy, retrying
+from foundation import pki, tokens
+from foundation.retry import RetryPolicy, retrying
+from foundation.wire import AGENT_WHOAMI_PATH
 
 TOKEN_REFRESH_MARGIN = 60
 
@@ -253,7 +254,7 @@ class HubClient:
 
     async def whoami(self) -> dict[str, Any]:
         """Whether the hub still accepts our identity certificate (401 if revoked or expired)."""
-        return await self.call("GET", "/agent/v1/whoami")
+        return await self.call("GET", AGENT_WHOAMI_PATH)
 
     async def get_upgrade(self) -> dict[str, Any]:
         return await self.call("GET", "/agent/v1/upgrade")

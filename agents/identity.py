@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agents.hubclient import HubClient, HubError, IssuedCertificate
-from kubearc import pki
-from kubearc.identitystore import (
+from foundation import pki
+from foundation.identitystore import (
     IdentityStore,
     StoreConflict,
     StoredIdentity,
@@ -27,8 +27,8 @@ from kubearc.identitystore import (
     load_onboarding_key,
     open_store,
 )
-from kubearc.kube import Kube
-from kubearc.retry import RetriesExhausted, RetryPolicy
+from foundation.kube import Kube
+from foundation.retry import RetriesExhausted, RetryPolicy
 
 log = logging.getLogger("kubearc.agent.identity")
 RETRY_AFTER_FAILURE = 60.0

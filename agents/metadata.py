@@ -28,9 +28,9 @@ from kubernetes.utils import parse_quantity
 
 from agents import AGENT_VERSION
 from agents.hubclient import HubClient, HubError
-from kubearc.identitystore import IdentityStore, StoreError, open_store
-from kubearc.kube import Kube, KubeError, describe
-from kubearc.retry import RetriesExhausted, RetryPolicy, retrying
+from foundation.identitystore import IdentityStore, StoreError, open_store
+from foundation.kube import Kube, KubeError, describe
+from foundation.retry import RetriesExhausted, RetryPolicy, retrying
 
 log = logging.getLogger("kubearc.agent.metadata")
 AGENT_NAME = "cluster-metadata-operator"

@@ -25,6 +25,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from foundation.metrics import RequestMetrics, probe_routes, probes_app, request_histogram
 from guard.audit import AuditSink, LoggingAudit
 from guard.authn.base import AuthenticationError, Authenticator
 from guard.authn.chain import AuthnChain
@@ -37,7 +38,6 @@ from guard.reviews import (
     subject_access_review_response,
     token_review_response,
 )
-from kubearc.metrics import RequestMetrics, probe_routes, probes_app, request_histogram
 
 log = logging.getLogger("kubearc.guard")
 

@@ -30,17 +30,17 @@ from typing import Any
 
 import msal
 
+from foundation import tokens
+from foundation.identitystore import IdentityStore
+from foundation.msalhttp import issuer_http_client
+from foundation.oidc import ENTRA_AUTHORITY
 from guard.authz.actions import CONNECTED_CLUSTERS, MANAGED_CLUSTERS
 from guard.authz.checkaccess import ARM, CheckAccessClient, Credential
 from guard.authz.provider import AuthorizerConfig, AzureAuthorizer, Policy
-from kubearc import tokens
-from kubearc.identitystore import IdentityStore
-from kubearc.session import issuer_http_client
 
 log = logging.getLogger("kubearc.guard")
 
 ARM_SCOPE = "https://management.azure.com/.default"
-ENTRA = "https://login.microsoftonline.com"
 CLUSTER_TYPES = {"connectedClusters": CONNECTED_CLUSTERS, "managedClusters": MANAGED_CLUSTERS}
 TOKEN_MARGIN = 60.0  # mint a new agent token this long before the current one expires
 MSAL_MARGIN = 300.0  # msal itself refreshes app tokens in their last five minutes
@@ -153,7 +153,7 @@ class ClientCredential:
 
     @property
     def oidc_authority(self) -> bool:
-        return not self.authority.lower().startswith(ENTRA)
+        return not self.authority.lower().startswith(ENTRA_AUTHORITY)
 
     def _acquire(self) -> dict[str, Any]:
         if self._app is None:  # built lazily: msal fetches the authority's metadata when built

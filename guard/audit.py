@@ -16,7 +16,7 @@ import logging
 import time
 from typing import Any, Protocol, TextIO
 
-from kubearc.logs import json_line, text_line
+from foundation.logs import json_line, text_line
 
 LOGGER = "kubearc.guard.audit"
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import uvicorn
 
+from foundation.metrics import EmbeddedUvicorn
 from guard.app import GuardState, build_apps
-from kubearc.metrics import EmbeddedUvicorn
 
 log = logging.getLogger("kubearc.guard")
 

@@ -26,11 +26,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from foundation import pki
 from hub.auth import current_agent, revoked
 from hub.context import hub_of
 from hub.errors import bad_request, read_model
 from hub.store.models import Cluster, IdentityCertificate
-from kubearc import pki
 
 SERVICE_NAME = "kube-aad-proxy.azure-arc.svc"  # the in-cluster Service name, also in the certificate
 NAME_SUFFIX = ".kube-aad-proxy.kubearc.internal"

@@ -18,13 +18,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from foundation import pki
+from foundation.wire import AGENT_WHOAMI_PATH
 from hub.auth import Principal, agent_token_serial, current_agent, revoked
 from hub.configurations import configuration_named, configurations_of
 from hub.context import Hub, hub_of
 from hub.errors import not_found, read_model
 from hub.status import connectivity_status
 from hub.store.models import AgentLog, AgentUsage, Cluster, IdentityCertificate
-from kubearc import pki
 
 MAX_LOG_ENTRIES = 1000
 MAX_LOG_MESSAGE = 16_384
@@ -262,5 +263,5 @@ routes = [
     Route("/agent/v1/upgrade", upgrade, methods=["GET"]),
     Route("/agent/v1/configurations", configurations, methods=["GET"]),
     Route("/agent/v1/configurations/{name}/status", configuration_status, methods=["PUT"]),
-    Route("/agent/v1/whoami", whoami, methods=["GET"]),
+    Route(AGENT_WHOAMI_PATH, whoami, methods=["GET"]),
 ]

@@ -12,13 +12,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from hub import aadproxy, agentapi, clusters, configurations, identity
+from foundation.metrics import RequestMetrics, metrics_endpoint, request_histogram
+from hub import aadproxy, agentapi, clusters, configurations, discovery, identity
 from hub.auth import Authenticator
 from hub.context import Hub
 from hub.errors import ApiError, api_error_handler
 from hub.issuer import routes as issuer_routes
 from hub.rbac import routes as rbac_routes
-from kubearc.metrics import RequestMetrics, metrics_endpoint, request_histogram
 
 log = logging.getLogger("kubearc.hub")
 
@@ -43,6 +43,7 @@ def build_app(hub: Hub, extra_routes: list[BaseRoute] | None = None) -> Starlett
         Route("/healthz", healthz),
         Route("/readyz", healthz),
         Route("/metrics", metrics_endpoint(registry)),
+        *discovery.routes,
         *issuer_routes.routes,
         *rbac_routes.routes,
         *identity.routes,

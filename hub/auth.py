@@ -2,7 +2,7 @@
 
 Users present Entra-shaped JWTs from a configured issuer (the local issuer or an
 Entra tenant). Agents present an *agent token*: a short JWT signed with their
-identity certificate's key, the certificate in `x5c` (see `kubearc.tokens`). The
+identity certificate's key, the certificate in `x5c` (see `foundation.tokens`). The
 certificate must chain to the hub's cluster CA, be unexpired by the hub's clock,
 and still be on record (deleting a cluster revokes its certificates).
 """
@@ -19,12 +19,13 @@ import jwt
 from sqlalchemy import select
 from starlette.requests import Request
 
+from foundation import pki, tokens
+from foundation.oidc import OidcVerifier, TokenError, entra_issuers, unverified_issuer
+from foundation.wire import AGENT_TOKEN_TYPE
 from hub.context import Hub
 from hub.errors import forbidden, unauthorized
 from hub.issuer.directory import member_groups
 from hub.store.models import Cluster, IdentityCertificate
-from kubearc import pki, tokens
-from kubearc.oidc import OidcVerifier, TokenError, entra_issuers, unverified_issuer
 
 PrincipalKind = Literal["user", "servicePrincipal", "agent"]
 
@@ -94,7 +95,7 @@ class Authenticator:
             typ = jwt.get_unverified_header(token).get("typ")
         except jwt.InvalidTokenError as exc:
             raise unauthorized(f"malformed bearer token: {exc}") from None
-        if typ == "kubearc-agent+jwt":
+        if typ == AGENT_TOKEN_TYPE:
             return await self.authenticate_agent(token)
         return await self.authenticate_user(token)
 

@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from foundation import pki
 from hub import credentials
 from hub.access import require, scope_filter
 from hub.auth import current_user
@@ -20,7 +21,6 @@ from hub.errors import ApiError, bad_request, not_found, read_model
 from hub.resources import CLUSTER_TYPE, cluster_id, scope_key, validate_names
 from hub.status import connectivity_status
 from hub.store.models import Cluster
-from kubearc import pki
 
 CC = f"/subscriptions/{{sub}}/resourceGroups/{{rg}}/providers/{CLUSTER_TYPE}"
 READ = f"{CLUSTER_TYPE}/read"

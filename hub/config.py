@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kubearc import __version__
+from foundation import __version__
 
 
 def utcnow() -> dt.datetime:

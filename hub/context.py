@@ -12,10 +12,10 @@ from jwt.algorithms import RSAAlgorithm
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.requests import Request
 
+from foundation import pki
 from hub import secrets
 from hub.config import HubConfig
 from hub.store import db
-from kubearc import pki
 
 log = logging.getLogger("kubearc.hub")
 

@@ -15,17 +15,15 @@ from typing import Any
 
 import jwt
 
+from foundation.wire import RELAY_AUDIENCE, RELAY_CLIENT_PATH, RELAY_TOKEN_TYPE
 from hub.auth import Principal
 from hub.context import Hub
 from hub.errors import ApiError
 from hub.store.models import Cluster
 
-RELAY_AUDIENCE = "kubearc-relay"
-RELAY_TOKEN_TYPE = "kubearc-relay+jwt"
-
 
 def relay_url(hub: Hub) -> str:
-    return hub.config.relay + "/relay/v1/client"
+    return hub.config.relay + RELAY_CLIENT_PATH
 
 
 def issue_relay_token(hub: Hub, principal: Principal, cluster_resource_key: str) -> tuple[str, int]:

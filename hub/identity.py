@@ -20,12 +20,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from foundation import pki, tokens
 from hub.auth import current_agent
 from hub.context import Hub, hub_of
 from hub.errors import ApiError, bad_request, not_found, read_model, unauthorized
 from hub.resources import scope_key
 from hub.store.models import Cluster, IdentityCertificate, UsedAssertion
-from kubearc import pki, tokens
 
 ASSERTION_MAX_TTL = 600
 

@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from foundation import pki
 from hub.store.models import HubSecret
-from kubearc import pki
 
 ENV_KEY = "KUBEARC_HUB_ENCRYPTION_KEY"
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import uvicorn
 from starlette.routing import BaseRoute
 
+from foundation import pki
 from hub.app import build_app
 from hub.config import HubConfig
 from hub.context import Hub, open_hub
-from kubearc import pki
 
 log = logging.getLogger("kubearc.hub")
 

@@ -1,3 +1,5 @@
-"""kubearc: outbound-only cluster connect, Entra ID sign-in and Azure-RBAC-style authorization."""
+"""The `kubearc` command line: the composition root that wires the parts together.
 
-__version__ = "0.1.0"
+Nothing imports this package but the console script (`kubearc.cli:app`); the
+helpers the parts share live in `foundation`.
+"""

@@ -18,19 +18,17 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import msal
-import requests
-import requests.adapters
 
-from kubearc.settings import client_config_dir, load_client_config, save_client_config
+from foundation.msalhttp import issuer_http_client
+from foundation.settings import client_config_dir, load_client_config, save_client_config
+from foundation.wire import DISCOVERY_PATH, Discovery, WireError
 
 CACHE_FILE = "msal_token_cache.json"
 SECRET_FILE = "service_principal.json"
 SECRET_ENV = "KUBEARC_CLIENT_SECRET"
-ENTRA_AUTHORITY = "https://login.microsoftonline.com"
 # Azure CLI's public client id: preauthorized in every Entra tenant, as kubelogin uses it.
 ENTRA_CLI_CLIENT_ID = "04b07795-8ddb-461a-bbee-02f9e1bf7b46"
 USER, SERVICE_PRINCIPAL = "user", "servicePrincipal"
@@ -161,47 +159,6 @@ def _client_secret(client_id: str) -> str:
     return str(saved["secret"])
 
 
-class _IssuerHttpClient(requests.Session):
-    """The HTTP client msal uses (its documented `http_client` hook), fixing two problems.
-
-    - requests ignores `Session.verify` when `$REQUESTS_CA_BUNDLE` is set (psf/requests#3829),
-      as it often is on corporate machines, so the hub's CA would silently not be trusted.
-      Here the session's `verify` wins; proxy variables still apply.
-    - msal probes `https://<host>/common/userrealm/<user>` before a password grant and
-      drops the authority's port; for an issuer on a non-443 port the probe is sent to
-      that port (the hub answers it: managed accounts, never federated).
-    """
-
-    def __init__(self, verify: str | bool, authority: str) -> None:
-        super().__init__()
-        self.verify = verify
-        self.mount("https://", requests.adapters.HTTPAdapter(max_retries=1))
-        parts = urlsplit(authority)
-        self._realm_prefix = (
-            f"https://{(parts.hostname or '').lower()}/common/userrealm/"
-            if parts.port not in (None, 443)
-            else None
-        )
-        self._realm_base = f"https://{parts.netloc}/common/userrealm/"
-
-    def request(self, method: str, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
-        if self._realm_prefix and isinstance(url, str) and url.lower().startswith(self._realm_prefix):
-            url = self._realm_base + url[len(self._realm_prefix) :]
-        kwargs.setdefault("timeout", 30)
-        return super().request(method, url, *args, **kwargs)
-
-    def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any) -> Any:
-        settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
-        if verify is None and self.verify is not True:  # a CA file of our own; else the environment's
-            settings["verify"] = self.verify
-        return settings
-
-
-def issuer_http_client(verify: str | bool, authority: str) -> requests.Session:
-    """The `http_client` kubearc gives msal for `authority` (see `_IssuerHttpClient`)."""
-    return _IssuerHttpClient(verify, authority)
-
-
 def msal_app(settings: ClientSettings, cache: msal.TokenCache, client_secret: str | None = None) -> Any:
     """An msal application for the saved authority; msal itself is used unmodified."""
     where: dict[str, Any] = (
@@ -234,23 +191,22 @@ def describe_error(result: dict[str, Any] | None) -> str:
     return text.splitlines()[0]
 
 
-def discover(hub_url: str, ca_file: str | None) -> dict[str, Any]:
-    """The hub's `/.well-known/kubearc-configuration`: issuer, tenant, audience, CLI client id."""
-    url = f"{hub_url}/.well-known/kubearc-configuration"
+def discover(hub_url: str, ca_file: str | None) -> Discovery:
+    """The hub's discovery document: issuer, tenant, audience, CLI client id, relay."""
+    url = f"{hub_url}{DISCOVERY_PATH}"
     try:
         with httpx.Client(verify=ssl_context(ca_file) if ca_file else True, timeout=15) as client:
             response = client.get(url)
             response.raise_for_status()
-            doc = response.json()
+            return Discovery.from_json(response.json())
     except httpx.HTTPStatusError as exc:
         raise SessionError(
             f"{url} answered {exc.response.status_code}: is {hub_url} a kubearc hub?"
         ) from None
+    except WireError as exc:
+        raise SessionError(f"{url} did not return a kubearc configuration: {exc}") from None
     except (httpx.HTTPError, ValueError, OSError) as exc:
         raise SessionError(f"cannot reach the hub at {hub_url}: {exc}") from None
-    if not isinstance(doc, dict) or not doc.get("hubAudience"):
-        raise SessionError(f"{url} did not return a kubearc configuration")
-    return doc
 
 
 def sign_in_service_principal(settings: ClientSettings, secret: str) -> dict[str, Any]:

@@ -485,7 +485,7 @@ async def bootstrap(state_dir: Path, port: int, rid: str, cold: int) -> Minted:
 
 def write_tls(where: Path) -> dict[str, str]:
     """guard's serving pair and CA, and the apiserver's client pair from its own CA."""
-    from kubearc import pki
+    from foundation import pki
 
     server_ca, client_ca = pki.create_ca("guard bench CA"), pki.create_ca("apiserver bench CA")
     server_ca.write(where / "ca.crt", where / "ca.key")
@@ -555,8 +555,8 @@ class Stack:
     def start(self) -> None:
         import httpx
 
-        from kubearc import pki, tokens
-        from kubearc.identitystore import FileStore, StoredIdentity
+        from foundation import pki, tokens
+        from foundation.identitystore import FileStore, StoredIdentity
 
         state = self.tmp / "hub"
         log("bootstrapping the hub's store (keys, TLS, role assignments, tokens)")

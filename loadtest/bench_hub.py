@@ -513,7 +513,7 @@ class Bench:
         return pids
 
     def run(self, report: Report) -> None:
-        from kubearc import pki, tokens
+        from foundation import pki, tokens
 
         n = self.n
         t = time.perf_counter()
@@ -580,7 +580,7 @@ class Bench:
             raise RuntimeError(f"{what}: {o.ok}/{n} succeeded; errors {dict(o.errors)}: {o.samples}")
 
     def mint(self) -> None:
-        from kubearc import tokens
+        from foundation import tokens
 
         t = time.perf_counter()
         self.tokens = [tokens.make_agent_token(pair, self.hub.url) for pair in self.identities]
@@ -595,7 +595,7 @@ class Bench:
 
     def steady(self, report: Report) -> None:
         """Heartbeats and the no-op baseline in alternating slices, so machine noise hits both alike."""
-        from kubearc import tokens
+        from foundation import tokens
 
         rounds, each = self.args.rounds, self.args.duration / self.args.rounds
         results: dict[str, list[Outcome]] = {HEARTBEAT: [], HEALTHZ: []}

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from websockets.asyncio.client import connect
 
-from kubearc import pki
+from foundation import pki
 
 SERVERS = ("websockets", "uvicorn-asgi")
 

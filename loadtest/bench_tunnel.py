@@ -326,7 +326,7 @@ async def role_relay(cfg: dict[str, Any]) -> None:
 
 async def role_agent(cfg: dict[str, Any]) -> None:
     """What `kubearc agent connect` builds (default settings), plus a stats port."""
-    from kubearc import pki, tokens
+    from foundation import pki, tokens
     from proxy.agent import ConnectAgent
 
     pair = pki.KeyPair.read(Path(cfg["cert"]), Path(cfg["key"]))
@@ -374,7 +374,12 @@ async def role_proxy(cfg: dict[str, Any]) -> None:
     proxy = ClientProxy(credentials, port=0, relay_ca_file=cfg["ca"])
     bound: list[int] = []
     listening = asyncio.Event()
-    task = asyncio.create_task(proxy.run(lambda port: (bound.append(port), listening.set())))
+
+    def ready(port: int) -> None:
+        bound.append(port)
+        listening.set()
+
+    task = asyncio.create_task(proxy.run(ready))
     await listening.wait()
 
     def collect() -> dict[str, Any]:
@@ -412,7 +417,7 @@ ROLES: dict[str, Callable[[dict[str, Any]], Coroutine[Any, Any, None]]] = {
 
 
 def run_role(name: str, config: Path) -> int:
-    from kubearc.logs import setup_logging
+    from foundation.logs import setup_logging
 
     cfg = json.loads(config.read_text())
     raise_nofile(cfg.get("nofile", 0))
@@ -696,8 +701,8 @@ class Bench:
     def start_kubearc(self) -> None:
         import httpx
 
+        from foundation import pki, tokens
         from hub.resources import cluster_id
-        from kubearc import pki, tokens
 
         hub_port, relay_port = free_port(), free_port()
         hub_url = f"https://localhost:{hub_port}"
@@ -780,16 +785,16 @@ class Bench:
                 "target_port": self.ports["direct"],
             },
         )
-        assert relay.stats_port is not None
-        poll_until(
-            lambda: query_sync(relay.stats_port).get("agents", 0) >= 1, 30, "agent session at the relay"
-        )
+        relay_stats = relay.stats_port
+        assert relay_stats is not None
+        poll_until(lambda: query_sync(relay_stats).get("agents", 0) >= 1, 30, "agent session at the relay")
         proxy = self.spawn_role(
             "proxy", "proxy", {"hub_url": hub_url, "ca": ca, "rid": rid, "user_token": user_token}
         )
-        assert proxy.stats_port is not None and proxy.port is not None
-        poll_until(lambda: bool(query_sync(proxy.stats_port).get("up")), 30, "client proxy session")
-        self.cipher["kubearc"] = str(query_sync(proxy.stats_port).get("cipher", "?"))
+        proxy_stats = proxy.stats_port
+        assert proxy_stats is not None and proxy.port is not None
+        poll_until(lambda: bool(query_sync(proxy_stats).get("up")), 30, "client proxy session")
+        self.cipher["kubearc"] = str(query_sync(proxy_stats).get("cipher", "?"))
         self.ports["kubearc"] = proxy.port
 
     # ---- ssh -R -------------------------------------------------------------------------------
@@ -1400,11 +1405,11 @@ def report(bench: Bench, res: Results) -> list[str]:
         out(f"  {name:46}{value:>26}  {verdict}")
 
     for test in ("1 stream up", "1 stream down"):
-        r = ratio(med(test, "kubearc"), med(test, "ssh"))
+        speedup = ratio(med(test, "kubearc"), med(test, "ssh"))
         check(
             f"single-stream {test.split()[-1]} >= 1.5x ssh -R",
-            fmt(r, 2, 0) + "x",
-            None if r is None else r >= 1.5,
+            fmt(speedup, 2, 0) + "x",
+            None if speedup is None else speedup >= 1.5,
         )
     p50 = [pct("idle", p, 50) for p in PATHS]
     p99 = [pct("idle", p, 99) for p in PATHS]

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from websockets.asyncio.client import connect
 
-from kubearc.retry import RetryPolicy
+from foundation.retry import RetryPolicy
 from proxy.mux import Mux
 from proxy.pipe import SocketPipe
 from proxy.protocol import events as ev

@@ -17,10 +17,15 @@ from typing import Any
 import httpx
 import jwt
 
-from kubearc.oidc import OidcVerifier, TokenError
-
-RELAY_AUDIENCE = "kubearc-relay"
-RELAY_TOKEN_TYPE = "kubearc-relay+jwt"
+from foundation.oidc import OidcVerifier, TokenError
+from foundation.wire import (
+    AGENT_WHOAMI_PATH,
+    DISCOVERY_PATH,
+    RELAY_AUDIENCE,
+    RELAY_TOKEN_TYPE,
+    Discovery,
+    WireError,
+)
 
 
 class Unauthorized(PermissionError):
@@ -54,7 +59,7 @@ class HubAuth:
         try:
             async with httpx.AsyncClient(verify=self._tls(), timeout=self.timeout) as client:
                 r = await client.get(
-                    f"{self.hub_url}/agent/v1/whoami", headers={"Authorization": f"Bearer {token}"}
+                    f"{self.hub_url}{AGENT_WHOAMI_PATH}", headers={"Authorization": f"Bearer {token}"}
                 )
         except httpx.HTTPError as exc:
             raise ConnectionError(f"cannot reach the hub to verify the agent: {exc}") from None
@@ -69,12 +74,13 @@ class HubAuth:
         if self._verifier is None:
             try:
                 async with httpx.AsyncClient(verify=self._tls(), timeout=self.timeout) as client:
-                    r = await client.get(f"{self.hub_url}/.well-known/kubearc-configuration")
+                    r = await client.get(f"{self.hub_url}{DISCOVERY_PATH}")
                     r.raise_for_status()
-            except httpx.HTTPError as exc:
+                discovery = Discovery.from_json(r.json())
+            except (httpx.HTTPError, ValueError, WireError) as exc:
                 raise ConnectionError(f"cannot read the hub's configuration: {exc}") from None
             self._verifier = OidcVerifier(
-                r.json()["relayIssuer"], [RELAY_AUDIENCE], verify=self.ca_file or True
+                discovery.relay_issuer, [RELAY_AUDIENCE], verify=self.ca_file or True
             )
         return self._verifier
 

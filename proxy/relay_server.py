@@ -17,14 +17,13 @@ from prometheus_client import generate_latest
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
+from foundation.wire import RELAY_AGENT_PATH, RELAY_CLIENT_PATH
 from proxy.relay import Relay
 from proxy.relay_auth import AgentIdentity, ClientIdentity, HubAuth, Unauthorized, bearer
 from proxy.wsconn import DirectServerConnection
 
 log = logging.getLogger("kubearc.relay")
 
-AGENT_PATH = "/relay/v1/agent"
-CLIENT_PATH = "/relay/v1/client"
 MAX_MESSAGE = 2 * 1024 * 1024  # above the largest DATA frame plus header
 
 
@@ -45,12 +44,12 @@ class RelayServer:
             return connection.respond(200, "ok\n")
         if path == "/metrics":  # counts only: no cluster, user or token appears in them
             return connection.respond(200, generate_latest(self.relay.metrics.registry).decode())
-        if path not in (AGENT_PATH, CLIENT_PATH):
+        if path not in (RELAY_AGENT_PATH, RELAY_CLIENT_PATH):
             return connection.respond(404, f"no such relay endpoint {path}\n")
         try:
             token = bearer(request.headers.get("Authorization"))
             identity: AgentIdentity | ClientIdentity = await (
-                self.auth.agent(token) if path == AGENT_PATH else self.auth.client(token)
+                self.auth.agent(token) if path == RELAY_AGENT_PATH else self.auth.client(token)
             )
         except Unauthorized as exc:
             log.info("relay session refused", extra={"path": path, "reason": str(exc)})

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import httpx
 
+from foundation import pki, tokens
 from hub.resources import cluster_id
-from kubearc import pki, tokens
 from tests.conftest import RunningHub
 
 SUB = "00000000-0000-0000-0000-000000000001"

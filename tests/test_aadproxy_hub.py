@@ -9,8 +9,8 @@ import uuid
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from foundation import pki, tokens
 from hub.aadproxy import NAME_SUFFIX, SERVICE_NAME
-from kubearc import pki, tokens
 from tests.clusters import ConnectedCluster, connected, onboarder
 from tests.conftest import FakeClock, RunningHub
 

@@ -7,7 +7,7 @@ import uuid
 
 import jwt
 
-from kubearc import pki
+from foundation import pki
 from tests.clusters import SUB, connected, onboarder
 from tests.conftest import RunningHub
 

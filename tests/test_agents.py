@@ -28,9 +28,9 @@ from cryptography import x509
 
 from agents.hubclient import HubClient, HubError
 from agents.metadata import UsageSampler, total_cores
-from kubearc import __version__, pki
-from kubearc.identitystore import FileStore, StoredIdentity, StoreError
-from kubearc.retry import RetriesExhausted, RetryPolicy
+from foundation import __version__, pki
+from foundation.identitystore import FileStore, StoredIdentity, StoreError
+from foundation.retry import RetriesExhausted, RetryPolicy
 from tests.apiserver import ApiServer, NodeSpec
 from tests.apiserver.resources import NAMESPACES, SECRETS
 from tests.conftest import FakeClock, RunningHub

@@ -13,7 +13,7 @@ import pytest
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from kubearc import pki
+from foundation import pki
 from tests.apiserver import ApiServer, NodeSpec
 from tests.apiserver.kubectl import kubectl, kubectl_binary
 from tests.apiserver.resources import NAMESPACES, SECRETS

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from kubearc import pki, tokens
+from foundation import pki, tokens
 from tests.clusters import SUB, connected, create_cluster, onboarder
 from tests.conftest import FakeClock, RunningHub
 

@@ -32,9 +32,9 @@ def test_restart_keeps_everything(hub: RunningHub) -> None:
         assert r.status_code == 200
         acked[c.resource_id] = r.json()["lastConnectivityTime"]
     hub.restart()
-    with hub.client(token) as c:
+    with hub.client(token) as api:
         for cluster in clusters:
-            props = c.get(cluster.resource_id).json()["properties"]
+            props = api.get(cluster.resource_id).json()["properties"]
             assert props["connectivityStatus"] == "Connected"
             assert props["lastConnectivityTime"].replace("Z", "+00:00") == acked[cluster.resource_id]
     # Keys survived too: old tokens and identity certificates still verify.

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+from foundation import tokens
 from guard.authz.checkaccess import CheckAccessClient
 from guard.authz.provider import (
     DISCOVERY_PATHS,
@@ -30,7 +31,6 @@ from guard.authz.provider import (
     security_groups,
 )
 from guard.reviews import Decision, NonResourceAttributes, ResourceAttributes, SubjectAccessReview
-from kubearc import tokens
 from tests.clusters import ConnectedCluster, connected
 from tests.conftest import RunningHub
 

@@ -32,6 +32,8 @@ import msal
 import pytest
 from typer.testing import CliRunner
 
+from foundation.identitystore import FileStore, StoredIdentity
+from foundation.msalhttp import issuer_http_client
 from guard.assemble import (
     AuthzSettings,
     ClientCredential,
@@ -43,8 +45,6 @@ from guard.assemble import (
 from guard.reviews import ResourceAttributes, SubjectAccessReview
 from hub.issuer import directory
 from kubearc.cli import app
-from kubearc.identitystore import FileStore, StoredIdentity
-from kubearc.session import issuer_http_client
 from tests.clusters import SUB, ConnectedCluster, connected
 from tests.conftest import FakeClock, RunningHub
 from tests.test_guard_server import make_sp, make_user, write_tls

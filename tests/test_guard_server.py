@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from typer.testing import CliRunner
 
+from foundation import pki
 from guard.app import GuardState
 from guard.authn.chain import AuthnChain
 from guard.authn.graph import GraphGroups, GraphSettings
@@ -34,7 +35,6 @@ from guard.config import GuardConfig
 from guard.reviews import Decision, SubjectAccessReview
 from guard.server import GuardThread
 from hub.issuer import directory, graph
-from kubearc import pki
 from kubearc.commands.guard import guard_kubeconfig
 from tests.conftest import RunningHub
 

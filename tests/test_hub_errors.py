@@ -8,8 +8,8 @@ import uuid
 import jwt
 import pytest
 
+from foundation import pki, tokens
 from hub.issuer.tokens import issue_access_token
-from kubearc import pki, tokens
 from tests.clusters import SUB, connected, create_cluster, onboarder
 from tests.conftest import RunningHub
 
@@ -85,7 +85,7 @@ def test_forged_and_foreign_tokens(hub: RunningHub) -> None:
     cases = {
         "foreign issuer": jwt.encode({**claims, "iss": "https://evil.example/v2.0"}, other_key, "ES256"),
         "wrong key": jwt.encode(claims, other_key, "ES256", headers={"kid": header["kid"]}),
-        "alg none": jwt.encode(claims, None, "none", headers={"kid": header["kid"]}),
+        "alg none": jwt.encode(claims, None, "none", headers={"kid": header["kid"]}),  # type: ignore[arg-type]
         "wrong audience": hub.token(owner, audience="api://someone-else"),
         "unknown kid": jwt.encode(claims, other_key, "ES256", headers={"kid": "nope"}),
     }

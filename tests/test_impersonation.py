@@ -38,6 +38,9 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from foundation import pki
+from foundation.kube import Kube
+from foundation.msalhttp import issuer_http_client
 from guard.authn.static import StaticTokens, digest
 from guard.impersonation import ImpersonatingProxy, ProxySettings, serving_context, upstream_from_kube
 from guard.impersonation.upstream import Upstream, client_context
@@ -45,9 +48,6 @@ from guard.reviews import Decision, SubjectAccessReview, UserInfo
 from hub.aadproxy import NAME_SUFFIX
 from hub.issuer import admin, directory
 from hub.store.db import sqlite_url
-from kubearc import pki
-from kubearc.kube import Kube
-from kubearc.session import issuer_http_client
 from tests.apiserver import ApiServer
 from tests.apiserver.audit import Recorded
 from tests.apiserver.kubectl import Running, kubectl, kubectl_binary, kubectl_bytes

@@ -18,9 +18,9 @@ import typer
 from starlette.routing import Match
 from typer.testing import CliRunner
 
+from foundation import pki, tokens
 from hub.rbac.routes import routes as rbac_routes
 from hub.store.models import Cluster, DirectoryObject, GroupMember, IdentityCertificate
-from kubearc import pki, tokens
 from tests.conftest import RunningHub
 
 CC = "Microsoft.Kubernetes/connectedClusters"

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from kubearc import pki, tokens
+from foundation import pki, tokens
 from proxy.agent import ConnectAgent
 from proxy.client import ClientProxy, Credential
 from proxy.protocol.session import Settings
@@ -128,7 +128,12 @@ async def stack(start_hub: object, tmp_path: Path) -> AsyncIterator[Stack]:
     tasks = [asyncio.create_task(server.serve_forever(relay_ready))]
     await relay_ready.wait()
     tasks.append(asyncio.create_task(agent.run(stop)))
-    tasks.append(asyncio.create_task(proxy.run(lambda p: (ports.append(p), ready.set()), stop)))
+
+    def listening(port: int) -> None:
+        ports.append(port)
+        ready.set()
+
+    tasks.append(asyncio.create_task(proxy.run(listening, stop)))
     await ready.wait()
     deadline = time.monotonic() + 10
     while not relay.connected_clusters() and time.monotonic() < deadline:  # noqa: ASYNC110 - polls the relay

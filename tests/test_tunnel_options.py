@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
+from foundation.settings import parse_size
 from kubearc.cli import app
 from kubearc.commands.tunnelopts import tunnel_settings
-from kubearc.settings import parse_size
 
 pytestmark = pytest.mark.sqlite_only
 

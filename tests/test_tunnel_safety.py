@@ -41,9 +41,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from foundation import pki, tokens
+from foundation.retry import RetryPolicy
+from foundation.wire import RELAY_AGENT_PATH as AGENT_PATH
+from foundation.wire import RELAY_CLIENT_PATH as CLIENT_PATH
 from hub.config import HubConfig
-from kubearc import pki, tokens
-from kubearc.retry import RetryPolicy
 from proxy.agent import ConnectAgent
 from proxy.client import ClientProxy, Credential
 from proxy.mux import Mux, Transport
@@ -52,7 +54,7 @@ from proxy.protocol.frames import ErrorCode, FrameType
 from proxy.protocol.session import Role, Session, Settings
 from proxy.relay import Relay
 from proxy.relay_auth import HubAuth
-from proxy.relay_server import AGENT_PATH, CLIENT_PATH, RelayServer
+from proxy.relay_server import RelayServer
 from proxy.stream import Stream, StreamError
 from proxy.wsconn import DirectClientConnection
 from tests.clusters import SUB, ConnectedCluster, connected

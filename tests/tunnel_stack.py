@@ -23,8 +23,8 @@ from pathlib import Path
 
 import httpx
 
+from foundation import pki
 from hub.resources import cluster_id
-from kubearc import pki
 from tests.apiserver import ApiServer
 
 SUB = "00000000-0000-0000-0000-0000000000cc"

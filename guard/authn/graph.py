@@ -19,8 +19,8 @@ from urllib.parse import urlsplit
 import httpx
 import msal
 
+from foundation.msalhttp import issuer_http_client
 from guard.authn.base import AuthenticationError
-from kubearc.session import issuer_http_client
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Entra ID (v1 and v2 issuers of a tenant) and the hub's local issuer: one class, other issuer URLs.
 
 Signature, issuer, audience (checked by default, unlike guard) and lifetime are
-verified by `kubearc.oidc.OidcVerifier`, which pins the algorithm to the key and
+verified by `foundation.oidc.OidcVerifier`, which pins the algorithm to the key and
 rate-limits JWKS refreshes on unknown key ids. Groups come from the `groups`
 claim, or from Graph when the token carries overage claims instead.
 """
@@ -12,10 +12,10 @@ from typing import Any
 
 import jwt
 
+from foundation.oidc import OidcVerifier, TokenError, entra_issuers
 from guard.authn.base import AuthenticationError, user_from_claims
 from guard.authn.graph import GraphGroups
 from guard.reviews import UserInfo
-from kubearc.oidc import OidcVerifier, TokenError, entra_issuers
 
 ACCEPTED_TYPES = {"JWT", "AT+JWT"}  # PoP tokens (typ=pop) are not accepted here
 

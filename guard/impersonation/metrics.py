@@ -14,8 +14,8 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from foundation.metrics import LATENCY_BUCKETS
 from guard.impersonation.proxy import ImpersonatingProxy
-from kubearc.metrics import LATENCY_BUCKETS
 
 
 class _ProxyCollector(Collector):

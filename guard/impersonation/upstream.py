@@ -1,6 +1,6 @@
 """The apiserver the proxy forwards to, and the proxy's own credential for it.
 
-Loaded with the `kubernetes` package's config loaders (through `kubearc.kube.Kube`):
+Loaded with the `kubernetes` package's config loaders (through `foundation.kube.Kube`):
 in a pod the service account (its token file is re-read as kubelet rotates it),
 elsewhere a kubeconfig with a bearer token, an exec plugin or a client
 certificate. The apiserver's certificate is always verified (the kubeconfig's CA
@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from kubearc.kube import Kube, KubeError
+from foundation.kube import Kube, KubeError
 
 
 @dataclass(frozen=True)

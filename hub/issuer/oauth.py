@@ -150,23 +150,6 @@ async def jwks(request: Request) -> Response:
     return JSONResponse({"keys": [hub.issuer_jwk()]})
 
 
-async def kubearc_configuration(request: Request) -> Response:
-    """What `kubearc login` needs to configure msal against this hub."""
-    hub = hub_of(request)
-    return JSONResponse(
-        {
-            "issuer": hub.issuer if hub.config.local_issuer else None,
-            "tenantId": hub.tenant_id if hub.config.local_issuer else None,
-            "hubAudience": hub.config.audiences[0],
-            "cliClientId": CLI_CLIENT_ID,
-            "entraTenants": list(hub.config.entra_tenants),
-            # Cluster connect: where the relay is, and who signs relay credentials.
-            "relayUrl": hub.config.relay,
-            "relayIssuer": hub.issuer,
-        }
-    )
-
-
 async def authorize(request: Request) -> Response:
     hub = hub_of(request)
     return _error_response(
@@ -516,7 +499,6 @@ async def token(request: Request) -> Response:
 
 
 routes: list[BaseRoute] = [
-    Route("/.well-known/kubearc-configuration", kubearc_configuration, methods=["GET"]),
     Route("/{tenant}/v2.0/.well-known/openid-configuration", openid_configuration, methods=["GET"]),
     Route("/{tenant}/discovery/v2.0/keys", jwks, methods=["GET"]),
     Route("/{tenant}/oauth2/v2.0/token", token, methods=["POST"]),

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from foundation.logs import setup_logging
 from kubearc.commands.guard import (
     GraphAuthorityOpt,
     GraphClientIdOpt,
@@ -32,11 +33,10 @@ from kubearc.commands.guard import (
     authenticators,
     graph_groups,
 )
-from kubearc.logs import setup_logging
 
 if TYPE_CHECKING:
     from agents.hubclient import HubClient
-    from kubearc.identitystore import IdentityStore
+    from foundation.identitystore import IdentityStore
 
 log = logging.getLogger("kubearc.guard.proxy")
 DEFAULT_IDENTITY = "secret:azure-arc/azure-identity-certificate"
@@ -54,8 +54,8 @@ class _ServingCertificate:
 
     async def fetch(self) -> None:
         """Ask the hub for a certificate for a fresh key, with the identity currently in the store."""
-        from kubearc import pki
-        from kubearc.identitystore import StoreError
+        from foundation import pki
+        from foundation.identitystore import StoreError
 
         stored = await self.store.load()
         if stored is None:
@@ -137,6 +137,9 @@ def aad_proxy(
 ) -> None:
     """kube-aad-proxy: authenticate Entra users and forward to the apiserver as them (impersonation)."""
     from agents.hubclient import HubClient
+    from foundation.identitystore import StoreError, open_store
+    from foundation.kube import Kube
+    from foundation.metrics import serve_probes
     from guard.assemble import AuthzSettings, IdentityCredential, azure_authorizer, check_cluster_resource_id
     from guard.authn.chain import AuthnChain
     from guard.authz.actions import CONNECTED_CLUSTERS
@@ -144,9 +147,6 @@ def aad_proxy(
     from guard.impersonation.metrics import proxy_registry
     from guard.impersonation.upstream import parse_address
     from kubearc.commands.agent import _execute
-    from kubearc.identitystore import StoreError, open_store
-    from kubearc.kube import Kube
-    from kubearc.metrics import serve_probes
 
     if not (entra_tenant or issuer):
         raise typer.BadParameter("give --entra-tenant or --issuer", param_hint="--issuer")

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
-from kubearc.settings import default_state_dir
+from foundation.settings import default_state_dir
 
 app = typer.Typer(
     no_args_is_help=True, help="Bootstrap the hub's directory and role assignments on the hub host."

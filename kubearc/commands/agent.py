@@ -16,9 +16,10 @@ from typing import Any
 
 import typer
 
-from kubearc import aio
+from foundation import aio
+from foundation.logs import setup_logging
+from foundation.wire import DISCOVERY_PATH, RELAY_AGENT_PATH, Discovery
 from kubearc.commands.tunnelopts import MaxWindowOpt, tunnel_settings
-from kubearc.logs import setup_logging
 
 app = typer.Typer(no_args_is_help=True, help="In-cluster agents.")
 log = logging.getLogger("kubearc.agent")
@@ -54,9 +55,9 @@ LogFormatOpt = typer.Option("json", "--log-format", envvar="KUBEARC_LOG_FORMAT",
 def _execute(agent: str, main: Coroutine[Any, Any, None]) -> None:
     """Run an agent until done or SIGTERM; turn its errors into a message and an exit code."""
     from agents.hubclient import HubError
-    from kubearc.identitystore import StoreConflict, StoreError
-    from kubearc.kube import KubeError
-    from kubearc.retry import RetriesExhausted
+    from foundation.identitystore import StoreConflict, StoreError
+    from foundation.kube import KubeError
+    from foundation.retry import RetriesExhausted
 
     async def supervised() -> None:
         task = asyncio.ensure_future(main)
@@ -79,7 +80,7 @@ def _execute(agent: str, main: Coroutine[Any, Any, None]) -> None:
 
 
 def _retry(deadline: float, max_delay: float) -> Any:
-    from kubearc.retry import RetryPolicy
+    from foundation.retry import RetryPolicy
 
     return RetryPolicy(base=min(0.5, max_delay), cap=max_delay, deadline=deadline)
 
@@ -189,9 +190,9 @@ def connect(
 
     import httpx
 
-    from kubearc import tokens
-    from kubearc.identitystore import StoreError, open_store
-    from kubearc.kube import Kube
+    from foundation import tokens
+    from foundation.identitystore import StoreError, open_store
+    from foundation.kube import Kube
     from proxy.agent import ConnectAgent
 
     setup_logging(log_level, log_format)
@@ -219,13 +220,10 @@ def connect(
         if not url:
             verify = ssl.create_default_context(cafile=str(hub_ca)) if hub_ca else True
             async with httpx.AsyncClient(verify=verify, timeout=10) as client:
-                url = (
-                    (await client.get(f"{hub}/.well-known/kubearc-configuration"))
-                    .raise_for_status()
-                    .json()["relayUrl"]
-                )
+                doc = (await client.get(f"{hub}{DISCOVERY_PATH}")).raise_for_status().json()
+                url = Discovery.from_json(doc).relay_url
         agent = ConnectAgent(
-            f"{url.rstrip('/')}/relay/v1/agent",
+            url.rstrip("/") + RELAY_AGENT_PATH,
             token,
             (host, int(port)),
             str(relay_ca or hub_ca) if (relay_ca or hub_ca) else None,

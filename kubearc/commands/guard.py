@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING, Any
 import typer
 import yaml
 
-from kubearc import aio
-from kubearc.logs import setup_logging
-from kubearc.settings import parse_duration
+from foundation import aio
+from foundation.logs import setup_logging
+from foundation.oidc import ENTRA_AUTHORITY
+from foundation.settings import parse_duration
 
 if TYPE_CHECKING:
     from guard.authn.graph import GraphGroups
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
 
 GRAPH_SECRET_ENV = "KUBEARC_GUARD_GRAPH_CLIENT_SECRET"
 ARM_SECRET_ENV = "KUBEARC_GUARD_ARM_CLIENT_SECRET"
-ENTRA = "https://login.microsoftonline.com"
 ARM = "https://management.azure.com"
 ARM_SCOPE = "https://management.azure.com/.default"
 POLICIES = ("noopinion", "deny")
@@ -70,13 +70,13 @@ def graph_groups(
     secret = os.environ.get(GRAPH_SECRET_ENV)
     if not secret:
         raise typer.BadParameter(f"set ${GRAPH_SECRET_ENV}", param_hint="--graph-client-id")
-    authority = authority or (f"{ENTRA}/{entra_tenant[0]}" if entra_tenant else issuer[0])
+    authority = authority or (f"{ENTRA_AUTHORITY}/{entra_tenant[0]}" if entra_tenant else issuer[0])
     return GraphGroups(
         GraphSettings(
             client_id=client_id,
             client_secret=secret,
             authority=authority,
-            oidc_authority=not authority.startswith(ENTRA),
+            oidc_authority=not authority.startswith(ENTRA_AUTHORITY),
             base_url=url or GRAPH_BASE,
             ca_file=ca,
         )
@@ -241,7 +241,7 @@ def guard(
         identity_audience=identity_audience,
         kubeconfig=kubeconfig,
         arm_client_id=arm_client_id,
-        arm_authority=arm_authority or (f"{ENTRA}/{entra_tenant[0]}" if entra_tenant else None),
+        arm_authority=arm_authority or (f"{ENTRA_AUTHORITY}/{entra_tenant[0]}" if entra_tenant else None),
         arm_scope=arm_scope,
         issuer_ca=issuer_ca,
         skip_user=skip_user,
@@ -350,6 +350,8 @@ def _authz_plan(
     deny_ttl: str,
 ) -> _AuthzPlan | None:
     """Check the Azure RBAC flags together; None keeps authentication-only mode (NoAuthorizer)."""
+    from foundation.identitystore import StoreError, open_store
+    from foundation.kube import Kube
     from guard.assemble import (
         CLUSTER_TYPES,
         AuthzSettings,
@@ -357,8 +359,6 @@ def _authz_plan(
         IdentityCredential,
         check_cluster_resource_id,
     )
-    from kubearc.identitystore import StoreError, open_store
-    from kubearc.kube import Kube
 
     if not cluster_resource_id:
         for value, flag in ((identity, "--identity"), (arm_client_id, "--arm-client-id")):
@@ -428,7 +428,8 @@ def _authz_plan(
         )
     if not arm_authority:
         raise typer.BadParameter(
-            f"give --arm-authority (e.g. {ENTRA}/TENANT_ID) or --entra-tenant", param_hint="--arm-client-id"
+            f"give --arm-authority (e.g. {ENTRA_AUTHORITY}/TENANT_ID) or --entra-tenant",
+            param_hint="--arm-client-id",
         )
     if not arm_scope.endswith("/.default"):
         raise typer.BadParameter(

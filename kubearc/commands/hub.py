@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from kubearc import aio
+from foundation import aio
+from foundation.logs import setup_logging
+from foundation.settings import default_state_dir, parse_duration
 from kubearc.commands.tunnelopts import MaxWindowOpt, tunnel_settings
-from kubearc.logs import setup_logging
-from kubearc.settings import default_state_dir, parse_duration
 
 if TYPE_CHECKING:
     from hub.context import Hub

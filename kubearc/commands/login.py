@@ -51,6 +51,7 @@ def login(
     ),
 ) -> None:
     """Sign in to a hub (users: username and password; service principals: client secret)."""
+    from foundation.oidc import ENTRA_AUTHORITY
     from kubearc import session  # msal and requests load only for commands that sign in
 
     try:
@@ -79,12 +80,12 @@ def login(
     try:
         config = session.discover(hub, ca)
         if tenant:
-            authority, oidc = f"{session.ENTRA_AUTHORITY}/{tenant}", False
-        elif config.get("issuer"):
-            authority, oidc = str(config["issuer"]), True
+            authority, oidc = f"{ENTRA_AUTHORITY}/{tenant}", False
+        elif config.issuer:
+            authority, oidc = config.issuer, True
         else:
             raise session.SessionError(f"{hub} runs no local issuer: sign in with --tenant <Entra tenant id>")
-        scope = f"{config['hubAudience']}/.default"
+        scope = f"{config.hub_audience}/.default"
         if service_principal:
             secret = client_secret or (_stdin_line("client secret") if password_stdin else None)
             if not secret:
@@ -97,9 +98,7 @@ def login(
             session.sign_in_service_principal(settings, secret)
             who = f"service principal {client_id}"
         else:
-            default_client = (
-                str(config.get("cliClientId") or "kubearc-cli") if oidc else session.ENTRA_CLI_CLIENT_ID
-            )
+            default_client = config.cli_client_id if oidc else session.ENTRA_CLI_CLIENT_ID
             settings = session.ClientSettings(
                 hub, ca, session.USER, authority, oidc, client_id or default_client, scope
             )
@@ -117,4 +116,4 @@ def login(
             who = str(signed_in.username)
     except session.SessionError as exc:
         raise _fail(str(exc)) from None
-    typer.echo(f"Signed in to {hub} as {who} (tenant {config.get('tenantId') or tenant}).")
+    typer.echo(f"Signed in to {hub} as {who} (tenant {config.tenant_id or tenant}).")

@@ -38,7 +38,7 @@ def subscription_or_fail(value: str | None) -> str:
     """The subscription to act in: the flag, $KUBEARC_SUBSCRIPTION, or the client config."""
     if value:
         return value
-    from kubearc.settings import load_client_config
+    from foundation.settings import load_client_config
 
     sub = load_client_config().get("subscription")
     if not sub:

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import typer
 
-from kubearc import aio
+from foundation import aio
+from foundation.logs import setup_logging
 from kubearc.commands.output import fail, request_json, subscription_or_fail
 from kubearc.commands.tunnelopts import MaxWindowOpt, tunnel_settings
-from kubearc.logs import setup_logging
 
 CC = "providers/Microsoft.Kubernetes/connectedClusters"
 
@@ -47,8 +47,8 @@ def proxy(
     log_level: str = typer.Option("warning", "--log-level"),
 ) -> None:
     """Open cluster connect: kubectl reaches the cluster through 127.0.0.1:PORT until Ctrl+C."""
-    from kubearc import kubeconfig
-    from kubearc.settings import load_client_config
+    from foundation import kubeconfig
+    from foundation.settings import load_client_config
     from proxy.client import ClientProxy, Credential
 
     setup_logging(log_level, "text")

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import typer
 
-from kubearc import aio
+from foundation import aio
+from foundation.logs import setup_logging
+from foundation.settings import default_state_dir
 from kubearc.commands.tunnelopts import MaxWindowOpt, tunnel_settings
-from kubearc.logs import setup_logging
-from kubearc.settings import default_state_dir
 
 
 def relay(
@@ -30,7 +30,7 @@ def relay(
     log_format: str = typer.Option("text", "--log-format", envvar="KUBEARC_LOG_FORMAT"),
 ) -> None:
     """Run the relay: agents dial in, `kubearc proxy` dials in, streams are switched between them."""
-    from kubearc import pki
+    from foundation import pki
     from proxy.relay import Relay
     from proxy.relay_auth import HubAuth
     from proxy.relay_server import RelayServer

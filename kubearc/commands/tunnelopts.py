@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from kubearc.settings import parse_size
+from foundation.settings import parse_size
 
 if TYPE_CHECKING:
     from proxy.protocol.session import Settings

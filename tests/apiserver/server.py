@@ -26,7 +26,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.datastructures import Headers
 from websockets.server import ServerProtocol
 
-from kubearc import pki
+from foundation import pki
 from tests.apiserver.app import ApiServerState, Seen, build_app
 from tests.apiserver.front import ALPN, front_protocol
 from tests.apiserver.kubeconfig import write_kubeconfig

@@ -20,7 +20,7 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 from kubernetes.config.config_exception import ConfigException
 
-from kubearc.retry import RetryPolicy, retrying
+from foundation.retry import RetryPolicy, retrying
 
 T = TypeVar("T")
 IN_CLUSTER_SERVER_NAME = "kubernetes.default.svc"

@@ -32,8 +32,8 @@ from cryptography import x509
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from kubearc import pki
-from kubearc.kube import Kube, KubeError, describe
+from foundation import pki
+from foundation.kube import Kube, KubeError, describe
 
 DEFAULT_NAMESPACE = "azure-arc"
 DEFAULT_IDENTITY_SECRET = "azure-identity-certificate"

@@ -20,7 +20,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from kubearc.pki import KeyPair, PrivateKey, PublicKey
+from foundation.pki import KeyPair, PrivateKey, PublicKey
+from foundation.wire import AGENT_TOKEN_TYPE
 
 AGENT_TOKEN_TTL = 300
 CLOCK_LEEWAY = 60
@@ -41,7 +42,7 @@ def make_agent_token(pair: KeyPair, audience: str, ttl: int = AGENT_TOKEN_TTL) -
         {"aud": audience, "iat": now, "nbf": now - 5, "exp": now + ttl, "jti": uuid.uuid4().hex},
         pair.key,  # type: ignore[arg-type]
         algorithm=algorithm_for(pair.key),
-        headers={"x5c": [base64.b64encode(der).decode()], "typ": "kubearc-agent+jwt"},
+        headers={"x5c": [base64.b64encode(der).decode()], "typ": AGENT_TOKEN_TYPE},
     )
 
 
