@@ -14,6 +14,7 @@ import uvicorn
 from starlette.routing import BaseRoute
 
 from foundation import pki
+from foundation.metrics import EmbeddedUvicorn
 from hub.app import build_app
 from hub.config import HubConfig
 from hub.context import Hub, open_hub
@@ -54,7 +55,8 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def uvicorn_server(app: object, tls: TlsFiles) -> uvicorn.Server:
+def uvicorn_server(app: object, tls: TlsFiles, embedded: bool = False) -> uvicorn.Server:
+    """The hub's uvicorn; `embedded`: one that leaves the process's signals to its caller."""
     cfg = uvicorn.Config(
         app,  # type: ignore[arg-type]
         ssl_certfile=str(tls.cert),
@@ -64,7 +66,7 @@ def uvicorn_server(app: object, tls: TlsFiles) -> uvicorn.Server:
         lifespan="off",
         timeout_graceful_shutdown=5,
     )
-    return uvicorn.Server(cfg)
+    return EmbeddedUvicorn(cfg) if embedded else uvicorn.Server(cfg)
 
 
 async def serve(
@@ -72,17 +74,28 @@ async def serve(
     extra_routes: Callable[[Hub], list[BaseRoute]] | None = None,
     on_ready: Callable[[Hub, TlsFiles], None] | None = None,
     sock: socket.socket | None = None,
+    stop: asyncio.Event | None = None,
 ) -> None:
-    """Run the hub until cancelled or signalled."""
+    """Run the hub until cancelled, signalled or (given `stop`) until `stop` is set.
+
+    With `stop` the caller owns the process's signals (uvicorn installs none), so it can
+    shut other parts down first, the relay's drain before the API that verifies renewals.
+    """
     sock = sock or bind(config.host, config.port)
     hub = await open_hub(config)
     try:
         tls = ensure_tls(config)
         app = build_app(hub, extra_routes(hub) if extra_routes else None)
-        server = uvicorn_server(app, tls)
+        server = uvicorn_server(app, tls, embedded=stop is not None)
         if on_ready:
             on_ready(hub, tls)
-        await server.serve(sockets=[sock])
+        async with asyncio.TaskGroup() as tasks:
+            serving = tasks.create_task(server.serve(sockets=[sock]))
+            if stop is not None:
+                waiting = tasks.create_task(stop.wait())
+                await asyncio.wait([serving, waiting], return_when=asyncio.FIRST_COMPLETED)
+                server.should_exit = True
+                waiting.cancel()
     finally:
         await hub.close()
 

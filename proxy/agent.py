@@ -3,42 +3,58 @@
 Passthrough mode: every stream becomes one TCP connection to the apiserver and
 bytes flow untouched, so TLS runs end to end from kubectl to the apiserver.
 
-The agent keeps its session up by itself: exponential backoff with full jitter
-and a cap between attempts, PING liveness (a wedged connection is dropped, not
-waited on), a fresh session as soon as the relay says GOAWAY (old streams drain
-on the old one), and in-band renewal of its credential so open streams never
-notice a token expiring.
+The agent keeps its session up through the shared `Dialler` (`proxy/dialler.py`):
+backoff with full jitter and a cap, PING liveness, a fresh session as soon as the
+relay says GOAWAY (old streams drain on the old one), and in-band renewal of its
+agent token so open streams never notice it expiring.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from websockets.asyncio.client import connect
+import httpx
+import jwt
 
 from foundation.retry import RetryPolicy
+from foundation.wire import DISCOVERY_PATH, Discovery
+from proxy.dialler import Dialler, RelayCredential
 from proxy.mux import Mux
 from proxy.pipe import SocketPipe
-from proxy.protocol import events as ev
 from proxy.protocol.frames import ErrorCode
-from proxy.protocol.session import Role, Session, Settings
+from proxy.protocol.session import Settings
 from proxy.stream import Stream
-from proxy.wsconn import DirectClientConnection
 
 log = logging.getLogger("kubearc.connect")
 
 TokenSource = Callable[[], Awaitable[str]]
 
 
+def token_expiry(token: str) -> float | None:
+    """The `exp` of a JWT we minted ourselves (no verification: the relay verifies it)."""
+    try:
+        exp = jwt.decode(token, options={"verify_signature": False}).get("exp")
+    except jwt.InvalidTokenError:
+        return None
+    return float(exp) if isinstance(exp, int | float) else None
+
+
+async def discover_relay(hub_url: str, ca_file: str | None) -> str:
+    """The relay's agent endpoint, from the hub's discovery document."""
+    verify = ssl.create_default_context(cafile=ca_file) if ca_file else True
+    async with httpx.AsyncClient(verify=verify, timeout=10.0) as client:
+        response = await client.get(f"{hub_url.rstrip('/')}{DISCOVERY_PATH}")
+        response.raise_for_status()
+    return Discovery.from_json(response.json()).relay_agent_url
+
+
 @dataclass
 class ConnectAgent:
-    relay_url: str  # wss://relay/relay/v1/agent
+    relay_url: str | None  # wss://relay/relay/v1/agent; None: ask the hub (`hub_url`)
     token: TokenSource  # a fresh agent token (signed with the identity key)
     apiserver: tuple[str, int]
     ca_file: str | None = None  # trust for the relay's certificate
@@ -48,113 +64,52 @@ class ConnectAgent:
     renew_interval: float = 120.0
     connect_timeout: float = 10.0
     backoff: RetryPolicy = field(default_factory=lambda: RetryPolicy(base=0.5, cap=30.0, deadline=None))
-    sessions_started: int = 0
-    live: int = 0
-    muxes: set[Mux] = field(default_factory=set, repr=False)  # live relay sessions (introspection)
+    hub_url: str | None = None  # where to discover the relay when `relay_url` is None
+    hub_ca: str | None = None
 
-    def _tls(self) -> ssl.SSLContext:
-        return (
-            ssl.create_default_context(cafile=self.ca_file) if self.ca_file else ssl.create_default_context()
+    def __post_init__(self) -> None:
+        if self.relay_url is None and self.hub_url is None:
+            raise ValueError("a connect agent needs a relay URL or a hub to ask for one")
+        self.dialler = Dialler(
+            self._credential,
+            ca_file=self.ca_file,
+            settings=self.settings,
+            handler=self._open_apiserver,
+            ping_interval=self.ping_interval,
+            ping_timeout=self.ping_timeout,
+            renew_interval=self.renew_interval,
+            renew_margin=None,  # every renew_interval: agent tokens are short and cheap to mint
+            connect_timeout=self.connect_timeout,
+            backoff=self.backoff,
+            name="connect agent",
         )
+
+    # Introspection, as the tests and benchmarks read it.
+    @property
+    def sessions_started(self) -> int:
+        return self.dialler.sessions_started
+
+    @property
+    def live(self) -> int:
+        return self.dialler.live
+
+    @property
+    def muxes(self) -> set[Mux]:
+        return self.dialler.muxes
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Keep a session to the relay until `stop` is set (or forever)."""
-        stop = stop or asyncio.Event()
-        failures = 0
-        async with asyncio.TaskGroup() as sessions:
-            while not stop.is_set():
-                fresh = asyncio.Event()  # set when this session is up (resets the backoff)
-                retire = asyncio.Event()  # set on GOAWAY: start the next session now
-                task = sessions.create_task(self._session(fresh, retire))
-                waits = [asyncio.ensure_future(e.wait()) for e in (retire, stop)]
-                try:
-                    done, _ = await asyncio.wait([task, *waits], return_when=asyncio.FIRST_COMPLETED)
-                finally:  # also when run() is cancelled: no orphaned waiters
-                    for w in waits:
-                        w.cancel()
-                if stop.is_set():
-                    task.cancel()
-                    break
-                if task in done and not fresh.is_set():
-                    failures += 1
-                    pause = self.backoff.pause(failures)
-                    log.warning("relay session failed; retrying", extra={"in_seconds": round(pause, 2)})
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), pause)
-                else:
-                    failures = 0
+        await self.dialler.run(stop)
 
-    async def _session(self, fresh: asyncio.Event, retire: asyncio.Event) -> None:
-        try:
-            token = await self.token()
-            async with connect(
-                self.relay_url,
-                ssl=self._tls(),
-                additional_headers={"Authorization": f"Bearer {token}"},
-                compression=None,
-                max_size=2 * 1024 * 1024,
-                ping_interval=None,
-                open_timeout=self.connect_timeout,
-                write_limit=256 * 1024,
-                proxy=True,  # HTTPS_PROXY / NO_PROXY from the environment, as egress proxies need
-                create_connection=DirectClientConnection,
-            ) as ws:
-                assert isinstance(ws, DirectClientConnection)
-                await self._serve(ws, fresh, retire)
-        except Exception as exc:  # every failure ends in a backoff and a new attempt
-            log.warning("relay session ended: %s: %s", type(exc).__name__, exc)
-
-    async def _serve(self, ws: DirectClientConnection, fresh: asyncio.Event, retire: asyncio.Event) -> None:
-        session = Session(Role.DIALLER, self.settings)
-        mux = Mux(session, ws, handler=self._open_apiserver)
-        pongs: asyncio.Queue[bytes] = asyncio.Queue()
-
-        def on_event(event: ev.Event) -> None:
-            if isinstance(event, ev.PongReceived):
-                pongs.put_nowait(event.payload)
-            elif isinstance(event, ev.GoAwayReceived):
-                log.info("relay asked to go away", extra={"reason": event.reason})
-                retire.set()
-            elif isinstance(event, ev.RenewRejected):
-                log.error("relay refused the renewed credential", extra={"reason": event.reason})
-                mux.spawn(mux.close())
-
-        mux.on_event = on_event
-        self.sessions_started += 1
-        self.live += 1
-        self.muxes.add(mux)
-        try:
-            await mux.run(self._up(mux, fresh), self._keepalive(mux, pongs), self._renew(mux))
-        finally:
-            self.muxes.discard(mux)
-            self.live -= 1
-
-    async def _up(self, mux: Mux, fresh: asyncio.Event) -> None:
-        await mux.hello
-        fresh.set()
-        log.info("connected to the relay", extra={"relay": self.relay_url})
-
-    async def _keepalive(self, mux: Mux, pongs: asyncio.Queue[bytes]) -> None:
-        """A connection that stops answering PINGs is dead even if TCP says otherwise."""
-        while True:
-            await asyncio.sleep(self.ping_interval)
-            nonce = time.monotonic_ns().to_bytes(8, "big")
-            mux.session.ping(nonce)
-            mux.wake_writer()
-            try:
-                async with asyncio.timeout(self.ping_timeout):
-                    while await pongs.get() != nonce:
-                        pass
-            except TimeoutError:
-                log.warning("relay stopped answering PINGs; reconnecting")
-                await mux.close()
-                return
-
-    async def _renew(self, mux: Mux) -> None:
-        while True:
-            await asyncio.sleep(self.renew_interval)
-            mux.session.renew({"token": await self.token()})
-            mux.wake_writer()
+    async def _credential(self) -> RelayCredential:
+        """A fresh agent token for each dial and renewal; the relay's URL found once (retried
+        with the dialler's backoff while the hub cannot be reached)."""
+        if self.relay_url is None:
+            assert self.hub_url is not None
+            self.relay_url = await discover_relay(self.hub_url, self.hub_ca)
+            log.info("relay found through the hub", extra={"relay": self.relay_url})
+        token = await self.token()
+        return RelayCredential(self.relay_url, token, token_expiry(token))
 
     async def _open_apiserver(self, stream: Stream) -> None:
         host, port = self.apiserver
@@ -163,7 +118,7 @@ class ConnectAgent:
             async with asyncio.timeout(self.connect_timeout):
                 _, pipe = await loop.create_connection(SocketPipe, host, port)
         except (OSError, TimeoutError) as exc:
-            stream.mux.refuse(stream, ErrorCode.CONNECT_FAILED, f"apiserver {host}:{port}: {exc}")
+            stream.refuse(ErrorCode.CONNECT_FAILED, f"apiserver {host}:{port}: {exc}")
             return
-        stream.mux.accept(stream)
+        stream.accept()
         pipe.attach(stream)

@@ -1,5 +1,11 @@
 """The asyncio layer over a tunnel `Session`: callbacks in, one flush out, many streams.
 
+The mux is the only object that touches its sans-I/O `Session`, the way
+websockets' asyncio connection owns its protocol object: every method that
+queues frames also sends them, so no caller ever has to wake a writer. Streams
+reach it through `StreamOwner` (`proxy/stream.py`); the code above calls
+`open`, `ping`, `goaway`, `renew`... and reads the figures it exposes.
+
 Messages arrive by callback from the websocket connection (`proxy/wsconn.py`)
 and are fed to the session at once; its events are routed to the streams. The
 reader never waits on a stream (data lands in that stream's buffer, bounded by
@@ -21,10 +27,11 @@ import socket
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, Protocol
 
+from proxy.errors import SessionLost, StreamError
 from proxy.protocol import events as ev
 from proxy.protocol.frames import ErrorCode
-from proxy.protocol.session import Session
-from proxy.stream import Stream, StreamError
+from proxy.protocol.session import Session, SessionClosed
+from proxy.stream import Stream
 
 log = logging.getLogger("kubearc.tunnel")
 UNSENT_LOW_WATER = 128 * 1024
@@ -68,88 +75,155 @@ class Transport(Protocol):
 
 
 StreamHandler = Callable[[Stream], Awaitable[None]]
+EventHandler = Callable[[ev.Event], None]
 
 
 class Mux:
     """Runs one session over one transport until either side ends it."""
 
-    def __init__(self, session: Session, transport: Transport, handler: StreamHandler | None = None) -> None:
-        self.session = session
+    def __init__(
+        self,
+        session: Session,
+        transport: Transport,
+        handler: StreamHandler | None = None,
+        on_event: EventHandler | None = None,
+    ) -> None:
+        self.session = session  # read it for introspection; act through the mux's methods
         self.transport = transport
         self.handler = handler
+        self.on_event = on_event  # what streams do not take: renewals, pongs, GOAWAY, failure
         self.streams: dict[int, Stream] = {}
         self.blocked = 0  # times a writer waited for credit (a metric)
         self.bytes_received = 0  # DATA payload bytes, both metrics
         self.bytes_sent = 0
-        self.starved: set[Stream] = set()  # streams that ran out of credit: woken when it returns
         self.peak_stream_buffered = 0  # the most unconsumed bytes any one stream held (a metric)
+        self._starved: set[Stream] = set()  # streams that ran out of credit: woken when it returns
         self._loop = asyncio.get_running_loop()
         self._flush_pending = False
         self._closed = asyncio.Event()
         self._tasks: asyncio.TaskGroup | None = None
         self._background: set[asyncio.Task[None]] = set()
-        self.on_event: Callable[[ev.Event], None] | None = None  # renewals, pongs, goaway
-        self.hello = asyncio.get_running_loop().create_future()
+        self.hello: asyncio.Future[ev.Hello] = self._loop.create_future()
+
+    # ---- figures ----------------------------------------------------------------------------
 
     @property
     def buffered(self) -> int:
         """Bytes received on live streams and not yet consumed: at most the connection window."""
         return sum(stream.buffered for stream in self.streams.values())
 
-    def wake_writer(self) -> None:
-        """Something was queued: write it on the next loop turn (once, however many queued it)."""
-        if not self._flush_pending:
-            self._flush_pending = True
-            self._loop.call_soon(self._flush)
+    @property
+    def rtt(self) -> float:
+        """The path's round trip as the session measured it (0 until measured)."""
+        return self.session.rtt
 
-    def _flush(self) -> None:
-        self._flush_pending = False
-        transport, session = self.transport, self.session
-        while session.has_frames and transport.can_write:
-            try:
-                transport.write_messages(session.frames_to_send(FLUSH_BUDGET))
-            except Exception:  # the connection is going away: its close ends the session
-                return
+    @property
+    def windows_grown(self) -> int:
+        return self.session.windows_grown
 
-    def forget(self, sid: int) -> None:
-        stream = self.streams.pop(sid, None)
-        if stream is not None:
-            self.starved.discard(stream)
-            stream.release()
+    @property
+    def failure(self) -> ev.ConnectionFailed | None:
+        """Why the session failed, if it did."""
+        return self.session.closed
 
-    def accept(self, stream: Stream) -> None:
-        """Answer a peer's OPEN: the stream is ready for data both ways."""
-        self.session.accept(stream.id)
-        self.wake_writer()
+    @property
+    def usable(self) -> bool:
+        """Up, and neither side said GOAWAY: new streams may be opened here."""
+        s = self.session
+        return self.hello.done() and s.closed is None and not s.going_away and not s.peer_going_away
 
-    def refuse(self, stream: Stream, code: ErrorCode, reason: str) -> None:
-        """Answer a peer's OPEN with an error the peer's user will see."""
-        self.session.reject(stream.id, code, reason)
-        self.forget(stream.id)
-        self.wake_writer()
+    @property
+    def peer_going_away(self) -> bool:
+        return self.session.peer_going_away
+
+    # ---- session-level actions (each sends what it queued) -----------------------------------
 
     async def open(self, target: dict[str, Any], wait: float = 30) -> Stream:
         """Open a stream and wait (at most `wait` seconds) for the peer to accept it."""
-        sid = self.session.open_stream(target)
-        stream = Stream(self, sid, target)
-        accepted = stream._accepted = asyncio.get_running_loop().create_future()
-        self.streams[sid] = stream
-        self.wake_writer()
         try:
-            await asyncio.wait_for(asyncio.shield(accepted), wait)
-        except TimeoutError:
-            stream.reset(ErrorCode.TIMEOUT, "open timed out")
-            raise StreamError(ErrorCode.TIMEOUT, f"no answer to OPEN within {wait}s") from None
-        except asyncio.CancelledError:  # whoever wanted the stream is gone: do not leave it open
-            stream.reset(ErrorCode.CANCEL, "open cancelled")
-            raise
+            sid = self.session.open_stream(target)
+        except SessionClosed as exc:
+            raise StreamError(ErrorCode.REFUSED_STREAM, str(exc)) from None
+        stream = Stream(self, sid, target, opening=True)
+        self.streams[sid] = stream
+        self._wake()
+        await stream.accepted(wait)
         return stream
+
+    def ping(self, payload: bytes) -> None:
+        self.session.ping(payload)
+        self._wake()
+
+    def goaway(self, code: ErrorCode = ErrorCode.NO_ERROR, reason: str = "") -> None:
+        """Tell the peer to open no new streams here; open ones go on until they finish."""
+        self.session.goaway(code, reason)
+        self._wake()
+
+    def renew(self, doc: dict[str, Any]) -> None:
+        self.session.renew(doc)
+        self._wake()
+
+    def renew_ok(self, doc: dict[str, Any]) -> None:
+        self.session.renew_ok(doc)
+        self._wake()
+
+    def renew_err(self, code: ErrorCode, reason: str) -> None:
+        self.session.renew_err(code, reason)
+        self._wake()
+
+    # ---- the stream owner (proxy.stream.StreamOwner) ----------------------------------------
+
+    def stream_send(self, stream: Stream, data: bytes | memoryview) -> int:
+        try:
+            taken = self.session.send(stream.id, data)
+        except SessionClosed as exc:
+            raise StreamError(ErrorCode.STREAM_CLOSED, str(exc)) from None
+        if taken:
+            self.bytes_sent += taken
+            self._wake()
+        if taken < len(data):
+            self._starved.add(stream)
+            self.blocked += 1
+        return taken
+
+    def stream_capacity(self, stream: Stream) -> int:
+        return self.session.send_capacity(stream.id)
+
+    def stream_window(self, stream: Stream) -> int:
+        return self.session.window(stream.id)
+
+    def stream_fin(self, stream: Stream) -> None:
+        self.session.send_fin(stream.id)
+        self._wake()
+
+    def stream_consumed(self, stream: Stream, size: int) -> None:
+        self.session.consumed(stream.id, size)
+        self._wake()
+
+    def stream_accept(self, stream: Stream) -> None:
+        self.session.accept(stream.id)
+        self._wake()
+
+    def stream_refuse(self, stream: Stream, code: ErrorCode, reason: str) -> None:
+        self.session.reject(stream.id, code, reason)
+        self._wake()
+
+    def stream_reset(self, stream: Stream, code: ErrorCode, reason: str) -> None:
+        self.session.reset(stream.id, code, reason)
+        self._wake()
+
+    def stream_done(self, stream: Stream) -> None:
+        if self.streams.get(stream.id) is stream:
+            del self.streams[stream.id]
+        self._starved.discard(stream)
+
+    # ---- running ----------------------------------------------------------------------------
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run `coro` as part of this session: cancelled when the session ends."""
         if self._tasks is None:
             coro.close()
-            raise RuntimeError("session is not running")
+            raise SessionLost("session is not running")
         task = self._tasks.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -159,7 +233,7 @@ class Mux:
 
         `background` coroutines (keepalives, expiry watches) live exactly as long as the session.
         """
-        self.wake_writer()  # our HELLO
+        self._wake()  # our HELLO
         limit_unsent(self.transport)
         try:
             async with asyncio.TaskGroup() as tasks:
@@ -179,16 +253,15 @@ class Mux:
                     watcher.cancel()
                     for task in list(self._background):
                         task.cancel()
-                    for stream in list(self.streams.values()):
-                        stream.error = stream.error or StreamError(ErrorCode.CANCEL, "session closed")
-                        stream._fail_open()  # an `open` still waiting for its answer
-                        stream._wake()
-                    self.streams.clear()
-                    self.starved.clear()
+                    ended = StreamError(ErrorCode.CANCEL, "session closed")
+                    streams, self.streams = list(self.streams.values()), {}
+                    self._starved.clear()
+                    for stream in streams:
+                        stream.on_failed(ended, credit=False)
         finally:
             self._tasks = None
             if not self.hello.done():
-                self.hello.set_exception(ConnectionError("session ended before HELLO"))
+                self.hello.set_exception(SessionLost("session ended before HELLO"))
                 self.hello.exception()  # retrieved: nobody may be waiting
 
     async def close(self) -> None:
@@ -196,16 +269,32 @@ class Mux:
         self._flush()
         await self.transport.close()
 
+    # ---- internals --------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        """Something was queued: write it on the next loop turn (once, however many queued it)."""
+        if not self._flush_pending:
+            self._flush_pending = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_pending = False
+        transport, session = self.transport, self.session
+        while session.has_frames and transport.can_write:
+            try:
+                transport.write_messages(session.frames_to_send(FLUSH_BUDGET))
+            except Exception:  # the connection is going away: its close ends the session
+                return
+
     async def _probe_rtt(self) -> None:
         """PING now and then: the session tunes its stream windows to the round trip it measures."""
         try:
             await self.hello
-        except ConnectionError:
+        except SessionLost:
             return
         pause = RTT_PROBE_FIRST
         for n in itertools.count():
-            self.session.ping(b"rtt" + n.to_bytes(5, "big"))
-            self.wake_writer()
+            self.ping(b"rtt" + n.to_bytes(5, "big"))
             await asyncio.sleep(pause)
             pause = min(2 * pause, RTT_PROBE_MAX)
 
@@ -228,33 +317,30 @@ class Mux:
             if stream is None:
                 self.session.consumed(event.stream_id, len(event.data))
             else:
-                stream._data(event.data)
+                stream.on_data(event.data)
+                if stream.buffered > self.peak_stream_buffered:
+                    self.peak_stream_buffered = stream.buffered
         elif isinstance(event, ev.WindowOpened):
             if event.stream_id == 0:
-                starved, self.starved = self.starved, set()
+                starved, self._starved = self._starved, set()
                 for stream in starved:
-                    stream._on_writable()
+                    stream.on_writable()
             elif (stream := self.streams.get(event.stream_id)) is not None:
-                self.starved.discard(stream)
-                stream._on_writable()
+                self._starved.discard(stream)
+                stream.on_writable()
         elif isinstance(event, ev.StreamOpened):
             self._on_open(event)
         elif isinstance(event, ev.StreamAccepted):
-            stream = self.streams.get(event.stream_id)
-            if stream is not None and stream._accepted is not None and not stream._accepted.done():
-                stream._accepted.set_result(None)
+            if (stream := self.streams.get(event.stream_id)) is not None:
+                stream.on_accepted()
         elif isinstance(event, ev.StreamRejected | ev.StreamReset):
             stream = self.streams.pop(event.stream_id, None)
             if stream is not None:
-                self.starved.discard(stream)
-                stream.release()
-                stream.error = StreamError(event.code, event.reason)
-                stream._fail_open()
-                stream._wake()
+                self._starved.discard(stream)
+                stream.on_failed(StreamError(event.code, event.reason))
         elif isinstance(event, ev.StreamEnded):
-            stream = self.streams.get(event.stream_id)
-            if stream is not None:
-                stream._ended()
+            if (stream := self.streams.get(event.stream_id)) is not None:
+                stream.on_eof()
         elif isinstance(event, ev.Hello):
             if not self.hello.done():
                 self.hello.set_result(event)
@@ -267,10 +353,11 @@ class Mux:
     def _on_open(self, event: ev.StreamOpened) -> None:
         if self.handler is None or self._tasks is None:
             self.session.reject(event.stream_id, ErrorCode.REFUSED_STREAM, "this side accepts no streams")
+            self._wake()
             return
         stream = Stream(self, event.stream_id, event.target)
         self.streams[event.stream_id] = stream
-        self._tasks.create_task(self._serve(stream))
+        self.spawn(self._serve(stream))  # cancelled with the session, like every task it owns
 
     async def _serve(self, stream: Stream) -> None:
         assert self.handler is not None
@@ -284,5 +371,5 @@ class Mux:
         finally:
             # A handler that attached a listener handed the stream to it; otherwise a stream whose
             # handler is done and whose peer finished is over.
-            if stream.listener is None and stream.id in self.streams and stream.error is None and stream.eof:
-                self.forget(stream.id)
+            if stream.listener is None and not stream.released and stream.error is None and stream.eof:
+                stream.release()

@@ -17,8 +17,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import cast
 
+from proxy.errors import StreamError
 from proxy.protocol.frames import ErrorCode
-from proxy.stream import Stream, StreamError
+from proxy.stream import Stream
 
 
 def _code(error: StreamError) -> ErrorCode:
@@ -162,7 +163,11 @@ class SocketPipe(asyncio.Protocol):
         if self._sent_fin and self._got_fin and not self._done:
             self._done = True
             assert self.stream is not None and self.transport is not None
-            self.stream.mux.forget(self.stream.id)
+            # The socket takes what it buffered with it: acknowledge that, and the stream (both
+            # FINs through, nothing held) leaves its session by itself.
+            unacked, self._unacked = self._unacked, 0
+            if unacked:
+                self.stream.consumed(unacked)
             self.transport.close()  # flushes what is buffered, then closes
 
     def stream_failed(self, stream: Stream, error: StreamError) -> None:
@@ -255,9 +260,7 @@ class StreamPipe:
             return
         self._finished.add(src)
         if len(self._finished) == 2:
-            self._done = True
-            self.a.mux.forget(self.a.id)
-            self.b.mux.forget(self.b.id)
+            self._done = True  # both streams left their sessions by themselves
             self._ended()
 
     def _ended(self) -> None:

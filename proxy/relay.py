@@ -8,6 +8,10 @@ data per direction per stream, however fast either end is.
 Who may do what was decided before a session reaches this module (see
 `relay_auth`): an agent session carries its cluster's id, a client session the
 cluster its credential names, and they only ever meet on that cluster.
+
+Shutting down is a drain (`drain`): every session is told GOAWAY, so agents and
+client proxies dial a new session for new streams at once, while the streams
+already open run to their end, up to a grace period; then the sessions close.
 """
 
 from __future__ import annotations
@@ -24,16 +28,17 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from proxy.errors import RenewalRefused, StreamError
 from proxy.mux import Mux, Transport
 from proxy.pipe import StreamPipe
 from proxy.protocol import events as ev
 from proxy.protocol.frames import ErrorCode
 from proxy.protocol.session import Role, Session, Settings
-from proxy.stream import Stream, StreamError
+from proxy.stream import Stream
 
 log = logging.getLogger("kubearc.relay")
 
-# Checks a renewal document; returns the new expiry (epoch seconds) or raises PermissionError.
+# Checks a renewal document; returns the new expiry (epoch seconds) or raises RenewalRefused.
 Renewer = Callable[[dict[str, Any]], Awaitable[float]]
 
 
@@ -92,8 +97,8 @@ class _TrafficCollector(Collector):
                 received += mux.bytes_received
                 sent += mux.bytes_sent
                 blocked += mux.blocked
-                doubled += mux.session.windows_grown
-                if (rtt := mux.session.rtt) > 0:
+                doubled += mux.windows_grown
+                if (rtt := mux.rtt) > 0:
                     total += rtt
                     counts = [n + (rtt <= bound) for n, bound in zip(counts, RTT_BUCKETS, strict=True)]
             bytes_.add_metric([side, "received"], received)
@@ -131,6 +136,10 @@ class Relay:
         # (bytes received, bytes sent, credit stalls, windows grown) of sessions that ended, by side
         self.retired: dict[str, list[int]] = {"agent": [0, 0, 0, 0], "client": [0, 0, 0, 0]}
         self.metrics.registry.register(_TrafficCollector(self))
+        self.draining = False
+        self._pipes = 0  # relayed streams open
+        self._no_pipes = asyncio.Event()
+        self._no_pipes.set()
 
     def muxes(self, side: str) -> list[Mux]:
         return self.agent_muxes() if side == "agent" else list(self.client_muxes)
@@ -140,10 +149,41 @@ class Relay:
         totals[0] += mux.bytes_received
         totals[1] += mux.bytes_sent
         totals[2] += mux.blocked
-        totals[3] += mux.session.windows_grown
-        failed = mux.session.closed
+        totals[3] += mux.windows_grown
+        failed = mux.failure
         if failed is not None:
             self.metrics.session_failures.labels(side, failed.code.name).inc()
+
+    async def drain(self, grace: float) -> None:
+        """GOAWAY to every session; let open streams finish for up to `grace` seconds; close all.
+
+        Agents and client proxies answer GOAWAY by dialling a new session (to this relay's
+        successor) for new streams, so only streams that outlive the grace period are cut.
+        """
+        self.draining = True
+        sessions = [*self.agent_muxes(), *self.client_muxes]
+        for mux in sessions:
+            mux.goaway(ErrorCode.NO_ERROR, "relay shutting down")
+        log.info("relay draining", extra={"sessions": len(sessions), "streams": self._pipes, "grace": grace})
+        try:
+            await asyncio.wait_for(self._no_pipes.wait(), grace)
+        except TimeoutError:
+            log.warning("drain period over; cutting the streams left", extra={"streams": self._pipes})
+        async with asyncio.TaskGroup() as closing:
+            for mux in [*self.agent_muxes(), *self.client_muxes]:
+                closing.create_task(mux.close())
+
+    def _pipe_opened(self) -> None:
+        self._pipes += 1
+        self._no_pipes.clear()
+        self.metrics.opened.inc()
+        self.metrics.streams.inc()
+
+    def _pipe_closed(self) -> None:
+        self._pipes -= 1
+        self.metrics.streams.dec()
+        if not self._pipes:
+            self._no_pipes.set()
 
     def connected_clusters(self) -> list[str]:
         return sorted(k for k, v in self._agents.items() if v)
@@ -164,6 +204,8 @@ class Relay:
         entry = _AgentSession(cluster, mux)
         state = {"expires_at": expires_at}
         mux.on_event = self._renewals(mux, renew, state, "agent")
+        if self.draining:
+            mux.goaway(ErrorCode.NO_ERROR, "relay shutting down")
         self._agents.setdefault(cluster, []).append(entry)
         self.metrics.sessions.labels("agent").inc()
         log.info("agent session up", extra={"cluster": cluster})
@@ -182,8 +224,7 @@ class Relay:
         while True:
             delay = state["expires_at"] - time.time()
             if delay <= 0:
-                mux.session.goaway(ErrorCode.UNAUTHORIZED, "agent credential expired")
-                mux.wake_writer()
+                mux.goaway(ErrorCode.UNAUTHORIZED, "agent credential expired")
                 await asyncio.sleep(0.2)
                 await mux.close()
                 return
@@ -200,7 +241,7 @@ class Relay:
 
         def refuse(stream: Stream, metric: str, code: ErrorCode, reason: str) -> None:
             self.metrics.refused.labels(metric).inc()
-            mux.refuse(stream, code, reason)
+            stream.refuse(code, reason)
 
         async def handle(stream: Stream) -> None:
             if time.time() >= state["expires_at"]:
@@ -216,13 +257,14 @@ class Relay:
                 return refuse(stream, "agent_refused", ErrorCode.CONNECT_FAILED, exc.reason)
             except Exception as exc:  # the agent session went away meanwhile
                 return refuse(stream, "agent_gone", ErrorCode.CONNECT_FAILED, f"agent unavailable: {exc}")
-            mux.accept(stream)
-            self.metrics.opened.inc()
-            self.metrics.streams.inc()
-            StreamPipe(stream, upstream, on_done=self.metrics.streams.dec).start()
+            stream.accept()
+            self._pipe_opened()
+            StreamPipe(stream, upstream, on_done=self._pipe_closed).start()
 
         mux = Mux(session, transport, handler=handle)
         mux.on_event = self._renewals(mux, renew, state, "client")
+        if self.draining:
+            mux.goaway(ErrorCode.NO_ERROR, "relay shutting down")
         self.metrics.sessions.labels("client").inc()
         self.client_muxes.add(mux)
         log.info("client session up", extra={"cluster": cluster, "user": user})
@@ -235,10 +277,10 @@ class Relay:
             log.info("client session down", extra={"cluster": cluster, "user": user})
 
     def _pick(self, cluster: str) -> _AgentSession | None:
+        # A session this relay sent GOAWAY to (draining) still takes streams it opens; one whose
+        # agent said GOAWAY does not.
         sessions = [
-            s
-            for s in self._agents.get(cluster, [])
-            if not s.mux.session.peer_going_away and s.mux.session.closed is None
+            s for s in self._agents.get(cluster, []) if not s.mux.peer_going_away and s.mux.failure is None
         ]
         if not sessions:
             return None
@@ -251,13 +293,12 @@ class Relay:
         async def check(doc: dict[str, Any]) -> None:
             try:
                 state["expires_at"] = await renew(doc)
-            except PermissionError as exc:
+            except RenewalRefused as exc:
                 self.metrics.renewals.labels(side, "rejected").inc()
-                mux.session.renew_err(ErrorCode.UNAUTHORIZED, str(exc))
+                mux.renew_err(ErrorCode.UNAUTHORIZED, str(exc))
             else:
                 self.metrics.renewals.labels(side, "accepted").inc()
-                mux.session.renew_ok({"expiresAt": state["expires_at"]})
-            mux.wake_writer()
+                mux.renew_ok({"expiresAt": state["expires_at"]})
 
         def on_event(event: ev.Event) -> None:
             if isinstance(event, ev.RenewRequested):

@@ -26,10 +26,7 @@ from foundation.wire import (
     Discovery,
     WireError,
 )
-
-
-class Unauthorized(PermissionError):
-    """A refused credential; the message says why (and never contains the credential)."""
+from proxy.errors import HubUnavailable, Unauthorized
 
 
 @dataclass(frozen=True)
@@ -62,11 +59,11 @@ class HubAuth:
                     f"{self.hub_url}{AGENT_WHOAMI_PATH}", headers={"Authorization": f"Bearer {token}"}
                 )
         except httpx.HTTPError as exc:
-            raise ConnectionError(f"cannot reach the hub to verify the agent: {exc}") from None
+            raise HubUnavailable(f"cannot reach the hub to verify the agent: {exc}") from None
         if r.status_code in (401, 403):
             raise Unauthorized(_hub_message(r))
         if r.status_code != 200:
-            raise ConnectionError(f"hub answered {r.status_code} verifying the agent")
+            raise HubUnavailable(f"hub answered {r.status_code} verifying the agent")
         exp = jwt.decode(token, options={"verify_signature": False}).get("exp", 0)
         return AgentIdentity(str(r.json()["resourceId"]).lower(), float(exp))
 
@@ -78,7 +75,7 @@ class HubAuth:
                     r.raise_for_status()
                 discovery = Discovery.from_json(r.json())
             except (httpx.HTTPError, ValueError, WireError) as exc:
-                raise ConnectionError(f"cannot read the hub's configuration: {exc}") from None
+                raise HubUnavailable(f"cannot read the hub's configuration: {exc}") from None
             self._verifier = OidcVerifier(
                 discovery.relay_issuer, [RELAY_AUDIENCE], verify=self.ca_file or True
             )

@@ -2,6 +2,11 @@
 
 Credentials are checked during the HTTP upgrade (`process_request`), so a refused
 caller gets a plain 401 with a reason and never a websocket.
+
+`serve` runs until its stop event, then shuts down gracefully: it stops listening
+at once (so a successor process can take the port: with `reuse_port` it may even
+listen beside this one before), answers 503 to any upgrade still arriving, and
+drains the relay (`Relay.drain`) before it returns.
 """
 
 from __future__ import annotations
@@ -18,8 +23,9 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
 from foundation.wire import RELAY_AGENT_PATH, RELAY_CLIENT_PATH
+from proxy.errors import HubUnavailable, RenewalRefused, Unauthorized
 from proxy.relay import Relay
-from proxy.relay_auth import AgentIdentity, ClientIdentity, HubAuth, Unauthorized, bearer
+from proxy.relay_auth import AgentIdentity, ClientIdentity, HubAuth, bearer
 from proxy.wsconn import DirectServerConnection
 
 log = logging.getLogger("kubearc.relay")
@@ -34,6 +40,8 @@ class RelayServer:
     host: str = "127.0.0.1"
     port: int = 8444
     ssl_context: ssl.SSLContext | None = None
+    drain: float = 30.0  # seconds open streams may take to finish on shutdown
+    reuse_port: bool = False  # SO_REUSEPORT: a new relay process may listen beside this one
 
     def __post_init__(self) -> None:
         self._identities: dict[Any, AgentIdentity | ClientIdentity] = {}
@@ -46,6 +54,8 @@ class RelayServer:
             return connection.respond(200, generate_latest(self.relay.metrics.registry).decode())
         if path not in (RELAY_AGENT_PATH, RELAY_CLIENT_PATH):
             return connection.respond(404, f"no such relay endpoint {path}\n")
+        if self.relay.draining:
+            return _plain(connection, 503, "relay is shutting down; connect again")
         try:
             token = bearer(request.headers.get("Authorization"))
             identity: AgentIdentity | ClientIdentity = await (
@@ -54,7 +64,7 @@ class RelayServer:
         except Unauthorized as exc:
             log.info("relay session refused", extra={"path": path, "reason": str(exc)})
             return _plain(connection, 401, str(exc))
-        except ConnectionError as exc:
+        except HubUnavailable as exc:
             return _plain(connection, 503, str(exc))
         self._identities[connection.id] = identity
         return None
@@ -75,10 +85,12 @@ class RelayServer:
         async def renew(doc: dict[str, Any]) -> float:
             try:
                 fresh = await self.auth.agent(str(doc.get("token", "")))
-            except ConnectionError as exc:
-                raise PermissionError(f"cannot verify now: {exc}") from None
+            except HubUnavailable as exc:
+                raise RenewalRefused(f"cannot verify now: {exc}") from None
+            except Unauthorized as exc:
+                raise RenewalRefused(str(exc)) from None
             if fresh.cluster != current.cluster:
-                raise PermissionError("renewed credential is for another cluster")
+                raise RenewalRefused("renewed credential is for another cluster")
             return fresh.expires_at
 
         return renew
@@ -87,10 +99,12 @@ class RelayServer:
         async def renew(doc: dict[str, Any]) -> float:
             try:
                 fresh = await self.auth.client(str(doc.get("token", "")))
-            except ConnectionError as exc:
-                raise PermissionError(f"cannot verify now: {exc}") from None
+            except HubUnavailable as exc:
+                raise RenewalRefused(f"cannot verify now: {exc}") from None
+            except Unauthorized as exc:
+                raise RenewalRefused(str(exc)) from None
             if (fresh.cluster, fresh.user) != (current.cluster, current.user):
-                raise PermissionError("renewed credential is for another cluster or user")
+                raise RenewalRefused("renewed credential is for another cluster or user")
             return fresh.expires_at
 
         return renew
@@ -107,14 +121,25 @@ class RelayServer:
             ping_interval=None,  # liveness is the tunnel's own PING
             write_limit=256 * 1024,
             create_connection=DirectServerConnection,
+            reuse_port=self.reuse_port or None,
         )
 
-    async def serve_forever(self, ready: asyncio.Event | None = None) -> None:
+    async def serve(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
+        """Serve until `stop` is set, then shut down gracefully (see the module docstring)."""
         server = await self.start()
-        async with server:
+        try:
             if ready:
                 ready.set()
-            await server.serve_forever()
+            await stop.wait()
+            server.close(close_connections=False)  # stop listening; open sessions stay
+            await self.relay.drain(self.drain)
+            await server.wait_closed()
+        finally:
+            server.close()  # also when cancelled: nothing outlives the relay
+
+    async def serve_forever(self, ready: asyncio.Event | None = None) -> None:
+        """Serve until cancelled (no drain): tests and embedding."""
+        await self.serve(asyncio.Event(), ready)
 
 
 def _plain(connection: ServerConnection, status: int, message: str) -> Response:

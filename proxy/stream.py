@@ -5,6 +5,11 @@ through a `StreamListener` (`proxy/pipe.py`). Tens of thousands may sit idle, so
 a stream owns no task and makes its events and buffers only when first needed.
 Credit goes back to the peer only when the application says the bytes were handed
 on (`consumed`), which carries backpressure end to end.
+
+A stream knows its session only through the small `StreamOwner` interface (the
+mux implements it), and the owner drives it through its `on_*` methods. A stream
+leaves its session by itself: when both directions have ended and nothing is left
+unread, or when it is reset. Nobody above it has to tell the mux to forget it.
 """
 
 from __future__ import annotations
@@ -13,22 +18,14 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
+from proxy.errors import StreamError
 from proxy.protocol.frames import ErrorCode
-from proxy.protocol.session import SessionClosed
-
-if TYPE_CHECKING:
-    from proxy.mux import Mux
 
 log = logging.getLogger("kubearc.tunnel")
 
-
-class StreamError(Exception):
-    def __init__(self, code: ErrorCode | int, reason: str) -> None:
-        super().__init__(f"{reason} ({code!r})")
-        self.code = code
-        self.reason = reason
+__all__ = ["Stream", "StreamError", "StreamListener", "StreamOwner"]
 
 
 class StreamListener(Protocol):
@@ -47,6 +44,28 @@ class StreamListener(Protocol):
     def stream_failed(self, stream: Stream, error: StreamError) -> None: ...
 
 
+class StreamOwner(Protocol):
+    """What a stream asks of its session (`proxy.mux.Mux`). Each call that queues frames sends them."""
+
+    def stream_send(self, stream: Stream, data: bytes | memoryview) -> int: ...
+
+    def stream_capacity(self, stream: Stream) -> int: ...
+
+    def stream_window(self, stream: Stream) -> int: ...
+
+    def stream_fin(self, stream: Stream) -> None: ...
+
+    def stream_consumed(self, stream: Stream, size: int) -> None: ...
+
+    def stream_accept(self, stream: Stream) -> None: ...
+
+    def stream_refuse(self, stream: Stream, code: ErrorCode, reason: str) -> None: ...
+
+    def stream_reset(self, stream: Stream, code: ErrorCode, reason: str) -> None: ...
+
+    def stream_done(self, stream: Stream) -> None: ...
+
+
 class Stream:
     """One multiplexed byte stream with half-close: async `read`/`write`, or a `StreamListener`.
 
@@ -58,6 +77,7 @@ class Stream:
         "_accepted",
         "_chunks",
         "_failed",
+        "_fin_sent",
         "_readable",
         "_writable",
         "buffered",
@@ -65,14 +85,14 @@ class Stream:
         "error",
         "id",
         "listener",
-        "mux",
+        "owner",
         "peak_buffered",
         "released",
         "target",
     )
 
-    def __init__(self, mux: Mux, sid: int, target: dict[str, Any]) -> None:
-        self.mux = mux
+    def __init__(self, owner: StreamOwner, sid: int, target: dict[str, Any], opening: bool = False) -> None:
+        self.owner = owner
         self.id = sid
         self.target = target
         self.listener: StreamListener | None = None
@@ -80,12 +100,44 @@ class Stream:
         self._readable: asyncio.Event | None = None
         self._writable: asyncio.Event | None = None
         self._failed: asyncio.Event | None = None  # set once `error` is: a reset, or the session ended
-        self._accepted: asyncio.Future[None] | None = None  # only for streams we open
-        self.eof = False
+        # Only for streams we open: resolved by the peer's answer.
+        self._accepted: asyncio.Future[None] | None = (
+            asyncio.get_running_loop().create_future() if opening else None
+        )
+        self._fin_sent = False
+        self.eof = False  # the peer half-closed
         self.error: StreamError | None = None
         self.buffered = 0  # bytes received and not yet consumed: at most our window
         self.peak_buffered = 0
-        self.released = False  # left the mux: its buffered bytes were credited back already
+        self.released = False  # left the session: its buffered bytes were credited back already
+
+    @property
+    def window(self) -> int:
+        """The receive window this side grants the peer for this stream now (introspection)."""
+        return self.owner.stream_window(self)
+
+    # Answering the peer's OPEN -------------------------------------------------------------
+
+    def accept(self) -> None:
+        """Answer the peer's OPEN: the stream is ready for data both ways."""
+        self.owner.stream_accept(self)
+
+    def refuse(self, code: ErrorCode, reason: str) -> None:
+        """Answer the peer's OPEN with an error the peer's user will see."""
+        self.owner.stream_refuse(self, code, reason)
+        self.release()
+
+    async def accepted(self, wait: float) -> None:
+        """For a stream we opened: wait (at most `wait` seconds) until the peer accepts it."""
+        assert self._accepted is not None, "only streams opened by this side wait for an answer"
+        try:
+            await asyncio.wait_for(asyncio.shield(self._accepted), wait)
+        except TimeoutError:
+            self.reset(ErrorCode.TIMEOUT, "open timed out")
+            raise StreamError(ErrorCode.TIMEOUT, f"no answer to OPEN within {wait}s") from None
+        except asyncio.CancelledError:  # whoever wanted the stream is gone: do not leave it open
+            self.reset(ErrorCode.CANCEL, "open cancelled")
+            raise
 
     def listen(self, listener: StreamListener) -> None:
         """Deliver this stream's events to `listener` from now on (what arrived before, at once)."""
@@ -96,6 +148,7 @@ class Stream:
             self._wake()
         elif self.eof:
             self._notify(listener.stream_eof)
+            self._finish_if_done()
 
     # Reading ------------------------------------------------------------------------------
 
@@ -105,34 +158,43 @@ class Stream:
             if self.error:
                 raise self.error
             if self.eof:
+                self._finish_if_done()
                 return b""
             if self._readable is None:
                 self._readable = asyncio.Event()
             self._readable.clear()
             await self._readable.wait()
-        return bytes(self._chunks.popleft())
+        chunk = bytes(self._chunks.popleft())
+        self._finish_if_done()
+        return chunk
 
     def consumed(self, size: int) -> None:
         if self.released:  # `release` already gave this credit back to the connection
             return
         self.buffered -= size
-        self.mux.session.consumed(self.id, size)
-        self.mux.wake_writer()
+        self.owner.stream_consumed(self, size)
+        if not self.buffered:
+            self._finish_if_done()
 
     def release(self) -> None:
-        """Drop what was received and not consumed, crediting it back to the connection window.
+        """Leave the session: drop what was received and not consumed, crediting it back.
 
-        Without this every stream reset mid-transfer would keep its unread bytes charged against
-        the connection, and after a few such resets the whole session would stall.
+        Without the credit every stream reset mid-transfer would keep its unread bytes charged
+        against the connection, and after a few such resets the whole session would stall.
         """
         if self.released:
             return
         self.released = True
         self._chunks = None
         if self.buffered:
-            self.mux.session.consumed(self.id, self.buffered)
+            self.owner.stream_consumed(self, self.buffered)
             self.buffered = 0
-            self.mux.wake_writer()
+        self.owner.stream_done(self)
+
+    def _finish_if_done(self) -> None:
+        """Both directions ended and every byte received was handed on: the stream is over."""
+        if self._fin_sent and self.eof and not self.buffered and not self.released and self.error is None:
+            self.release()
 
     # Writing ------------------------------------------------------------------------------
 
@@ -144,17 +206,7 @@ class Stream:
         """
         if self.error:
             raise self.error
-        try:
-            taken = self.mux.session.send(self.id, data)
-        except SessionClosed as exc:
-            raise StreamError(ErrorCode.STREAM_CLOSED, str(exc)) from None
-        if taken:
-            self.mux.bytes_sent += taken
-            self.mux.wake_writer()
-        if taken < len(data):
-            self.mux.starved.add(self)
-            self.mux.blocked += 1
-        return taken
+        return self.owner.stream_send(self, data)
 
     async def write(self, data: bytes | memoryview) -> None:
         """Send all of `data`, waiting for credit as needed."""
@@ -164,15 +216,18 @@ class Stream:
                 self._writable = asyncio.Event()
             self._writable.clear()
             view = view[self.send_now(view) :]
-            if view and self.mux.session.send_capacity(self.id) == 0:
+            if view and self.owner.stream_capacity(self) == 0:
                 await self._writable.wait()
 
     async def write_eof(self) -> None:
         self.write_eof_now()
 
     def write_eof_now(self) -> None:
-        self.mux.session.send_fin(self.id)
-        self.mux.wake_writer()
+        if self._fin_sent:
+            return
+        self._fin_sent = True
+        self.owner.stream_fin(self)
+        self._finish_if_done()
 
     async def wait_failed(self) -> None:
         """Raise the stream's error once it is reset or its session ends (never returns otherwise).
@@ -189,19 +244,16 @@ class Stream:
     def reset(self, code: ErrorCode = ErrorCode.CANCEL, reason: str = "") -> None:
         if self.error is None:
             self.error = StreamError(code, reason or "reset locally")
-        self.mux.session.reset(self.id, code, reason)
-        self.mux.forget(self.id)
-        self.mux.wake_writer()
+        self.owner.stream_reset(self, code, reason)
+        self.release()
         self._wake()
 
-    # Driven by the mux --------------------------------------------------------------------
+    # Driven by the owner ------------------------------------------------------------------
 
-    def _data(self, data: bytes | memoryview) -> None:
+    def on_data(self, data: bytes | memoryview) -> None:
         self.buffered += len(data)
         if self.buffered > self.peak_buffered:
             self.peak_buffered = self.buffered
-            if self.buffered > self.mux.peak_stream_buffered:
-                self.mux.peak_stream_buffered = self.buffered
         if self.listener is not None:
             self._notify(self.listener.stream_data, data)
             return
@@ -211,24 +263,36 @@ class Stream:
         if self._readable is not None:
             self._readable.set()
 
-    def _ended(self) -> None:
+    def on_eof(self) -> None:
         self.eof = True
         if self.listener is not None:
             self._notify(self.listener.stream_eof)
+            self._finish_if_done()
         elif self._readable is not None:
             self._readable.set()
 
-    def _on_writable(self) -> None:
+    def on_writable(self) -> None:
         if self.listener is not None:
             self._notify(self.listener.stream_writable)
         if self._writable is not None:
             self._writable.set()
 
-    def _fail_open(self) -> None:
+    def on_accepted(self) -> None:
+        if self._accepted is not None and not self._accepted.done():
+            self._accepted.set_result(None)
+
+    def on_failed(self, error: StreamError, credit: bool = True) -> None:
+        """The peer reset or refused the stream, or the session ended (`credit`: False)."""
+        if credit:
+            self.release()
+        else:
+            self.released = True
+        self.error = self.error or error
         accepted = self._accepted
-        if accepted is not None and not accepted.done() and self.error is not None:
+        if accepted is not None and not accepted.done():
             accepted.set_exception(self.error)
             accepted.exception()  # retrieved: the opener may be gone
+        self._wake()
 
     def _wake(self) -> None:
         """After an error: every waiter and the listener learn of it (once)."""

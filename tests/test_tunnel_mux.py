@@ -29,7 +29,7 @@ CHUNK = b"x" * 65536
 async def sender(stream: Stream) -> None:
     """The 'apiserver' side: accept, then send until reset; or send `resetAfter` bytes, wait for
     one message back and reset (so the RST cannot overtake the data)."""
-    stream.mux.accept(stream)
+    stream.accept()
     limit = stream.target.get("resetAfter")
     sent = 0
     try:

@@ -571,7 +571,7 @@ async def test_a_stalled_stream_does_not_delay_the_others(tunnel_hub: RunningHub
             ("proxy", a_proxy),
         ):
             # The window each hop granted (it may have grown from WINDOW, never past max_window).
-            window = stream.mux.session.window(stream.id)
+            window = stream.window
             assert WINDOW <= window <= SETTINGS.max_window, (name, window)
             assert stream.peak_buffered <= window, f"{name} held {stream.peak_buffered} of A, window {window}"
 
@@ -930,7 +930,7 @@ async def test_an_agent_serves_only_its_own_cluster_and_a_deleted_cluster_is_ref
         async with tunnel(hub, tmp_path) as t:
             # A raw agent with A's identity that claims to be B every way it can.
             async def answer(stream: Stream) -> None:
-                stream.mux.accept(stream)
+                stream.accept()
                 await read_all(stream)
                 await stream.write(b"agent of A\n")
                 await stream.write_eof()

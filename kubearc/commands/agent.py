@@ -18,7 +18,7 @@ import typer
 
 from foundation import aio
 from foundation.logs import setup_logging
-from foundation.wire import DISCOVERY_PATH, RELAY_AGENT_PATH, Discovery
+from foundation.wire import RELAY_AGENT_PATH
 from kubearc.commands.tunnelopts import MaxWindowOpt, tunnel_settings
 
 app = typer.Typer(no_args_is_help=True, help="In-cluster agents.")
@@ -185,10 +185,7 @@ def connect(
     log_format: str = LogFormatOpt,
 ) -> None:
     """clusterconnect-agent: dial out to the relay and carry kubectl streams to the apiserver."""
-    import ssl
     from urllib.parse import urlsplit
-
-    import httpx
 
     from foundation import tokens
     from foundation.identitystore import StoreError, open_store
@@ -215,20 +212,13 @@ def connect(
             raise StoreError("no identity certificate yet: is `kubearc agent identity` running?")
         return tokens.make_agent_token(stored.pair, hub)
 
-    async def main() -> None:
-        url = relay
-        if not url:
-            verify = ssl.create_default_context(cafile=str(hub_ca)) if hub_ca else True
-            async with httpx.AsyncClient(verify=verify, timeout=10) as client:
-                doc = (await client.get(f"{hub}{DISCOVERY_PATH}")).raise_for_status().json()
-                url = Discovery.from_json(doc).relay_url
-        agent = ConnectAgent(
-            url.rstrip("/") + RELAY_AGENT_PATH,
-            token,
-            (host, int(port)),
-            str(relay_ca or hub_ca) if (relay_ca or hub_ca) else None,
-            settings=settings,
-        )
-        await agent.run()
-
-    _execute("connect", main())
+    agent = ConnectAgent(
+        relay.rstrip("/") + RELAY_AGENT_PATH if relay else None,
+        token,
+        (host, int(port)),
+        str(relay_ca or hub_ca) if (relay_ca or hub_ca) else None,
+        settings=settings,
+        hub_url=hub,
+        hub_ca=str(hub_ca) if hub_ca else None,
+    )
+    _execute("connect", agent.run())

@@ -12,12 +12,13 @@ import typer
 from foundation import aio
 from foundation.logs import setup_logging
 from foundation.settings import default_state_dir, parse_duration
-from kubearc.commands.tunnelopts import MaxWindowOpt, tunnel_settings
+from kubearc.commands.tunnelopts import DrainOpt, MaxWindowOpt, drain_seconds, tunnel_settings
 
 if TYPE_CHECKING:
     from hub.context import Hub
     from hub.server import TlsFiles
     from proxy.protocol.session import Settings
+    from proxy.relay_server import RelayServer
 
 
 def _duration(value: str, flag: str) -> dt.timedelta:
@@ -73,6 +74,7 @@ def hub(
         None, envvar="KUBEARC_RELAY_URL", help="wss:// URL clients and agents reach the relay at."
     ),
     max_window: str = MaxWindowOpt,
+    drain: str = DrainOpt,
     latest_agent_version: str = typer.Option(
         None,
         envvar="KUBEARC_LATEST_AGENT_VERSION",
@@ -88,7 +90,7 @@ def hub(
     if (tls_cert is None) != (tls_key is None):
         raise typer.BadParameter("give both --tls-cert and --tls-key, or neither")
     setup_logging(log_level, log_format)
-    tunnel = tunnel_settings(max_window)
+    tunnel, grace = tunnel_settings(max_window), drain_seconds(drain)
     config = HubConfig(
         state_dir=state_dir or default_state_dir(),
         host=host,
@@ -124,18 +126,22 @@ def hub(
         typer.echo(f"  local issuer: {h.issuer}", err=True)
         started.set()
 
-    async def main() -> None:
+    async def main(stop: asyncio.Event) -> None:
+        """SIGTERM: the relay drains first, while the API still verifies renewals; then the hub."""
+        hub_stop = asyncio.Event()
         async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(serve(config, on_ready=ready))
+            tasks.create_task(serve(config, on_ready=ready, stop=hub_stop))
             if relay:
                 await started.wait()
-                tasks.create_task(_relay(config.host, relay_port, serving["tls"], config.url, tunnel))
+                server = _relay_server(config.host, relay_port, serving["tls"], config.url, tunnel, grace)
                 typer.echo(f"  cluster-connect relay: {config.relay}", err=True)
+                await server.serve(stop)
+            else:
+                await stop.wait()
+            hub_stop.set()
 
     try:
-        aio.run(main())
-    except KeyboardInterrupt:
-        pass
+        aio.run_until_signalled(main)
     except ExceptionGroup as group:
         failed = group.subgroup(OSError)
         if failed is None:
@@ -144,7 +150,9 @@ def hub(
         raise typer.Exit(1) from None
 
 
-async def _relay(host: str, port: int, tls: TlsFiles, hub_url: str, settings: Settings) -> None:
+def _relay_server(
+    host: str, port: int, tls: TlsFiles, hub_url: str, settings: Settings, drain: float
+) -> RelayServer:
     """The relay in the hub's process: same certificate, verifying credentials with this hub."""
     import ssl
 
@@ -155,4 +163,4 @@ async def _relay(host: str, port: int, tls: TlsFiles, hub_url: str, settings: Se
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(tls.cert, tls.key)
     auth = HubAuth(hub_url, str(tls.ca) if tls.ca else None)
-    await RelayServer(Relay(settings), auth, host, port, context).serve_forever()
+    return RelayServer(Relay(settings), auth, host, port, context, drain=drain)

@@ -1,8 +1,11 @@
-"""`kubearc relay`: the cluster-connect relay on its own (it also runs inside `kubearc hub`)."""
+"""`kubearc relay`: the cluster-connect relay on its own (it also runs inside `kubearc hub`).
+
+SIGTERM (or Ctrl+C) drains: GOAWAY to every session, no new streams, open streams
+finish for up to `--drain`, then the process exits.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import ssl
 from pathlib import Path
 
@@ -11,7 +14,7 @@ import typer
 from foundation import aio
 from foundation.logs import setup_logging
 from foundation.settings import default_state_dir
-from kubearc.commands.tunnelopts import MaxWindowOpt, tunnel_settings
+from kubearc.commands.tunnelopts import DrainOpt, MaxWindowOpt, drain_seconds, tunnel_settings
 
 
 def relay(
@@ -26,6 +29,14 @@ def relay(
     ),
     replica_id: str = typer.Option("relay-0", "--replica-id", envvar="KUBEARC_RELAY_REPLICA"),
     max_window: str = MaxWindowOpt,
+    drain: str = DrainOpt,
+    reuse_port: bool = typer.Option(
+        False,
+        "--reuse-port",
+        envvar="KUBEARC_RELAY_REUSE_PORT",
+        help="Let a new relay process listen on the same port while this one drains (SO_REUSEPORT; "
+        "both must run as the same user).",
+    ),
     log_level: str = typer.Option("info", "--log-level", envvar="KUBEARC_LOG_LEVEL"),
     log_format: str = typer.Option("text", "--log-format", envvar="KUBEARC_LOG_FORMAT"),
 ) -> None:
@@ -37,6 +48,7 @@ def relay(
 
     setup_logging(log_level, log_format)
     settings = tunnel_settings(max_window)
+    grace = drain_seconds(drain)
     if (tls_cert is None) != (tls_key is None):
         raise typer.BadParameter("give both --tls-cert and --tls-key, or neither")
     if tls_cert is None:
@@ -54,7 +66,8 @@ def relay(
         host,
         port,
         context,
+        drain=grace,
+        reuse_port=reuse_port,
     )
     typer.echo(f"kubearc relay listening on wss://{host}:{port}", err=True)
-    with contextlib.suppress(KeyboardInterrupt):
-        aio.run(server.serve_forever())
+    aio.run_until_signalled(server.serve)

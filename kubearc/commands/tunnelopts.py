@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from foundation.settings import parse_size
+from foundation.settings import parse_duration, parse_size
 
 if TYPE_CHECKING:
     from proxy.protocol.session import Settings
@@ -18,6 +18,22 @@ MaxWindowOpt = typer.Option(
     help="Largest receive window a stream grows to (256Ki at first). Raise it for paths whose "
     "bandwidth x round trip exceeds it; it bounds memory per stream.",
 )
+
+
+DrainOpt = typer.Option(
+    "30s",
+    "--drain",
+    envvar="KUBEARC_RELAY_DRAIN",
+    help="On SIGTERM, how long open streams may take to finish after every session is told GOAWAY.",
+)
+
+
+def drain_seconds(value: str) -> float:
+    """`--drain` in seconds (a bad value is a usage error)."""
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--drain") from None
 
 
 def tunnel_settings(max_window: str) -> Settings:

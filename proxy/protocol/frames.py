@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
+from proxy.errors import TunnelError
+
 HEADER = struct.Struct("!BBI")
 U32 = struct.Struct("!I")
 U16 = struct.Struct("!H")
@@ -84,7 +86,7 @@ _CONNECTION_FRAMES = {
 }
 
 
-class FrameError(Exception):
+class FrameError(TunnelError):
     """Input that is not a valid frame; `code` says how the session should answer."""
 
     def __init__(self, code: ErrorCode, reason: str, stream_id: int = 0) -> None:

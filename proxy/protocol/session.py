@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from proxy.errors import TunnelError
 from proxy.protocol import events as ev
 from proxy.protocol import frames as fr
 from proxy.protocol.frames import ErrorCode, Frame, FrameError, FrameType
@@ -77,7 +78,7 @@ class _Stream:
     epoch_bytes: int = 0  # bytes consumed since then
 
 
-class SessionClosed(Exception):
+class SessionClosed(TunnelError):
     """An action on a session that has failed or been told to go away."""
 
 

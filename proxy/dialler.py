@@ -1,0 +1,253 @@
+"""Keeping tunnel sessions to the relay up: the one dialler of the connect agent and the client proxy.
+
+Both ends behind a firewall or on a laptop dial out and must stay reachable, so
+both need the same loop, and two copies of it drifted before. A `Dialler`:
+
+- connects with websockets (TLS, `HTTPS_PROXY`/`NO_PROXY` from the environment,
+  compression off, the tunnel's message path from `proxy/wsconn.py`);
+- backs off between failed attempts with full jitter and a cap
+  (`foundation.retry.RetryPolicy`); a session that came up resets the backoff;
+- PINGs the relay and drops a session that stops answering: TCP may say a wedged
+  connection is fine for many minutes;
+- dials a new session as soon as the relay says GOAWAY: new streams go there,
+  streams already open finish on the old one;
+- renews its credential in band before it expires, so open streams never notice;
+  a renewal the relay refuses ends the session (the next one starts with a fresh
+  credential).
+
+`open` hands out streams on the newest usable session; `handler` serves the
+streams the relay opens (the agent's apiserver connections).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from websockets.asyncio.client import connect
+
+from foundation.retry import RetryPolicy
+from proxy.errors import SessionLost, StreamError
+from proxy.mux import Mux, StreamHandler
+from proxy.protocol import events as ev
+from proxy.protocol.frames import ErrorCode
+from proxy.protocol.session import Role, Session, Settings
+from proxy.stream import Stream
+from proxy.wsconn import DirectClientConnection
+
+log = logging.getLogger("kubearc.tunnel")
+
+MAX_MESSAGE = 2 * 1024 * 1024  # above the largest DATA frame plus header
+# A credential with less life left than this is fetched again before dialling.
+FRESH_ENOUGH = 30.0
+
+
+@dataclass(frozen=True)
+class RelayCredential:
+    """Where the relay is and what to show it."""
+
+    relay_url: str  # wss://host:port/relay/v1/agent (or /client)
+    token: str
+    expires_at: float | None = None  # epoch seconds; None: unknown (renewed every renew_interval)
+
+
+CredentialSource = Callable[[], Awaitable[RelayCredential]]
+
+
+@dataclass
+class Dialler:
+    credentials: CredentialSource
+    ca_file: str | None = None  # trust for the relay's certificate (default: the system roots)
+    settings: Settings = field(default_factory=Settings)
+    handler: StreamHandler | None = None  # serves streams the relay opens; None: refuse them
+    ping_interval: float = 10.0
+    ping_timeout: float = 20.0
+    renew_interval: float = float("inf")  # renew at least this often (seconds)
+    # Renew when this fraction of the credential's life is left; None: every `renew_interval` only.
+    renew_margin: float | None = 0.25
+    connect_timeout: float = 10.0
+    backoff: RetryPolicy = field(default_factory=lambda: RetryPolicy(base=0.5, cap=30.0, deadline=None))
+    name: str = "tunnel"  # in log lines: "connect agent", "client proxy"
+
+    def __post_init__(self) -> None:
+        self.credential: RelayCredential | None = None
+        self.muxes: set[Mux] = set()  # live sessions (the newest first in `current`)
+        self.current: Mux | None = None  # the session new streams go to
+        self.sessions_started = 0
+        self.renewals = 0
+        self.failed_attempts = 0  # dials that failed before a session came up (a metric)
+        self._usable = asyncio.Event()
+
+    @property
+    def live(self) -> int:
+        return len(self.muxes)
+
+    async def credential_now(self) -> RelayCredential:
+        """The credential to dial with: the current one while it has life left, else a fresh one."""
+        cred = self.credential
+        if cred is None or (cred.expires_at is not None and cred.expires_at - time.time() < FRESH_ENOUGH):
+            cred = self.credential = await self.credentials()
+        return cred
+
+    # ---- streams ------------------------------------------------------------------------------
+
+    async def open(self, target: dict[str, Any], wait: float = 15.0) -> Stream:
+        """A stream on the newest usable session, waiting up to `wait` seconds for one."""
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    await self._usable.wait()
+            except TimeoutError:
+                raise SessionLost(f"no relay session within {wait:.0f}s") from None
+            mux = self.current
+            if mux is None or not mux.usable:
+                self._usable.clear()  # GOAWAY raced us: wait for the next session
+                continue
+            try:
+                return await mux.open(target, max(0.1, deadline - time.monotonic()))
+            except StreamError as exc:
+                if exc.code != ErrorCode.REFUSED_STREAM or mux.usable:
+                    raise
+                # The relay said GOAWAY while our OPEN was on the way: try the next session.
+
+    # ---- sessions -----------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Keep a session to the relay until `stop` is set (or forever)."""
+        stop = stop or asyncio.Event()
+        failures = 0
+        running: set[asyncio.Task[None]] = set()
+        async with asyncio.TaskGroup() as sessions:
+            while not stop.is_set():
+                fresh = asyncio.Event()  # set when this session is up (resets the backoff)
+                retire = asyncio.Event()  # set on GOAWAY: start the next session now
+                task = sessions.create_task(self._session(fresh, retire))
+                running.add(task)
+                task.add_done_callback(running.discard)
+                waits = [asyncio.ensure_future(e.wait()) for e in (retire, stop)]
+                try:
+                    done, _ = await asyncio.wait([task, *waits], return_when=asyncio.FIRST_COMPLETED)
+                finally:  # also when run() is cancelled: no orphaned waiters
+                    for w in waits:
+                        w.cancel()
+                if stop.is_set():
+                    break
+                if task in done and not fresh.is_set():
+                    failures += 1
+                    self.failed_attempts += 1
+                    pause = self.backoff.pause(failures)
+                    log.warning(
+                        "relay session failed; retrying",
+                        extra={"who": self.name, "in_seconds": round(pause, 2)},
+                    )
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), pause)
+                else:
+                    failures = 0
+            for task in running:  # retired sessions too: nothing outlives `run`
+                task.cancel()
+
+    def _tls(self) -> ssl.SSLContext:
+        if self.ca_file:
+            return ssl.create_default_context(cafile=self.ca_file)
+        return ssl.create_default_context()
+
+    async def _session(self, fresh: asyncio.Event, retire: asyncio.Event) -> None:
+        try:
+            credential = await self.credential_now()
+            async with connect(
+                credential.relay_url,
+                ssl=self._tls(),
+                additional_headers={"Authorization": f"Bearer {credential.token}"},
+                compression=None,
+                max_size=MAX_MESSAGE,
+                ping_interval=None,  # liveness is the tunnel's own PING
+                open_timeout=self.connect_timeout,
+                write_limit=256 * 1024,
+                proxy=True,  # HTTPS_PROXY / NO_PROXY from the environment, as egress proxies need
+                create_connection=DirectClientConnection,
+            ) as ws:
+                assert isinstance(ws, DirectClientConnection)
+                await self._serve(ws, fresh, retire)
+        except Exception as exc:  # every failure ends in a backoff and a new attempt
+            log.warning("relay session ended: %s: %s", type(exc).__name__, exc, extra={"who": self.name})
+
+    async def _serve(self, ws: DirectClientConnection, fresh: asyncio.Event, retire: asyncio.Event) -> None:
+        pongs: asyncio.Queue[bytes] = asyncio.Queue()
+        mux = Mux(Session(Role.DIALLER, self.settings), ws, handler=self.handler)
+
+        def on_event(event: ev.Event) -> None:
+            if isinstance(event, ev.PongReceived):
+                pongs.put_nowait(event.payload)
+            elif isinstance(event, ev.GoAwayReceived):
+                log.info("relay asked to go away", extra={"who": self.name, "reason": event.reason})
+                self._retire(mux)
+                retire.set()
+            elif isinstance(event, ev.RenewRejected):
+                log.error(
+                    "relay refused the renewed credential", extra={"who": self.name, "reason": event.reason}
+                )
+                self.credential = None  # the next session starts with a fresh one
+                mux.spawn(mux.close())
+
+        mux.on_event = on_event
+        self.sessions_started += 1
+        self.muxes.add(mux)
+        try:
+            await mux.run(self._up(mux, fresh), self._keepalive(mux, pongs), self._renew(mux))
+        finally:
+            self.muxes.discard(mux)
+            self._retire(mux)
+
+    def _retire(self, mux: Mux) -> None:
+        if self.current is mux:
+            self.current = None
+            self._usable.clear()
+
+    async def _up(self, mux: Mux, fresh: asyncio.Event) -> None:
+        await mux.hello
+        fresh.set()
+        if mux.usable:
+            self.current = mux
+            self._usable.set()
+        log.info("connected to the relay", extra={"who": self.name})
+
+    async def _keepalive(self, mux: Mux, pongs: asyncio.Queue[bytes]) -> None:
+        """A connection that stops answering PINGs is dead even if TCP says otherwise."""
+        while True:
+            await asyncio.sleep(self.ping_interval)
+            nonce = time.monotonic_ns().to_bytes(8, "big")
+            mux.ping(nonce)
+            try:
+                async with asyncio.timeout(self.ping_timeout):
+                    while await pongs.get() != nonce:
+                        pass
+            except TimeoutError:
+                log.warning("relay stopped answering PINGs; reconnecting", extra={"who": self.name})
+                self._retire(mux)
+                await mux.close()
+                return
+
+    async def _renew(self, mux: Mux) -> None:
+        """Fetch a new credential before the current one expires and hand it to the relay in band."""
+        while True:
+            cred, pause = self.credential, min(self.renew_interval, 3600.0)
+            if self.renew_margin is not None and cred is not None and cred.expires_at is not None:
+                pause = min(pause, (cred.expires_at - time.time()) * (1 - self.renew_margin))
+            await asyncio.sleep(max(1.0, pause))
+            try:
+                self.credential = await self.credentials()
+            except Exception as exc:  # a source we do not own (the hub, a file): keep the session
+                log.warning(
+                    "cannot refresh the relay credential", extra={"who": self.name, "error": str(exc)}
+                )
+                continue
+            mux.renew({"token": self.credential.token})
+            self.renewals += 1
