@@ -128,7 +128,7 @@ class TunnelStack:
 
     # ---- the steps ------------------------------------------------------------------------
 
-    def start_hub(self) -> None:
+    def start_hub(self, *extra: str) -> None:
         hub = self.spawn(
             "hub",
             "hub",
@@ -138,8 +138,9 @@ class TunnelStack:
             str(self.relay_port),
             "--log-level",
             "info",
+            *extra,
         )
-        hub.wait_for("cluster-connect relay")
+        hub.wait_for("cluster-connect relay" if "--no-relay" not in extra else "local issuer")
 
     def sign_in(self, upn: str, role_scope: str | None, roles: list[str]) -> str:
         """Create a local user with `roles` at `role_scope` and sign in as them; returns the object id."""
@@ -242,9 +243,9 @@ class TunnelStack:
         proxy.wait_for("Proxy is listening")
         return proxy
 
-    def up(self) -> None:
+    def up(self, *hub_args: str) -> None:
         """Hub and relay, a signed-in cluster owner, the cluster resource, and its agents."""
-        self.start_hub()
+        self.start_hub(*hub_args)
         scope = "/subscriptions/" + SUB
         self.sign_in(new_upn(), scope, ["Owner", "Azure Arc Enabled Kubernetes Cluster User Role"])
         self.create_cluster(user_token(self))

@@ -6,6 +6,7 @@ finish for up to `--drain`, then the process exits.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from pathlib import Path
 
@@ -69,5 +70,12 @@ def relay(
         drain=grace,
         reuse_port=reuse_port,
     )
-    typer.echo(f"kubearc relay listening on wss://{host}:{port}", err=True)
-    aio.run_until_signalled(server.serve)
+
+    async def main(stop: asyncio.Event) -> None:
+        listening = asyncio.Event()
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(server.serve(stop, listening))
+            await listening.wait()
+            typer.echo(f"kubearc relay listening on wss://{host}:{port}", err=True)
+
+    aio.run_until_signalled(main)
