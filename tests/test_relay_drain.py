@@ -138,3 +138,18 @@ def test_a_draining_relay_hands_over_without_losing_a_byte(stack: tuple[TunnelSt
     assert "relay session failed" not in tunnel.processes["proxy"].output()
     assert relay_b.proc.poll() is None
     assert "client session up" in relay_b.output() and "agent session up" in relay_b.output()
+
+
+def test_sigterm_to_the_hub_drains_its_relay_and_exits_cleanly(tmp_path: Path) -> None:
+    """`kubearc hub` with its in-process relay: the sessions hear GOAWAY before the hub goes."""
+    with ApiServer(directory=tmp_path / "apiserver") as apiserver:
+        stack = TunnelStack(tmp_path, apiserver)
+        try:
+            stack.up()
+            hub, connect = stack.processes["hub"], stack.processes["connect"]
+            hub.proc.send_signal(signal.SIGTERM)
+            connect.wait_for("relay asked to go away")
+            assert hub.proc.wait(30) == 0, hub.output()
+            assert "relay draining" in hub.output()
+        finally:
+            stack.stop()

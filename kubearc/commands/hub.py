@@ -1,11 +1,16 @@
-"""`kubearc hub`: run the control plane (and, once it exists, the relay mounted in it)."""
+"""`kubearc hub`: run the control plane, with the cluster-connect relay mounted in its process.
+
+The command maps flags to `HubConfig` (README: "Configuration reference") and wires
+the relay in; SIGTERM drains the relay first, while the API still verifies the
+renewals of the streams that are finishing, and then stops the hub.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -15,10 +20,48 @@ from foundation.settings import default_state_dir, parse_duration
 from kubearc.commands.tunnelopts import DrainOpt, MaxWindowOpt, drain_seconds, tunnel_settings
 
 if TYPE_CHECKING:
+    from hub.config import HubConfig
     from hub.context import Hub
     from hub.server import TlsFiles
     from proxy.protocol.session import Settings
     from proxy.relay_server import RelayServer
+
+
+def _opt(envvar: str, help: str) -> typer.models.OptionInfo:
+    return typer.Option(envvar=envvar, help=help)
+
+
+StateDir = Annotated[Path | None, _opt("KUBEARC_STATE_DIR", "State directory (default: user state dir).")]
+Host = Annotated[str, _opt("KUBEARC_HUB_HOST", "Address to listen on.")]
+Port = Annotated[int, _opt("KUBEARC_HUB_PORT", "HTTPS port.")]
+PublicUrl = Annotated[str | None, _opt("KUBEARC_HUB_URL", "URL agents and users reach the hub at.")]
+DatabaseUrl = Annotated[
+    str | None, _opt("KUBEARC_DATABASE_URL", "postgresql://... (default: SQLite in the state dir).")
+]
+TlsCert = Annotated[Path | None, _opt("KUBEARC_HUB_TLS_CERT", "Serving certificate (PEM).")]
+TlsKey = Annotated[Path | None, _opt("KUBEARC_HUB_TLS_KEY", "Serving key (PEM).")]
+Audience = Annotated[list[str], _opt("KUBEARC_HUB_AUDIENCE", "Accepted token audience (repeatable).")]
+EntraTenant = Annotated[
+    list[str], _opt("KUBEARC_ENTRA_TENANT", "Entra tenant id whose tokens are accepted (repeatable).")
+]
+LocalIssuer = Annotated[bool, _opt("KUBEARC_LOCAL_ISSUER", "Serve and trust the local issuer.")]
+OfflineAfter = Annotated[str, _opt("KUBEARC_OFFLINE_AFTER", "Silence before Offline.")]
+InstallTimeout = Annotated[str, _opt("KUBEARC_AGENT_INSTALL_TIMEOUT", "Time before AgentNotInstalled.")]
+IdentityValidity = Annotated[str, _opt("KUBEARC_IDENTITY_VALIDITY", "Identity cert validity.")]
+RenewalAfter = Annotated[str, _opt("KUBEARC_RENEWAL_AFTER", "Certificate age when renewal opens.")]
+CredentialTtl = Annotated[
+    str, _opt("KUBEARC_RELAY_CREDENTIAL_TTL", "Lifetime of cluster-connect credentials.")
+]
+RelayOn = Annotated[bool, _opt("KUBEARC_RELAY", "Run the cluster-connect relay in this process.")]
+RelayPort = Annotated[int, _opt("KUBEARC_RELAY_PORT", "Port of the in-process relay (wss).")]
+RelayUrl = Annotated[
+    str | None, _opt("KUBEARC_RELAY_URL", "wss:// URL clients and agents reach the relay at.")
+]
+LatestAgent = Annotated[
+    str | None, _opt("KUBEARC_LATEST_AGENT_VERSION", "Agent version offered for upgrade (default: this one).")
+]
+LogLevel = Annotated[str, typer.Option(envvar="KUBEARC_LOG_LEVEL")]
+LogFormat = Annotated[str, _opt("KUBEARC_LOG_FORMAT", "text or json.")]
 
 
 def _duration(value: str, flag: str) -> dt.timedelta:
@@ -29,63 +72,32 @@ def _duration(value: str, flag: str) -> dt.timedelta:
 
 
 def hub(
-    state_dir: Path = typer.Option(
-        None, envvar="KUBEARC_STATE_DIR", help="State directory (default: user state dir)."
-    ),
-    host: str = typer.Option("127.0.0.1", envvar="KUBEARC_HUB_HOST", help="Address to listen on."),
-    port: int = typer.Option(8443, envvar="KUBEARC_HUB_PORT", help="HTTPS port."),
-    public_url: str = typer.Option(
-        None, envvar="KUBEARC_HUB_URL", help="URL agents and users reach the hub at."
-    ),
-    database_url: str = typer.Option(
-        None, envvar="KUBEARC_DATABASE_URL", help="postgresql://... (default: SQLite in the state dir)."
-    ),
-    tls_cert: Path = typer.Option(None, envvar="KUBEARC_HUB_TLS_CERT", help="Serving certificate (PEM)."),
-    tls_key: Path = typer.Option(None, envvar="KUBEARC_HUB_TLS_KEY", help="Serving key (PEM)."),
-    audience: list[str] = typer.Option(
-        ["api://kubearc-hub"], envvar="KUBEARC_HUB_AUDIENCE", help="Accepted token audience (repeatable)."
-    ),
-    entra_tenant: list[str] = typer.Option(
-        [], envvar="KUBEARC_ENTRA_TENANT", help="Entra tenant id whose tokens are accepted (repeatable)."
-    ),
-    local_issuer: bool = typer.Option(
-        True, envvar="KUBEARC_LOCAL_ISSUER", help="Serve and trust the local issuer."
-    ),
-    offline_after: str = typer.Option("15m", envvar="KUBEARC_OFFLINE_AFTER", help="Silence before Offline."),
-    agent_install_timeout: str = typer.Option(
-        "1h", envvar="KUBEARC_AGENT_INSTALL_TIMEOUT", help="Time before AgentNotInstalled."
-    ),
-    identity_validity: str = typer.Option(
-        "90d", envvar="KUBEARC_IDENTITY_VALIDITY", help="Identity cert validity."
-    ),
-    renewal_after: str = typer.Option(
-        "45d", envvar="KUBEARC_RENEWAL_AFTER", help="Certificate age when renewal opens."
-    ),
-    relay_credential_ttl: str = typer.Option(
-        "15m", envvar="KUBEARC_RELAY_CREDENTIAL_TTL", help="Lifetime of cluster-connect credentials."
-    ),
-    relay: bool = typer.Option(
-        True, envvar="KUBEARC_RELAY", help="Run the cluster-connect relay in this process."
-    ),
-    relay_port: int = typer.Option(
-        8444, envvar="KUBEARC_RELAY_PORT", help="Port of the in-process relay (wss)."
-    ),
-    relay_url: str = typer.Option(
-        None, envvar="KUBEARC_RELAY_URL", help="wss:// URL clients and agents reach the relay at."
-    ),
+    state_dir: StateDir = None,
+    host: Host = "127.0.0.1",
+    port: Port = 8443,
+    public_url: PublicUrl = None,
+    database_url: DatabaseUrl = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    audience: Audience = ["api://kubearc-hub"],  # noqa: B006 - typer reads the default, never mutates it
+    entra_tenant: EntraTenant = [],  # noqa: B006
+    local_issuer: LocalIssuer = True,
+    offline_after: OfflineAfter = "15m",
+    agent_install_timeout: InstallTimeout = "1h",
+    identity_validity: IdentityValidity = "90d",
+    renewal_after: RenewalAfter = "45d",
+    relay_credential_ttl: CredentialTtl = "15m",
+    relay: RelayOn = True,
+    relay_port: RelayPort = 8444,
+    relay_url: RelayUrl = None,
     max_window: str = MaxWindowOpt,
     drain: str = DrainOpt,
-    latest_agent_version: str = typer.Option(
-        None,
-        envvar="KUBEARC_LATEST_AGENT_VERSION",
-        help="Agent version offered for upgrade (default: this one).",
-    ),
-    log_level: str = typer.Option("info", envvar="KUBEARC_LOG_LEVEL"),
-    log_format: str = typer.Option("text", envvar="KUBEARC_LOG_FORMAT", help="text or json."),
+    latest_agent_version: LatestAgent = None,
+    log_level: LogLevel = "info",
+    log_format: LogFormat = "text",
 ) -> None:
     """Run the hub: cluster resources, identity, status, RBAC and checkAccess, and the local issuer."""
     from hub.config import HubConfig, StatusThresholds
-    from hub.server import serve
 
     if (tls_cert is None) != (tls_key is None):
         raise typer.BadParameter("give both --tls-cert and --tls-key, or neither")
@@ -114,34 +126,8 @@ def hub(
     )
     if latest_agent_version:
         config.latest_agent_version = latest_agent_version
-
-    started = asyncio.Event()
-    serving: dict[str, TlsFiles] = {}
-
-    def ready(h: Hub, tls: TlsFiles) -> None:
-        serving["tls"] = tls
-        typer.echo(f"kubearc hub listening on {config.url} (state: {config.state_dir})", err=True)
-        if tls.ca:
-            typer.echo(f"  clients trust the hub with CA file: {tls.ca}", err=True)
-        typer.echo(f"  local issuer: {h.issuer}", err=True)
-        started.set()
-
-    async def main(stop: asyncio.Event) -> None:
-        """SIGTERM: the relay drains first, while the API still verifies renewals; then the hub."""
-        hub_stop = asyncio.Event()
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(serve(config, on_ready=ready, stop=hub_stop))
-            if relay:
-                await started.wait()
-                server = _relay_server(config.host, relay_port, serving["tls"], config.url, tunnel, grace)
-                typer.echo(f"  cluster-connect relay: {config.relay}", err=True)
-                await server.serve(stop)
-            else:
-                await stop.wait()
-            hub_stop.set()
-
     try:
-        aio.run_until_signalled(main)
+        aio.run_until_signalled(lambda stop: _run(config, tunnel, grace if relay else None, stop))
     except ExceptionGroup as group:
         failed = group.subgroup(OSError)
         if failed is None:
@@ -150,9 +136,32 @@ def hub(
         raise typer.Exit(1) from None
 
 
-def _relay_server(
-    host: str, port: int, tls: TlsFiles, hub_url: str, settings: Settings, drain: float
-) -> RelayServer:
+async def _run(config: HubConfig, tunnel: Settings, drain: float | None, stop: asyncio.Event) -> None:
+    """The hub, and (unless `drain` is None) its relay; on `stop` the relay drains first."""
+    from hub.server import serve
+
+    started: asyncio.Future[TlsFiles] = asyncio.get_running_loop().create_future()
+
+    def ready(h: Hub, tls: TlsFiles) -> None:
+        typer.echo(f"kubearc hub listening on {config.url} (state: {config.state_dir})", err=True)
+        if tls.ca:
+            typer.echo(f"  clients trust the hub with CA file: {tls.ca}", err=True)
+        typer.echo(f"  local issuer: {h.issuer}", err=True)
+        started.set_result(tls)
+
+    hub_stop = asyncio.Event()
+    async with asyncio.TaskGroup() as tasks:
+        tasks.create_task(serve(config, on_ready=ready, stop=hub_stop))
+        if drain is not None:
+            server = _relay_server(config, await started, tunnel, drain)
+            typer.echo(f"  cluster-connect relay: {config.relay}", err=True)
+            await server.serve(stop)
+        else:
+            await stop.wait()
+        hub_stop.set()
+
+
+def _relay_server(config: HubConfig, tls: TlsFiles, settings: Settings, drain: float) -> RelayServer:
     """The relay in the hub's process: same certificate, verifying credentials with this hub."""
     import ssl
 
@@ -162,5 +171,5 @@ def _relay_server(
 
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(tls.cert, tls.key)
-    auth = HubAuth(hub_url, str(tls.ca) if tls.ca else None)
-    return RelayServer(Relay(settings), auth, host, port, context, drain=drain)
+    auth = HubAuth(config.url, str(tls.ca) if tls.ca else None)
+    return RelayServer(Relay(settings), auth, config.host, config.relay_port, context, drain=drain)
