@@ -12,9 +12,11 @@ of the relay credential before it expires so open watches and exec sessions surv
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from foundation.retry import RetryPolicy
 from proxy.dialler import Dialler, RelayCredential
@@ -33,6 +35,18 @@ class Credential(RelayCredential):
     expires_at: float  # always known: the hub says when the relay credential expires
     ca_pem: bytes = b""  # the cluster's apiserver CA (or its kube-aad-proxy's), for the kubeconfig
     tls_server_name: str = ""
+
+    @classmethod
+    def from_arm(cls, doc: dict[str, Any]) -> Credential:
+        """From the body `listClusterUserCredential` answers (`hub/credentials.py` renders it)."""
+        relay, connect = doc["hybridConnectionConfig"], doc["clusterConnect"]
+        return cls(
+            relay["relay"],
+            relay["token"],
+            float(relay["expirationTime"]),
+            base64.b64decode(connect["certificateAuthorityData"]),
+            connect["tlsServerName"],
+        )
 
 
 CredentialSource = Callable[[], Awaitable[Credential]]

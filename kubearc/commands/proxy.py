@@ -8,11 +8,10 @@ name, so kubectl verifies the real apiserver through the tunnel.
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
-import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -20,6 +19,9 @@ from foundation import aio
 from foundation.logs import setup_logging
 from kubearc.commands.output import fail, request_json, subscription_or_fail
 from kubearc.commands.tunnelopts import MaxWindowOpt, tunnel_settings
+
+if TYPE_CHECKING:
+    from proxy.client import Credential
 
 CC = "providers/Microsoft.Kubernetes/connectedClusters"
 
@@ -47,26 +49,15 @@ def proxy(
     log_level: str = typer.Option("warning", "--log-level"),
 ) -> None:
     """Open cluster connect: kubectl reaches the cluster through 127.0.0.1:PORT until Ctrl+C."""
-    from foundation import kubeconfig
     from foundation.settings import load_client_config
     from proxy.client import ClientProxy, Credential
 
     setup_logging(log_level, "text")
     settings = tunnel_settings(max_window)
-    sub = subscription_or_fail(subscription)
-    rid = f"/subscriptions/{sub}/resourceGroups/{resource_group}/{CC}/{name}"
+    rid = f"/subscriptions/{subscription_or_fail(subscription)}/resourceGroups/{resource_group}/{CC}/{name}"
 
     def fetch() -> Credential:
-        doc = request_json("POST", f"{rid}/listClusterUserCredential")
-        relay = doc["hybridConnectionConfig"]
-        connect = doc["clusterConnect"]
-        return Credential(
-            relay["relay"],
-            relay["token"],
-            float(relay["expirationTime"]),
-            base64.b64decode(connect["certificateAuthorityData"]),
-            connect["tlsServerName"],
-        )
+        return Credential.from_arm(request_json("POST", f"{rid}/listClusterUserCredential"))
 
     first = fetch()  # fails here, with the hub's message, if the user may not connect
 
@@ -77,34 +68,35 @@ def proxy(
     client = ClientProxy(credentials, port=port, relay_ca_file=str(ca) if ca else None, settings=settings)
 
     def ready(bound: int) -> None:
-        user = {"token": token} if token else {}
-        doc = kubeconfig.context_config(
-            name, f"https://127.0.0.1:{bound}", first.ca_pem, first.tls_server_name, user
-        )
-        target = _kubeconfig_path(file)
-        if target is None:
-            sys.stdout.write(kubeconfig.dump(doc))
-            sys.stdout.flush()
-        else:
-            try:
-                kubeconfig.write_merged(target, doc)
-            except kubeconfig.KubeconfigError as exc:
-                fail(str(exc))
-            typer.echo(f"Context '{name}' written to {target}.", err=True)
+        _write_kubeconfig(name, bound, first, token, _kubeconfig_path(file))
         typer.echo(f"Proxy is listening on 127.0.0.1:{bound}. Press Ctrl+C to stop.", err=True)
         if not token:
             typer.echo("note: no --token given: the kubeconfig user has no credentials yet.", err=True)
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await client.run(ready, stop)
-
     try:
-        aio.run(main())
+        aio.run_until_signalled(lambda stop: client.run(ready, stop))
     except OSError as exc:
         if exc.errno == 98:  # EADDRINUSE
             fail(f"port {port} is in use (is another kubearc proxy running? pick one with --port)")
         fail(str(exc))
+
+
+def _write_kubeconfig(
+    name: str, port: int, credential: Credential, token: str | None, target: Path | None
+) -> None:
+    """A context for the cluster that verifies its real apiserver: merged into `target`, or printed."""
+    from foundation import kubeconfig
+
+    user = {"token": token} if token else {}
+    doc = kubeconfig.context_config(
+        name, f"https://127.0.0.1:{port}", credential.ca_pem, credential.tls_server_name, user
+    )
+    if target is None:
+        sys.stdout.write(kubeconfig.dump(doc))
+        sys.stdout.flush()
+        return
+    try:
+        kubeconfig.write_merged(target, doc)
+    except kubeconfig.KubeconfigError as exc:
+        fail(str(exc))
+    typer.echo(f"Context '{name}' written to {target}.", err=True)
