@@ -346,7 +346,6 @@ async def role_agent(cfg: dict[str, Any]) -> None:
 
 async def role_proxy(cfg: dict[str, Any]) -> None:
     """What `kubearc proxy` builds (default settings, credentials from the hub), plus a stats port."""
-    import base64
 
     import httpx
 
@@ -361,15 +360,7 @@ async def role_proxy(cfg: dict[str, Any]) -> None:
                 headers={"Authorization": f"Bearer {cfg['user_token']}"},
             )
         r.raise_for_status()
-        doc = r.json()
-        relay, connect = doc["hybridConnectionConfig"], doc["clusterConnect"]
-        return Credential(
-            relay["relay"],
-            relay["token"],
-            float(relay["expirationTime"]),
-            base64.b64decode(connect["certificateAuthorityData"]),
-            connect["tlsServerName"],
-        )
+        return Credential.from_arm(r.json())
 
     proxy = ClientProxy(credentials, port=0, relay_ca_file=cfg["ca"])
     bound: list[int] = []

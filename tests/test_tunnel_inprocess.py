@@ -9,7 +9,6 @@ and real kubectl are exercised by the end-to-end tests).
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import os
 import ssl
@@ -96,14 +95,7 @@ async def stack(start_hub: object, tmp_path: Path) -> AsyncIterator[Stack]:
                 headers={"Authorization": f"Bearer {user_token}"},
             )
         r.raise_for_status()
-        doc = r.json()
-        return Credential(
-            doc["hybridConnectionConfig"]["relay"],
-            doc["hybridConnectionConfig"]["token"],
-            float(doc["hybridConnectionConfig"]["expirationTime"]),
-            base64.b64decode(doc["clusterConnect"]["certificateAuthorityData"]),
-            doc["clusterConnect"]["tlsServerName"],
-        )
+        return Credential.from_arm(r.json())
 
     assert cluster.identity is not None
     identity = cluster.identity
