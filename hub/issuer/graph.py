@@ -28,8 +28,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from foundation.oidc import OidcVerifier, TokenError
+from hub import directory
 from hub.context import Hub, hub_of
-from hub.issuer import directory
 
 PAGE_SIZE = 100  # ids per getMemberGroups page; tests lower it
 GRAPH_AUDIENCES = ("https://graph.microsoft.com", "00000003-0000-0000-c000-000000000000")

@@ -22,8 +22,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from hub import directory
 from hub.context import Hub, hub_of
-from hub.issuer import directory, tokens
+from hub.issuer import tokens
 from hub.store.models import DirectoryObject
 
 CLI_CLIENT_ID = "kubearc-cli"

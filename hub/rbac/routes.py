@@ -20,8 +20,8 @@ from starlette.routing import BaseRoute, Route
 from hub.access import require
 from hub.auth import current_principal, current_user
 from hub.context import Hub, hub_of
+from hub.directory import member_groups
 from hub.errors import ApiError, bad_request, not_found, read_json, read_model
-from hub.issuer.directory import member_groups
 from hub.rbac import checkaccess, definitions, scopes
 from hub.rbac.assignments import (
     PRINCIPAL_TYPES,

@@ -1,4 +1,9 @@
-"""The local issuer's directory: users, groups, service principals, memberships.
+"""The hub's directory: users, groups, service principals, memberships.
+
+Its own module because three parts of the hub read it and none should reach
+into another for it: the local issuer signs users and service principals in,
+RBAC expands group memberships for checkAccess, and `hub.auth` resolves group
+overage claims.
 
 Users sign in with their userPrincipalName (stored lowercase in `login`, since
 Entra compares UPNs case-insensitively); service principals with their appId
