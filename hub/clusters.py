@@ -14,10 +14,10 @@ from starlette.routing import Route
 
 from foundation import pki
 from hub import credentials
-from hub.access import require, scope_filter
 from hub.auth import current_user
 from hub.context import Hub, hub_of
 from hub.errors import ApiError, bad_request, not_found, read_model
+from hub.rbac.access import require, scope_filter
 from hub.resources import CLUSTER_TYPE, cluster_id, scope_key, validate_names
 from hub.status import connectivity_status
 from hub.store.models import Cluster

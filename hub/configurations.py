@@ -18,11 +18,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from hub.access import require
 from hub.auth import current_user
 from hub.clusters import CC, find_cluster
 from hub.context import Hub, hub_of
 from hub.errors import bad_request, not_found, read_model
+from hub.rbac.access import require
 from hub.resources import cluster_id, validate_names
 from hub.store.models import Configuration
 
