@@ -4,7 +4,8 @@
 - the parts (`hub`, `proxy`, `guard`, `agents`) import only the foundation and themselves;
 - the foundation imports no part and not the command line;
 - the tunnel's protocol core does no I/O (no asyncio, no sockets);
-- no two modules import each other, directly or round a longer cycle.
+- no two modules import each other, directly or round a longer cycle;
+- no route module of the hub imports another: they share lookups through the store layer.
 
 Every import counts, including those under `if TYPE_CHECKING:` and inside functions:
 a type-only arrow is still an arrow a reader has to follow.
@@ -186,3 +187,30 @@ def test_no_two_folders_of_a_part_import_each_other(package: str) -> None:
             if _top(target) == package and not (dst := folder(target)).startswith(src):
                 graph.setdefault(src, set()).add(dst)
     assert _cycles(graph) == KNOWN_FOLDER_CYCLES.get(package, [])
+
+
+def _route_modules(package: str) -> set[str]:
+    """The route modules of `package`: those that define a module-level `routes` list."""
+    found = set()
+    for name, path in MODULES.items():
+        if _top(name) != package:
+            continue
+        for node in ast.parse(path.read_text(), str(path)).body:
+            targets = node.targets if isinstance(node, ast.Assign) else []
+            if isinstance(node, ast.AnnAssign):
+                targets = [node.target]
+            if any(isinstance(t, ast.Name) and t.id == "routes" for t in targets):
+                found.add(name)
+    return found
+
+
+def test_no_route_module_of_the_hub_imports_another() -> None:
+    """A route module is read and changed alone: what two of them need lives below both."""
+    routes = _route_modules("hub")
+    assert {"hub.clusters", "hub.configurations", "hub.agentapi", "hub.rbac.routes"} <= routes
+    found = sorted(
+        f"{MODULES[name].relative_to(ROOT)} imports {target}"
+        for name in routes
+        for target in GRAPH[name] & routes
+    )
+    assert found == []

@@ -27,7 +27,6 @@ from hub.context import Hub, hub_of
 from hub.issuer import tokens
 from hub.store.models import DirectoryObject
 
-CLI_CLIENT_ID = "kubearc-cli"
 GRAPH_RESOURCE = "https://graph.microsoft.com"
 OIDC_SCOPES = frozenset({"openid", "profile", "offline_access", "email"})
 GRANTS = ("client_credentials", "password", "refresh_token")
@@ -258,7 +257,7 @@ async def _authenticate_client(
             700027,
             "Client assertions are not supported by this issuer; use a client secret.",
         )
-    if client_id == CLI_CLIENT_ID:
+    if client_id == tokens.CLI_CLIENT_ID:
         if secret:
             raise OAuthError(
                 "invalid_client",

@@ -23,6 +23,8 @@ import jwt
 
 from hub.context import Hub
 
+# The built-in public client (`kubearc login`); the discovery document names it, tokens carry it in `azp`.
+CLI_CLIENT_ID = "kubearc-cli"
 GROUP_OVERAGE_LIMIT = 200
 ID_TOKEN_TTL = dt.timedelta(hours=1)
 REFRESH_TOKEN_TTL = dt.timedelta(days=90)  # Entra's default for non-SPA clients
