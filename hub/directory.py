@@ -29,6 +29,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from hub.errors import InvalidRequest
 from hub.store.models import DirectoryObject, GroupMember
 
 USER = "user"
@@ -44,16 +45,16 @@ _SCRYPT_R, _SCRYPT_P = 8, 1
 _UPN = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
-class DirectoryError(ValueError):
+class DirectoryError(InvalidRequest):
     """A directory request that cannot be honoured; the message says why."""
 
 
 class UnknownPrincipal(DirectoryError):
-    pass
+    """No such user, group or service principal (or not of the kind asked for)."""
 
 
 class BadCredential(DirectoryError):
-    pass
+    """A wrong password or client secret."""
 
 
 # ---------------------------------------------------------------- credentials

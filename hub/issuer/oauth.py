@@ -24,6 +24,7 @@ from starlette.routing import BaseRoute, Route
 
 from hub import directory
 from hub.context import Hub, hub_of
+from hub.errors import HubError
 from hub.issuer import tokens
 from hub.store.models import DirectoryObject
 
@@ -34,7 +35,7 @@ MAX_FORM = 64 * 1024
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
-class OAuthError(Exception):
+class OAuthError(HubError):
     """An Entra-shaped token endpoint error: OAuth `error`, AADSTS number, description."""
 
     def __init__(self, error: str, code: int, description: str) -> None:
