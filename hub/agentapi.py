@@ -21,11 +21,11 @@ from starlette.routing import Route
 from foundation import pki
 from foundation.wire import AGENT_WHOAMI_PATH
 from hub.auth import Principal, agent_token_serial, current_agent, revoked
-from hub.configurations import configuration_named, configurations_of
 from hub.context import Hub, hub_of
 from hub.errors import not_found, read_model
 from hub.status import connectivity_status
 from hub.store.models import AgentLog, AgentUsage, Cluster, IdentityCertificate
+from hub.store.queries import configuration_named, configurations_of
 
 MAX_LOG_ENTRIES = 1000
 MAX_LOG_MESSAGE = 16_384

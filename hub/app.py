@@ -17,7 +17,7 @@ from hub import aadproxy, agentapi, clusters, configurations, discovery, identit
 from hub.auth import Authenticator
 from hub.context import Hub
 from hub.errors import ApiError, api_error_handler
-from hub.issuer import routes as issuer_routes
+from hub.issuer import graph, oauth
 from hub.rbac import routes as rbac_routes
 
 log = logging.getLogger("kubearc.hub")
@@ -44,7 +44,8 @@ def build_app(hub: Hub, extra_routes: list[BaseRoute] | None = None) -> Starlett
         Route("/readyz", healthz),
         Route("/metrics", metrics_endpoint(registry)),
         *discovery.routes,
-        *issuer_routes.routes,
+        *oauth.routes,
+        *graph.routes,
         *rbac_routes.routes,
         *identity.routes,
         *aadproxy.routes,

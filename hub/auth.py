@@ -23,8 +23,8 @@ from foundation import pki, tokens
 from foundation.oidc import OidcVerifier, TokenError, entra_issuers, unverified_issuer
 from foundation.wire import AGENT_TOKEN_TYPE
 from hub.context import Hub
+from hub.directory import member_groups
 from hub.errors import forbidden, unauthorized
-from hub.issuer.directory import member_groups
 from hub.store.models import Cluster, IdentityCertificate
 
 PrincipalKind = Literal["user", "servicePrincipal", "agent"]

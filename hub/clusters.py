@@ -7,22 +7,21 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import delete, select
-from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from foundation import pki
 from hub import credentials
-from hub.access import require, scope_filter
 from hub.auth import current_user
 from hub.context import Hub, hub_of
-from hub.errors import ApiError, bad_request, not_found, read_model
-from hub.resources import CLUSTER_TYPE, cluster_id, scope_key, validate_names
+from hub.errors import ApiError, bad_request, read_model
+from hub.rbac.access import require, scope_filter
+from hub.resources import CC, CLUSTER_TYPE, cluster_id, scope_key, validate_names
 from hub.status import connectivity_status
 from hub.store.models import Cluster
+from hub.store.queries import cluster_at, find_cluster
 
-CC = f"/subscriptions/{{sub}}/resourceGroups/{{rg}}/providers/{CLUSTER_TYPE}"
 READ = f"{CLUSTER_TYPE}/read"
 WRITE = f"{CLUSTER_TYPE}/write"
 DELETE = f"{CLUSTER_TYPE}/delete"
@@ -91,15 +90,6 @@ def to_arm(hub: Hub, c: Cluster) -> dict[str, Any]:
     }
 
 
-async def find_cluster(session: AsyncSession, resource_id: str) -> Cluster:
-    cluster = (
-        await session.execute(select(Cluster).where(Cluster.resource_key == scope_key(resource_id)))
-    ).scalar_one_or_none()
-    if cluster is None:
-        raise not_found(f"connected cluster '{resource_id}'")
-    return cluster
-
-
 def _rid(request: Request) -> str:
     p = request.path_params
     validate_names(p["sub"], p["rg"], p["name"])
@@ -134,9 +124,7 @@ async def _put(request: Request, hub: Hub, rid: str, creator: str) -> Response:
         raise bad_request(f"properties.agentPublicKeyCertificate: {exc}") from None
     p = request.path_params
     async with hub.sessions() as session:
-        existing = (
-            await session.execute(select(Cluster).where(Cluster.resource_key == scope_key(rid)))
-        ).scalar_one_or_none()
+        existing = await cluster_at(session, rid)
         if existing is not None and existing.agent_public_key != props.agentPublicKeyCertificate:
             raise ApiError(
                 409,

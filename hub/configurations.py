@@ -8,23 +8,21 @@ the cluster's own agents read them (`GET /agent/v1/configurations`).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import delete, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import delete
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from hub.access import require
 from hub.auth import current_user
-from hub.clusters import CC, find_cluster
 from hub.context import Hub, hub_of
 from hub.errors import bad_request, not_found, read_model
-from hub.resources import cluster_id, validate_names
+from hub.rbac.access import require
+from hub.resources import CC, cluster_id, validate_names
 from hub.store.models import Configuration
+from hub.store.queries import configuration_named, configurations_of, find_cluster
 
 KIND = "Microsoft.KubernetesConfiguration/sourceControlConfigurations"
 PROTECTED_KEYS = {"sshPrivateKey", "httpsUser", "httpsKey"}
@@ -71,16 +69,6 @@ def to_arm(hub: Hub, rid: str, c: Configuration) -> dict[str, Any]:
             },
         },
     }
-
-
-async def configurations_of(session: AsyncSession, cluster_id: int) -> Sequence[Configuration]:
-    query = select(Configuration).where(Configuration.cluster_id == cluster_id).order_by(Configuration.name)
-    return (await session.execute(query)).scalars().all()
-
-
-async def configuration_named(session: AsyncSession, cluster_id: int, name: str) -> Configuration | None:
-    query = select(Configuration).where(Configuration.cluster_id == cluster_id, Configuration.name == name)
-    return (await session.execute(query)).scalar_one_or_none()
 
 
 def _ids(request: Request) -> tuple[str, str]:

@@ -14,7 +14,7 @@ from starlette.routing import BaseRoute, Route
 
 from foundation.wire import DISCOVERY_PATH, Discovery
 from hub.context import hub_of
-from hub.issuer.oauth import CLI_CLIENT_ID
+from hub.issuer.tokens import CLI_CLIENT_ID
 
 
 async def discovery(request: Request) -> Response:

@@ -1,4 +1,27 @@
-"""ARM-shaped errors: `{"error": {"code": ..., "message": ...}}` with a 4xx that names the problem."""
+"""The hub's exceptions, rooted at `HubError`, and ARM-shaped API errors.
+
+Every exception the hub raises on purpose is a `HubError`; builtins are not used
+as signals between the hub's own modules (pydantic validators still raise
+`ValueError`, which is how pydantic asks for it). The tree:
+
+    HubError                    the hub's own failures
+    ├── ApiError                answers a 4xx in ARM's shape: {"error": {"code", "message"}} (here)
+    ├── OAuthError              answers the token endpoint's Entra-shaped error (issuer/oauth.py)
+    ├── GraphError              answers a Graph-shaped error (issuer/graph.py)
+    ├── RefreshTokenError       not a refresh token of this hub (issuer/tokens.py)
+    │   └── RefreshTokenExpired
+    ├── SecretError             a hub secret that cannot be opened or created (secrets.py)
+    └── InvalidRequest          a directory or RBAC request that cannot be honoured (here)
+        ├── DirectoryError      (directory.py)
+        │   ├── UnknownPrincipal
+        │   └── BadCredential
+        └── RbacError           (rbac/assignments.py)
+
+Routes turn a `RefreshTokenError` or an `InvalidRequest` into their API's answer
+(an `ApiError`, `OAuthError` or `GraphError`); a `SecretError` is a 500 with an
+incident id (the hub runs with the wrong data key); `kubearc admin` prints an
+`InvalidRequest` as one line.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +36,26 @@ M = TypeVar("M", bound=BaseModel)
 MAX_BODY = 4 * 1024 * 1024
 
 
-class ApiError(Exception):
+class HubError(Exception):
+    """The root of the hub's exceptions."""
+
+
+class ApiError(HubError):
+    """An answer of the hub's ARM-shaped API: a 4xx status, an ARM error code and a message."""
+
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+
+
+class InvalidRequest(HubError, ValueError):
+    """A directory or RBAC request that cannot be honoured; the message says why.
+
+    Also a `ValueError` (it is bad input): `kubearc admin` prints a `ValueError` as a
+    one-line message, and callers outside the hub catch it as one.
+    """
 
 
 def not_found(what: str) -> ApiError:

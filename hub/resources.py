@@ -8,6 +8,8 @@ import re
 from hub.errors import bad_request
 
 CLUSTER_TYPE = "Microsoft.Kubernetes/connectedClusters"
+# The route template of a resource group's clusters (cluster and configuration routes hang off it).
+CC = f"/subscriptions/{{sub}}/resourceGroups/{{rg}}/providers/{CLUSTER_TYPE}"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _RG = re.compile(r"^[-\w._()]{1,90}$")
 

@@ -20,9 +20,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from foundation import pki
+from hub.errors import HubError
 from hub.store.models import HubSecret
 
 ENV_KEY = "KUBEARC_HUB_ENCRYPTION_KEY"
+
+
+class SecretError(HubError):
+    """A hub secret that cannot be opened (another data key sealed it) or created."""
 
 
 class SecretBox:
@@ -46,7 +51,7 @@ class SecretBox:
         try:
             return self._fernet.decrypt(token)
         except InvalidToken:
-            raise ValueError(
+            raise SecretError(
                 "stored secret cannot be decrypted: the hub's encryption key differs from the one "
                 f"that wrote it (check ${ENV_KEY} or <state-dir>/encryption.key)"
             ) from None
@@ -66,7 +71,7 @@ async def load_or_create(
                 await session.commit()
             except IntegrityError:
                 continue  # another replica won the race: read its value
-    raise RuntimeError(f"could not create hub secret {name}")
+    raise SecretError(f"could not create hub secret {name}")
 
 
 async def load_cluster_ca(sessions: async_sessionmaker[AsyncSession], box: SecretBox) -> pki.KeyPair:

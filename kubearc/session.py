@@ -23,6 +23,7 @@ import httpx
 import msal
 
 from foundation.msalhttp import issuer_http_client
+from foundation.oidc import ENTRA_AUTHORITY
 from foundation.settings import client_config_dir, load_client_config, save_client_config
 from foundation.wire import DISCOVERY_PATH, Discovery, WireError
 
@@ -207,6 +208,36 @@ def discover(hub_url: str, ca_file: str | None) -> Discovery:
         raise SessionError(f"{url} did not return a kubearc configuration: {exc}") from None
     except (httpx.HTTPError, ValueError, OSError) as exc:
         raise SessionError(f"cannot reach the hub at {hub_url}: {exc}") from None
+
+
+def login_target(hub_url: str | None, ca_file: Path | None) -> tuple[str, str | None]:
+    """The hub to sign in to and its CA file: as given, or else those of the previous sign-in."""
+    try:
+        previous: ClientSettings | None = ClientSettings.load()
+    except SessionError:
+        previous = None
+    hub = (hub_url or (previous.hub_url if previous else "")).rstrip("/")
+    if not hub:
+        raise SessionError("--hub is required (no hub signed in before)")
+    if not hub.startswith("https://"):
+        raise SessionError(f"hub URL must start with https:// (got {hub!r})")
+    ca = (
+        str(ca_file.resolve())
+        if ca_file
+        else (previous.ca_file if previous and previous.hub_url == hub else None)
+    )
+    if ca and not Path(ca).is_file():
+        raise SessionError(f"CA file {ca} does not exist")
+    return hub, ca
+
+
+def authority_for(config: Discovery, hub_url: str, tenant: str | None) -> tuple[str, bool]:
+    """Where to sign in: (authority, whether it is the hub's local issuer rather than Entra)."""
+    if tenant:
+        return f"{ENTRA_AUTHORITY}/{tenant}", False
+    if config.issuer:
+        return config.issuer, True
+    raise SessionError(f"{hub_url} runs no local issuer: sign in with --tenant <Entra tenant id>")
 
 
 def sign_in_service_principal(settings: ClientSettings, secret: str) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import msal
 import pytest
 from typer.testing import CliRunner
 
-from hub.issuer import directory
+from hub import directory
 from kubearc import session
 from kubearc.cli import app as cli_app
 from tests.conftest import RunningHub

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from hub.issuer import directory
+from hub import directory
 from kubearc.cli import app
 from tests.clusters import SUB, connected
 from tests.conftest import RunningHub

@@ -13,7 +13,7 @@ from guard.authn.chain import AuthnChain
 from guard.authn.graph import GraphGroups, GraphSettings
 from guard.authn.oidc import OidcAuthenticator
 from guard.authn.static import StaticTokens
-from hub.issuer import directory
+from hub import directory
 from tests.conftest import RunningHub
 from tests.test_guard_server import AUDIENCE, make_sp, make_user
 

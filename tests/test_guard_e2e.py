@@ -43,7 +43,7 @@ from guard.assemble import (
     readiness,
 )
 from guard.reviews import ResourceAttributes, SubjectAccessReview
-from hub.issuer import directory
+from hub import directory
 from kubearc.cli import app
 from tests.clusters import SUB, ConnectedCluster, connected
 from tests.conftest import FakeClock, RunningHub

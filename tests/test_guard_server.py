@@ -34,7 +34,8 @@ from guard.authn.static import StaticTokens
 from guard.config import GuardConfig
 from guard.reviews import Decision, SubjectAccessReview
 from guard.server import GuardThread
-from hub.issuer import directory, graph
+from hub import directory
+from hub.issuer import graph
 from kubearc.commands.guard import guard_kubeconfig
 from tests.conftest import RunningHub
 

@@ -45,8 +45,8 @@ from guard.authn.static import StaticTokens, digest
 from guard.impersonation import ImpersonatingProxy, ProxySettings, serving_context, upstream_from_kube
 from guard.impersonation.upstream import Upstream, client_context
 from guard.reviews import Decision, SubjectAccessReview, UserInfo
+from hub import admin, directory
 from hub.aadproxy import NAME_SUFFIX
-from hub.issuer import admin, directory
 from hub.store.db import sqlite_url
 from tests.apiserver import ApiServer
 from tests.apiserver.audit import Recorded

@@ -11,8 +11,9 @@ import jwt
 import msal
 import pytest
 
+from hub import directory
 from hub.auth import Authenticator
-from hub.issuer import directory, graph
+from hub.issuer import graph
 from tests.conftest import FakeClock, RunningHub
 
 HUB_SCOPE = "api://kubearc-hub/.default"

@@ -525,7 +525,7 @@ def test_cluster_agent_checks_access_only_within_its_cluster(shared_hub: Running
 
 @pytest.mark.usefixtures("close_msal_sessions")
 def test_role_cli(shared_hub: RunningHub, sub: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from hub.issuer import directory
+    from hub import directory
     from kubearc.commands import login as login_command
     from kubearc.commands.role import app as role_app
 

@@ -28,15 +28,18 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from foundation.oidc import OidcVerifier, TokenError
+from hub import directory
 from hub.context import Hub, hub_of
-from hub.issuer import directory
+from hub.errors import HubError
 
 PAGE_SIZE = 100  # ids per getMemberGroups page; tests lower it
 GRAPH_AUDIENCES = ("https://graph.microsoft.com", "00000003-0000-0000-c000-000000000000")
 MAX_BODY = 64 * 1024
 
 
-class GraphError(Exception):
+class GraphError(HubError):
+    """A Graph-shaped answer: status, Graph error code, message."""
+
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
         self.status = status

@@ -22,11 +22,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from hub import directory
 from hub.context import Hub, hub_of
-from hub.issuer import directory, tokens
+from hub.errors import HubError
+from hub.issuer import tokens
 from hub.store.models import DirectoryObject
 
-CLI_CLIENT_ID = "kubearc-cli"
 GRAPH_RESOURCE = "https://graph.microsoft.com"
 OIDC_SCOPES = frozenset({"openid", "profile", "offline_access", "email"})
 GRANTS = ("client_credentials", "password", "refresh_token")
@@ -34,7 +35,7 @@ MAX_FORM = 64 * 1024
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
-class OAuthError(Exception):
+class OAuthError(HubError):
     """An Entra-shaped token endpoint error: OAuth `error`, AADSTS number, description."""
 
     def __init__(self, error: str, code: int, description: str) -> None:
@@ -257,7 +258,7 @@ async def _authenticate_client(
             700027,
             "Client assertions are not supported by this issuer; use a client secret.",
         )
-    if client_id == CLI_CLIENT_ID:
+    if client_id == tokens.CLI_CLIENT_ID:
         if secret:
             raise OAuthError(
                 "invalid_client",

@@ -22,7 +22,11 @@ from typing import Any, Literal
 import jwt
 
 from hub.context import Hub
+from hub.errors import HubError
+from hub.secrets import SecretError
 
+# The built-in public client (`kubearc login`); the discovery document names it, tokens carry it in `azp`.
+CLI_CLIENT_ID = "kubearc-cli"
 GROUP_OVERAGE_LIMIT = 200
 ID_TOKEN_TTL = dt.timedelta(hours=1)
 REFRESH_TOKEN_TTL = dt.timedelta(days=90)  # Entra's default for non-SPA clients
@@ -120,12 +124,12 @@ class RefreshGrant:
     expires_at: int
 
 
-class RefreshTokenError(ValueError):
+class RefreshTokenError(HubError):
     """Not a refresh token of this hub (malformed, forged, or sealed with another key)."""
 
 
 class RefreshTokenExpired(RefreshTokenError):
-    pass
+    """One of ours, past its expiry."""
 
 
 def issue_refresh_token(hub: Hub, *, oid: str, client_id: str, scopes: list[str], credential: str) -> str:
@@ -156,7 +160,7 @@ def read_refresh_token(hub: Hub, token: str) -> RefreshGrant:
             expires_at=int(grant["exp"]),
         )
         tenant = grant["tid"]
-    except (ValueError, KeyError, TypeError):
+    except (SecretError, ValueError, KeyError, TypeError):  # not sealed by us, not JSON, not a grant
         raise RefreshTokenError("not a refresh token issued by this hub") from None
     if tenant != hub.tenant_id:
         raise RefreshTokenError("refresh token was issued for another tenant")

@@ -8,6 +8,7 @@ import uuid
 from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from hub.errors import InvalidRequest
 from hub.rbac.roles import BUILTIN_BY_ID, BUILTIN_BY_NAME, Role, definition_id
 from hub.rbac.scopes import child_id
 from hub.resources import scope_key
@@ -16,7 +17,7 @@ from hub.store.models import RoleAssignment, RoleDefinition
 PRINCIPAL_TYPES = ("User", "Group", "ServicePrincipal")
 
 
-class RbacError(ValueError):
+class RbacError(InvalidRequest):
     """A role or assignment request that cannot be honoured; the message says why."""
 
 

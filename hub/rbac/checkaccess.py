@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.auth import Principal
+from hub.directory import member_groups
 from hub.errors import bad_request, forbidden
-from hub.issuer.directory import member_groups
 from hub.rbac.engine import Decision, check_access, is_allowed
 from hub.rbac.roles import definition_id
 from hub.rbac.scopes import Scope, child_id

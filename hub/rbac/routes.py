@@ -17,12 +17,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from hub.access import require
 from hub.auth import current_principal, current_user
 from hub.context import Hub, hub_of
+from hub.directory import member_groups
 from hub.errors import ApiError, bad_request, not_found, read_json, read_model
-from hub.issuer.directory import member_groups
 from hub.rbac import checkaccess, definitions, scopes
+from hub.rbac.access import require
 from hub.rbac.assignments import (
     PRINCIPAL_TYPES,
     RbacError,

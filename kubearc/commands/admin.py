@@ -60,11 +60,11 @@ def _redacted(url: str) -> str:
 
 
 def _run(state_dir: Path | None, database_url: str | None, operation: str, **kwargs: Any) -> None:
-    """Run one operation of `hub.issuer.admin` on the hub's database and print its result as JSON."""
+    """Run one operation of `hub.admin` on the hub's database and print its result as JSON."""
     # Imported here: every `kubearc` command loads this module, only `kubearc admin` needs SQLAlchemy.
     from sqlalchemy.exc import SQLAlchemyError
 
-    from hub.issuer import admin
+    from hub import admin
     from hub.store.db import sqlite_url
 
     if database_url:

@@ -27,6 +27,36 @@ def _stdin_line(what: str) -> str:
     return value
 
 
+def _check_flags(
+    password: str | None,
+    password_stdin: bool,
+    service_principal: bool,
+    username: str | None,
+    client_id: str | None,
+) -> None:
+    if password and password_stdin:
+        raise _fail("use either --password or --password-stdin")
+    if service_principal and username:
+        raise _fail("--username is for users; a service principal signs in with --client-id")
+    if service_principal and not client_id:
+        raise _fail("--service-principal needs --client-id (the appId)")
+
+
+def _user_password(
+    username: str | None, password: str | None, password_stdin: bool, oidc: bool
+) -> str | None:
+    """The password from stdin, the flag or a prompt; the local issuer needs a username too."""
+    if password_stdin:
+        password = _stdin_line("password")
+    if username and not password:
+        if not sys.stdin.isatty():
+            raise _fail("no password: use --password-stdin or --password")
+        password = typer.prompt("Password", hide_input=True)
+    if not username and oidc:
+        raise _fail("--username is required: the hub's local issuer has no browser or device-code sign-in")
+    return password
+
+
 def login(
     hub: str | None = typer.Option(None, "--hub", help="Hub URL, e.g. https://hub.example.com:8443."),
     ca_file: Path | None = typer.Option(
@@ -51,40 +81,13 @@ def login(
     ),
 ) -> None:
     """Sign in to a hub (users: username and password; service principals: client secret)."""
-    from foundation.oidc import ENTRA_AUTHORITY
     from kubearc import session  # msal and requests load only for commands that sign in
 
     try:
-        previous: session.ClientSettings | None = session.ClientSettings.load()
-    except session.SessionError:
-        previous = None
-    hub = (hub or (previous.hub_url if previous else "")).rstrip("/")
-    if not hub:
-        raise _fail("--hub is required (no hub signed in before)")
-    if not hub.startswith("https://"):
-        raise _fail(f"hub URL must start with https:// (got {hub!r})")
-    ca = (
-        str(ca_file.resolve())
-        if ca_file
-        else (previous.ca_file if previous and previous.hub_url == hub else None)
-    )
-    if ca and not Path(ca).is_file():
-        raise _fail(f"CA file {ca} does not exist")
-    if password and password_stdin:
-        raise _fail("use either --password or --password-stdin")
-    if service_principal and username:
-        raise _fail("--username is for users; a service principal signs in with --client-id")
-    if service_principal and not client_id:
-        raise _fail("--service-principal needs --client-id (the appId)")
-
-    try:
+        hub, ca = session.login_target(hub, ca_file)
+        _check_flags(password, password_stdin, service_principal, username, client_id)
         config = session.discover(hub, ca)
-        if tenant:
-            authority, oidc = f"{ENTRA_AUTHORITY}/{tenant}", False
-        elif config.issuer:
-            authority, oidc = config.issuer, True
-        else:
-            raise session.SessionError(f"{hub} runs no local issuer: sign in with --tenant <Entra tenant id>")
+        authority, oidc = session.authority_for(config, hub, tenant)
         scope = f"{config.hub_audience}/.default"
         if service_principal:
             secret = client_secret or (_stdin_line("client secret") if password_stdin else None)
@@ -102,16 +105,7 @@ def login(
             settings = session.ClientSettings(
                 hub, ca, session.USER, authority, oidc, client_id or default_client, scope
             )
-            if password_stdin:
-                password = _stdin_line("password")
-            if username and not password:
-                if not sys.stdin.isatty():
-                    raise _fail("no password: use --password-stdin or --password")
-                password = typer.prompt("Password", hide_input=True)
-            if not username and oidc:
-                raise _fail(
-                    "--username is required: the hub's local issuer has no browser or device-code sign-in"
-                )
+            password = _user_password(username, password, password_stdin, oidc)
             signed_in = session.sign_in_user(settings, username, password, lambda m: typer.echo(m, err=True))
             who = str(signed_in.username)
     except session.SessionError as exc:

@@ -1,4 +1,9 @@
-"""The local issuer's directory: users, groups, service principals, memberships.
+"""The hub's directory: users, groups, service principals, memberships.
+
+Its own module because three parts of the hub read it and none should reach
+into another for it: the local issuer signs users and service principals in,
+RBAC expands group memberships for checkAccess, and `hub.auth` resolves group
+overage claims.
 
 Users sign in with their userPrincipalName (stored lowercase in `login`, since
 Entra compares UPNs case-insensitively); service principals with their appId
@@ -24,6 +29,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from hub.errors import InvalidRequest
 from hub.store.models import DirectoryObject, GroupMember
 
 USER = "user"
@@ -39,16 +45,16 @@ _SCRYPT_R, _SCRYPT_P = 8, 1
 _UPN = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
-class DirectoryError(ValueError):
+class DirectoryError(InvalidRequest):
     """A directory request that cannot be honoured; the message says why."""
 
 
 class UnknownPrincipal(DirectoryError):
-    pass
+    """No such user, group or service principal (or not of the kind asked for)."""
 
 
 class BadCredential(DirectoryError):
-    pass
+    """A wrong password or client secret."""
 
 
 # ---------------------------------------------------------------- credentials

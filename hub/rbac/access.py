@@ -1,4 +1,9 @@
-"""Authorizing the hub's own API with the RBAC engine (the same one checkAccess uses)."""
+"""Authorizing the hub's own API with the RBAC engine (the same one checkAccess uses).
+
+It lives with RBAC because it is RBAC's answer to one question (may this caller
+do this here?); the route modules of every resource ask it, and it imports none
+of them.
+"""
 
 from __future__ import annotations
 

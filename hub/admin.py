@@ -2,7 +2,8 @@
 
 Each operation takes a session and returns JSON-ready data; `run` opens the
 database (migrating it, so bootstrapping works before the hub's first start),
-runs one operation and closes everything.
+runs one operation and closes everything. It sits above both the directory and
+RBAC (assigning a role to a user by UPN needs both), and neither imports it back.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from hub.issuer import directory
-from hub.issuer.directory import GROUP, SERVICE_PRINCIPAL, USER, DirectoryError, UnknownPrincipal
+from hub import directory
+from hub.directory import GROUP, SERVICE_PRINCIPAL, USER, DirectoryError, UnknownPrincipal
 from hub.rbac.assignments import assignment_to_arm, create_assignment
 from hub.store import db
 from hub.store.models import DirectoryObject
