@@ -65,6 +65,7 @@ def _run(state_dir: Path | None, database_url: str | None, operation: str, **kwa
     from sqlalchemy.exc import SQLAlchemyError
 
     from hub import admin
+    from hub.errors import HubError
     from hub.store.db import sqlite_url
 
     if database_url:
@@ -78,7 +79,7 @@ def _run(state_dir: Path | None, database_url: str | None, operation: str, **kwa
         url = sqlite_url(state)
     try:
         result = asyncio.run(admin.run(url, getattr(admin, operation), **kwargs))
-    except ValueError as exc:  # directory and RBAC errors name the problem
+    except (HubError, ValueError) as exc:  # directory and RBAC errors, bad input: they name the problem
         raise _fail(str(exc)) from None
     except (SQLAlchemyError, OSError) as exc:
         first = (str(exc).splitlines() or [""])[0]
