@@ -36,7 +36,9 @@ from foundation.msalhttp import issuer_http_client
 from foundation.oidc import ENTRA_AUTHORITY
 from guard.authz.actions import CONNECTED_CLUSTERS, MANAGED_CLUSTERS
 from guard.authz.checkaccess import ARM, CheckAccessClient, Credential
-from guard.authz.provider import AuthorizerConfig, AzureAuthorizer, Policy
+from guard.authz.provider import AuthorizerConfig, AzureAuthorizer
+from guard.errors import CredentialError, NotReady
+from guard.interfaces import FailurePolicy as Policy
 
 log = logging.getLogger("kubearc.guard")
 
@@ -46,10 +48,6 @@ TOKEN_MARGIN = 60.0  # mint a new agent token this long before the current one e
 MSAL_MARGIN = 300.0  # msal itself refreshes app tokens in their last five minutes
 
 _SEGMENT = r"[^/\s]+"
-
-
-class CredentialError(Exception):
-    """No bearer token for checkAccess; the message says why (never a secret or a token)."""
 
 
 def check_cluster_resource_id(resource_id: str, cluster_type: str) -> str:
@@ -236,10 +234,6 @@ def azure_authorizer(settings: AuthzSettings, credential: Credential) -> AzureAu
 
 
 Step = tuple[str, Callable[[], Awaitable[object]]]
-
-
-class NotReady(Exception):
-    """A start-up step failed; the message names the step and why."""
 
 
 def readiness(*steps: Step) -> Callable[[], Awaitable[None]]:

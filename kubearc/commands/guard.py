@@ -214,11 +214,12 @@ def guard(
     log_format: str = typer.Option("json", envvar="KUBEARC_LOG_FORMAT", help="text or json."),
 ) -> None:
     """Run the guard webhook: TokenReviews (Entra, local issuer, static tokens); SARs via Azure RBAC."""
-    from guard.app import Authorizer, GuardState, NoAuthorizer
+    from guard.app import GuardState
     from guard.audit import StreamAudit
     from guard.authn.chain import AuthnChain
     from guard.authn.static import StaticTokens
     from guard.config import GuardConfig
+    from guard.interfaces import Authorizer, NoAuthorizer
     from guard.server import GuardServer
 
     for value, flag in (
@@ -266,7 +267,6 @@ def guard(
         health_host=health_host,
         health_port=health_port,
         deadline=_seconds(deadline, "--deadline"),
-        failure_policy="deny" if failure_policy == "deny" else "noopinion",
     )
 
     async def main() -> None:
