@@ -4,7 +4,9 @@
 GuardError                    every failure guard raises on purpose
 ├── OptionsError              a provider's options do not hold together; `.flag` names the flag
 ├── ReviewError               a review body that is not a TokenReview / SubjectAccessReview (HTTP 400)
+├── RequestInfoError          (`guard/impersonation/requestinfo.py`) a proxied path names no resource
 ├── AuthenticationError       a token is refused; `.reason` says why (never the token)
+│   └── BearerTokenError      the proxy's request has no usable `Authorization: Bearer` header
 ├── AuthorizationError        Azure RBAC gave no answer; the authorizer's failure policy answers
 │   └── CheckAccessError      checkAccess failed, `.kind` says how (deadline, throttled, ...)
 ├── CredentialError           no bearer token for checkAccess (identity store, msal)
@@ -13,6 +15,8 @@ GuardError                    every failure guard raises on purpose
 └── Refused                   (`guard/impersonation/proxy.py`) answer the proxy's client with a Status
 ```
 
+The ones a caller may know as builtins subclass them too (`OptionsError`,
+`ReviewError`, `BearerTokenError`, `RequestInfoError` are `ValueError`s).
 Builtin exceptions are left to bugs and to the libraries that raise them: inside
 guard a refusal, an outage or a bad flag is always one of these, so the review
 endpoints can turn exactly these into answers and let a bug be logged as one.
@@ -44,6 +48,10 @@ class AuthenticationError(GuardError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class BearerTokenError(AuthenticationError, ValueError):
+    """No single `Authorization: Bearer <token>` header (the message never echoes the token)."""
 
 
 class AuthorizationError(GuardError):

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import h11
 from prometheus_client import Histogram
 
-from guard.errors import AuthenticationError, GuardError, UpstreamError
+from guard.errors import AuthenticationError, BearerTokenError, GuardError, UpstreamError
 from guard.impersonation import headers as hdr
 from guard.impersonation.requestinfo import RequestInfoError, request_info
 from guard.impersonation.streams import READ_SIZE, UpstreamConnection, has_body, next_event, splice, stop
@@ -210,7 +210,7 @@ class _Connection:
             )
         try:
             token = hdr.bearer_token(request.headers)
-        except ValueError as exc:
+        except BearerTokenError as exc:
             raise Refused(401, "Unauthorized", f"Unauthorized: {exc}") from None
         authenticator = self.proxy.authenticator
         try:
