@@ -8,8 +8,9 @@ GuardError                    every failure guard raises on purpose
 ├── AuthenticationError       a token is refused; `.reason` says why (never the token)
 │   └── BearerTokenError      the proxy's request has no usable `Authorization: Bearer` header
 ├── AuthorizationError        Azure RBAC gave no answer; the authorizer's failure policy answers
-│   └── CheckAccessError      checkAccess failed, `.kind` says how (deadline, throttled, ...)
-├── CredentialError           no bearer token for checkAccess (identity store, msal)
+│   └── CheckAccessError      (`guard/authz/checkaccess.py`) checkAccess failed; `.kind` says how
+├── CredentialError           the Entra app got no token for checkAccess (an identity store's own
+│                             failure is `foundation.agenttoken.IdentityUnavailable`)
 ├── NotReady                  a start-up step failed; `/readyz` shows the message
 ├── UpstreamError             the apiserver broke a proxied exchange half-way
 └── Refused                   (`guard/impersonation/proxy.py`) answer the proxy's client with a Status
