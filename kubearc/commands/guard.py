@@ -5,6 +5,10 @@ The apiserver calls the webhook, so it must reach `--host:--port`: the default
 inside a cluster listen on the pod IP or 0.0.0.0 behind a Service. Probes and
 metrics are plain HTTP on `--health-port` (reviews need the apiserver's client
 certificate; kubelet's probes have none).
+
+The commands only map flags to the providers' options (`guard/authn/options.py`,
+`guard/authz/options.py`), show an `OptionsError` as the usage error of the flag
+it names, and run `guard.server.serve_webhook`; the rules live with the providers.
 """
 
 from __future__ import annotations
