@@ -2,8 +2,8 @@
 
 Every call goes out over HTTPS (through `HTTPS_PROXY` when set: httpx reads the
 environment), verifies the hub against the hub CA, and authenticates with a
-short agent token signed by the identity key; the token is reused until a
-minute before it expires. Connection errors, 5xx and 429 are retried with
+short agent token signed by the identity key (`foundation.agenttoken`, which
+reuses it until a minute before it expires). Connection errors, 5xx and 429 are retried with
 backoff; any other 4xx is the hub saying no, and is raised at once with its
 message.
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 import ssl
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +24,9 @@ from cryptography import x509
 
 from agents import AGENT_VERSION
 from foundation import pki, tokens
+from foundation.agenttoken import AgentTokens
 from foundation.retry import RetryPolicy, retrying
 from foundation.wire import AGENT_WHOAMI_PATH
-
-TOKEN_REFRESH_MARGIN = 60
 
 
 class HubError(Exception):
@@ -138,8 +136,9 @@ class HubClient:
             transport=transport,
             headers={"User-Agent": f"kubearc-agent/{AGENT_VERSION}"},
         )
-        self._identity = identity
-        self._token: tuple[str, float] | None = None
+        self._tokens = AgentTokens(None, self.url)
+        if identity is not None:
+            self._tokens.use(identity)
 
     async def __aenter__(self) -> HubClient:
         return self
@@ -154,21 +153,14 @@ class HubClient:
 
     @property
     def identity(self) -> pki.KeyPair | None:
-        return self._identity
+        return self._tokens.pair
 
     def set_identity(self, pair: pki.KeyPair) -> None:
         """Switch to another identity certificate (after a renewal); drops the cached token."""
-        if self._identity is None or self._identity.cert != pair.cert:
-            self._identity = pair
-            self._token = None
+        self._tokens.use(pair)
 
     def agent_token(self) -> str:
-        if self._identity is None:
-            raise RuntimeError("no identity certificate loaded")
-        now = time.time()
-        if self._token is None or now >= self._token[1] - TOKEN_REFRESH_MARGIN:
-            self._token = (tokens.make_agent_token(self._identity, self.url), now + tokens.AGENT_TOKEN_TTL)
-        return self._token[0]
+        return self._tokens.current()
 
     async def call(
         self,

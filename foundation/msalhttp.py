@@ -1,7 +1,8 @@
 """The HTTP client kubearc gives msal, for the hub's own issuer and for Entra ID alike.
 
-Used by `kubearc login` (user sign-in) and by guard's Graph client (an app's
-client-credentials token), so it lives in the foundation.
+Used by `kubearc login` (user sign-in) and by guard's Graph client and ARM
+credential (an app's client-credentials token, `confidential_client`), so it
+lives in the foundation.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
+import msal
 import requests
 import requests.adapters
 
@@ -52,3 +54,21 @@ class _IssuerHttpClient(requests.Session):
 def issuer_http_client(verify: str | bool, authority: str) -> requests.Session:
     """The `http_client` kubearc gives msal for `authority` (see `_IssuerHttpClient`)."""
     return _IssuerHttpClient(verify, authority)
+
+
+def confidential_client(
+    client_id: str, secret: str, authority: str, oidc_authority: bool, ca_file: str | None, timeout: float
+) -> msal.ConfidentialClientApplication:
+    """An msal app for the client-credentials grant at an Entra tenant or a generic OIDC issuer
+    (`oidc_authority`, e.g. the hub's local issuer), on kubearc's `http_client`."""
+    verify: str | bool = ca_file or True
+    where: dict[str, Any] = {"oidc_authority": authority} if oidc_authority else {"authority": authority}
+    return msal.ConfidentialClientApplication(
+        client_id,
+        client_credential=secret,
+        verify=verify,
+        # requests ignores `verify=` when $REQUESTS_CA_BUNDLE is set; kubearc's session does not.
+        http_client=issuer_http_client(verify, authority),
+        timeout=timeout,
+        **where,
+    )

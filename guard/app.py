@@ -1,11 +1,14 @@
 """guard's endpoints: TokenReviews and SubjectAccessReviews, probes, and the state they share.
 
 Every review gets one deadline; past it (or on any internal fault) the answer is
-still HTTP 200: `authenticated: false` for TokenReviews, the failure policy for
-SubjectAccessReviews. A 5xx would make the apiserver retry with backoff and
-multiply the load of a struggling webhook. Malformed bodies get a 400 naming the
-problem. Each decision is one audit line with a request id and never the token
-(`guard/audit.py`). `guard/server.py` serves these apps over mutual TLS.
+still HTTP 200: `authenticated: false` for TokenReviews, the authorizer's failure
+policy for SubjectAccessReviews. A 5xx would make the apiserver retry with
+backoff and multiply the load of a struggling webhook. Malformed bodies get a
+400 naming the problem. The endpoints call only what `guard/interfaces.py`
+declares: the fast path first (`cached`, `decide_now`: no await, no timer), then
+the full check under the deadline. Each decision is one audit line with a
+request id and never the token (`guard/audit.py`). `guard/server.py` serves
+these apps over mutual TLS.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 from prometheus_client import CollectorRegistry, Counter
@@ -27,12 +30,10 @@ from starlette.routing import Route
 
 from foundation.metrics import RequestMetrics, probe_routes, probes_app, request_histogram
 from guard.audit import AuditSink, LoggingAudit
-from guard.authn.base import AuthenticationError, Authenticator
-from guard.authn.chain import AuthnChain
 from guard.config import GuardConfig
+from guard.errors import AuthenticationError, ReviewError
+from guard.interfaces import Authenticator, Authorizer
 from guard.reviews import (
-    Decision,
-    ReviewError,
     SubjectAccessReview,
     TokenReview,
     subject_access_review_response,
@@ -40,10 +41,6 @@ from guard.reviews import (
 )
 
 log = logging.getLogger("kubearc.guard")
-
-
-class Authorizer(Protocol):
-    async def authorize(self, review: SubjectAccessReview, deadline: float) -> Decision: ...
 
 
 @dataclass
@@ -73,10 +70,6 @@ class GuardState:
         child.inc()
 
 
-class BadRequest(Exception):
-    pass
-
-
 async def _read_json(request: Request, limit: int) -> Any:
     # ASGI messages read directly: Starlette's `stream()` async generator cost more than the
     # JSON parsing of a typical review, and a one-message body is used without a copy. Later
@@ -95,12 +88,12 @@ async def _read_json(request: Request, limit: int) -> Any:
                 body = bytearray(body)
             body += chunk
         if len(body) > limit:
-            raise BadRequest(f"request body exceeds {limit} bytes")
+            raise ReviewError(f"request body exceeds {limit} bytes")
         more = message.get("more_body", False)
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:  # also invalid UTF-8
-        raise BadRequest(f"request body is not JSON: {exc}") from None
+        raise ReviewError(f"request body is not JSON: {exc}") from None
 
 
 class ReviewResponse(JSONResponse):
@@ -128,43 +121,31 @@ def _request_id(request: Request) -> str:
     return f"{_ID_PREFIX}{next(_ids):08x}"
 
 
-def _policy(state: GuardState, reason: str) -> Decision:
-    if state.config.failure_policy == "deny":
-        return Decision.deny(reason)
-    return Decision.no_opinion(reason, error=reason)
-
-
 async def token_reviews(request: Request) -> Response:
     state: GuardState = request.app.state.guard
     start = time.perf_counter()
     try:
         review = TokenReview.parse(await _read_json(request, state.config.max_body))
-    except (BadRequest, ReviewError) as exc:
+    except ReviewError as exc:
         state.count("tokenreview", "malformed")
         return _bad_request(str(exc))
     user = None
     error = ""
     audiences: list[str] = []
     cached = False
-    chain = state.authenticator if isinstance(state.authenticator, AuthnChain) else None
-    hit = chain.cached(review.token) if chain is not None else None
+    authenticator = state.authenticator
     try:
-        if hit is not None:  # a token verified before: one dict lookup, nothing to time out
-            user, cached = hit.user, True
-            audiences = [a for a in review.audiences if a in hit.audiences]
-        else:
+        result = authenticator.cached(review.token)  # a token verified before: nothing to time out
+        if result is None:
             async with asyncio.timeout(state.config.deadline):
-                if chain is not None:
-                    result = await chain.review(review.token, review.audiences)
-                    user, cached = result.user, result.cached
-                    audiences = [a for a in review.audiences if a in result.audiences]
-                else:
-                    user = await state.authenticator.authenticate(review.token, review.audiences)
+                result = await authenticator.review(review.token, review.audiences)
+        user, cached = result.user, result.cached
+        audiences = [a for a in review.audiences if a in result.audiences]
     except AuthenticationError as exc:
         error = exc.reason
     except TimeoutError:
         error = f"authentication did not finish within {state.config.deadline:g}s"
-    except Exception:
+    except Exception:  # last resort: a bug in a provider is logged, and the token not accepted
         log.exception("token review failed")
         error = "internal error while authenticating"
     state.count("tokenreview", "authenticated" if user else "refused")
@@ -189,21 +170,25 @@ async def subject_access_reviews(request: Request) -> Response:
     start = time.perf_counter()
     try:
         review = SubjectAccessReview.parse(await _read_json(request, state.config.max_body))
-    except (BadRequest, ReviewError) as exc:
+    except ReviewError as exc:
         state.count("subjectaccessreview", "malformed")
         return _bad_request(str(exc))
-    deadline = time.monotonic() + state.config.deadline
-    quick = getattr(state.authorizer, "decide_now", None)
+    budget = state.config.deadline
+    deadline = time.monotonic() + budget
+    authorizer = state.authorizer
     try:
-        decision = quick(review) if quick is not None else None
+        decision = authorizer.decide_now(review)  # no I/O needed: answered without a timer
         if decision is None:
-            async with asyncio.timeout(state.config.deadline):
-                decision = await state.authorizer.authorize(review, deadline)
+            async with asyncio.timeout(budget):
+                decision = await authorizer.authorize(review, deadline)
     except TimeoutError:
-        decision = _policy(state, f"authorization did not finish within {state.config.deadline:g}s")
-    except Exception:
+        reason = f"authorization did not finish within {budget:g}s"
+        decision = authorizer.unavailable(reason, reason)
+    except Exception:  # last resort: a bug in a provider is logged and answered by its failure policy
         log.exception("subject access review failed")
-        decision = _policy(state, "internal error while authorizing")
+        decision = authorizer.unavailable(
+            "internal error while authorizing", "internal error while authorizing"
+        )
     result = "allowed" if decision.allowed else "denied" if decision.denied else "noopinion"
     state.count("subjectaccessreview", result)
     attrs = review.resource or review.non_resource
@@ -243,10 +228,3 @@ def build_apps(state: GuardState) -> tuple[Any, Any]:
     health = probes_app(state.registry, missing)
     reviews.state.guard = state
     return RequestMetrics(reviews, histogram), health
-
-
-class NoAuthorizer:
-    """Authentication-only mode: every SubjectAccessReview is NoOpinion (Kubernetes RBAC decides)."""
-
-    async def authorize(self, review: SubjectAccessReview, deadline: float) -> Decision:
-        return Decision.no_opinion("kubearc guard has no authorizer configured")

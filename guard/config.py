@@ -1,4 +1,4 @@
-"""How a guard server listens and answers when it runs out of time.
+"""How a guard server listens, and the time budget of one review.
 
 Reviews are served over mutual TLS on `port`: the TLS handshake itself refuses
 callers without a certificate from `client_ca` (ssl CERT_REQUIRED), because
@@ -12,9 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
-
-FailurePolicy = Literal["noopinion", "deny"]
 
 
 @dataclass
@@ -29,7 +26,6 @@ class GuardConfig:
     health_host: str = "127.0.0.1"
     health_port: int = 8080
     # One deadline per review, well under the apiserver's webhook timeout (default 30 s, and what the
-    # AuthorizationConfiguration sets): past it the failure policy answers, never a 5xx.
+    # AuthorizationConfiguration sets): past it the authorizer's failure policy answers, never a 5xx.
     deadline: float = 3.0
-    failure_policy: FailurePolicy = "noopinion"
     max_body: int = 1024 * 1024

@@ -11,12 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from guard.errors import ReviewError
+
 AUTHN_VERSIONS = ("authentication.k8s.io/v1", "authentication.k8s.io/v1beta1")
 AUTHZ_VERSIONS = ("authorization.k8s.io/v1", "authorization.k8s.io/v1beta1")
-
-
-class ReviewError(ValueError):
-    """A review body that is not what the apiserver sends."""
 
 
 def _str(doc: dict[str, Any], key: str, where: str, required: bool = False) -> str:

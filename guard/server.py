@@ -1,9 +1,11 @@
 """The guard webhook server: the review app over mutual TLS, probes in plain HTTP, one process.
 
 `GuardServer` binds both listeners, loads keys and configuration until ready
-(`/readyz` says what is missing meanwhile) and stops cleanly on SIGTERM;
-`GuardThread` runs one in a background thread for tests and demos. What each
-endpoint answers is `guard/app.py`.
+(`/readyz` says what is missing meanwhile, each start-up step named by
+`readiness`) and stops cleanly on SIGTERM; `serve_webhook` is `kubearc guard
+serve` once its flags are options: it builds the authorizer on the serving loop,
+serves, and closes what it was given. `GuardThread` runs a server in a background thread for
+tests and demos. What each endpoint answers is `guard/app.py`.
 """
 
 from __future__ import annotations
@@ -16,14 +18,36 @@ import signal
 import socket
 import ssl
 import threading
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import uvicorn
 
 from foundation.metrics import EmbeddedUvicorn
 from guard.app import GuardState, build_apps
+from guard.audit import AuditSink
+from guard.authn.chain import AuthnChain
+from guard.authz.options import AuthzOptions
+from guard.config import GuardConfig
+from guard.errors import NotReady
+from guard.interfaces import Authorizer, NoAuthorizer
 
 log = logging.getLogger("kubearc.guard")
+
+Step = tuple[str, Callable[[], Awaitable[object]]]
+
+
+def readiness(*steps: Step) -> Callable[[], Awaitable[None]]:
+    """One loader for `GuardServer`: every step in order, a failure `NotReady` naming its step."""
+
+    async def load() -> None:
+        for name, step in steps:
+            try:
+                await step()
+            except Exception as exc:  # whatever a step raises (msal, JWKS, a store), /readyz names it
+                raise NotReady(f"{name}: {exc}") from exc
+
+    return load
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -78,7 +102,7 @@ class GuardServer:
             try:
                 await self._load()
                 break
-            except Exception as exc:  # any failure: not ready yet, try again
+            except Exception as exc:  # any failure of any loader: not ready yet, try again
                 self.state.waiting_for = f"not ready: {str(exc)[:300]}"
                 log.warning("guard not ready yet", extra={"error": str(exc)[:300], "retry_in": delay})
                 await asyncio.sleep(delay)
@@ -170,3 +194,42 @@ class GuardThread:
         if self.server is not None:
             self.server.stop()
         self._thread.join(timeout)
+
+
+async def serve_webhook(
+    config: GuardConfig,
+    chain: AuthnChain,
+    authz: AuthzOptions,
+    audit: AuditSink,
+    announce: Callable[[str], None],
+) -> None:
+    """`kubearc guard serve` with validated options: until SIGTERM, then every client closed."""
+    steps: list[Step] = [("signing keys", chain.ready)]
+    authorizer: Authorizer = NoAuthorizer()
+    azure = authz.build() if authz.enabled else None  # on this loop: its connections belong to it
+    if azure is not None:
+        authorizer = azure
+        steps.append(("checkAccess credential", azure.ready))
+        log.info(
+            "SubjectAccessReviews go to Azure RBAC",
+            extra={
+                "cluster": azure.config.cluster_resource_id,
+                "checkaccess": authz.url,
+                "credential": azure.credential_name,
+            },
+        )
+    server = GuardServer(
+        GuardState(config, chain, authorizer, audit=audit), readiness(*steps), freeze_gc=True
+    )
+    mode = "Azure RBAC" if azure is not None else "NoOpinion (no --cluster-resource-id)"
+    announce(
+        f"kubearc guard: reviews on https://{config.host}:{server.port}, probes on :{server.health_port}, "
+        f"authorization: {mode}"
+    )
+    try:
+        await server.serve()
+    finally:
+        server.close()
+        if azure is not None:
+            await azure.aclose()
+        await chain.aclose()

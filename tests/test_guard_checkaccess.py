@@ -26,10 +26,10 @@ from guard.authz.provider import (
     DISCOVERY_PATHS,
     AuthorizerConfig,
     AzureAuthorizer,
-    Policy,
     is_discovery,
     security_groups,
 )
+from guard.interfaces import FailurePolicy as Policy
 from guard.reviews import Decision, NonResourceAttributes, ResourceAttributes, SubjectAccessReview
 from tests.clusters import ConnectedCluster, connected
 from tests.conftest import RunningHub

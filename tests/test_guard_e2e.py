@@ -32,17 +32,15 @@ import msal
 import pytest
 from typer.testing import CliRunner
 
+from foundation.agenttoken import AgentTokens as IdentityCredential
+from foundation.agenttoken import IdentityUnavailable as CredentialError
 from foundation.identitystore import FileStore, StoredIdentity
 from foundation.msalhttp import issuer_http_client
-from guard.assemble import (
-    AuthzSettings,
-    ClientCredential,
-    CredentialError,
-    IdentityCredential,
-    azure_authorizer,
-    readiness,
-)
+from guard.authz.options import AuthzOptions
+from guard.authz.provider import AuthorizerConfig
+from guard.credentials import ClientCredential
 from guard.reviews import ResourceAttributes, SubjectAccessReview
+from guard.server import readiness
 from hub import directory
 from kubearc.cli import app
 from tests.clusters import SUB, ConnectedCluster, connected
@@ -429,7 +427,7 @@ async def test_entra_app_credential_with_msal(hub: RunningHub) -> None:
     hub.assign(sp_oid, "Contributor", cluster.resource_id)  # may call checkAccess/action there
     user = str(uuid.uuid4())
     hub.assign(user, "Azure Arc Kubernetes Viewer", f"{cluster.resource_id}/namespaces/dev")
-    settings = AuthzSettings(cluster.resource_id, hub.url, hub.ca)
+    settings = AuthzOptions(AuthorizerConfig(cluster.resource_id), hub.url, hub.ca)
     review = SubjectAccessReview(
         "authorization.k8s.io/v1",
         "u",
@@ -441,7 +439,7 @@ async def test_entra_app_credential_with_msal(hub: RunningHub) -> None:
     )
 
     good = ClientCredential(app_id, secret, hub.hub.issuer, HUB_SCOPE, ca_file=hub.ca)
-    authorizer = azure_authorizer(settings, good)
+    authorizer = settings.build(good)
     try:
         await readiness(("checkAccess credential", good))()
         assert authorizer.decide_now(review) is None  # not asked yet: needs checkAccess
@@ -454,7 +452,7 @@ async def test_entra_app_credential_with_msal(hub: RunningHub) -> None:
         good.close()
 
     bad = ClientCredential(app_id, "not-the-secret", hub.hub.issuer, HUB_SCOPE, ca_file=hub.ca)
-    authorizer = azure_authorizer(settings, bad)
+    authorizer = settings.build(bad)
     try:
         with pytest.raises(Exception, match=r"checkAccess credential: .*Invalid client secret") as info:
             await readiness(("checkAccess credential", bad))()

@@ -32,6 +32,7 @@ from guard.authn.graph import GraphGroups, GraphSettings
 from guard.authn.oidc import OidcAuthenticator
 from guard.authn.static import StaticTokens
 from guard.config import GuardConfig
+from guard.interfaces import PlainAuthenticator, PlainAuthorizer
 from guard.reviews import Decision, SubjectAccessReview
 from guard.server import GuardThread
 from hub import directory
@@ -157,7 +158,7 @@ def guard(hub: RunningHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> I
             health_port=0,
             deadline=5.0,
         )
-        return GuardState(config, made["chain"], NoOpinion()), made["chain"].ready
+        return GuardState(config, made["chain"], PlainAuthorizer(NoOpinion().authorize)), made["chain"].ready
 
     thread = GuardThread(make).start()
     g = Guard(
@@ -436,9 +437,9 @@ def test_deadline_and_faults_answer_with_the_failure_policy_never_5xx(tmp_path: 
             port=0,
             health_port=0,
             deadline=0.3,
-            failure_policy="deny",
         )
-        return GuardState(config, Slow(fail), Slow(fail)), None
+        authorizer = PlainAuthorizer(Slow(fail).authorize, failure="deny")
+        return GuardState(config, PlainAuthenticator(Slow(fail).authenticate), authorizer), None
 
     thread = GuardThread(make).start()
     try:

@@ -44,6 +44,7 @@ from foundation.msalhttp import issuer_http_client
 from guard.authn.static import StaticTokens, digest
 from guard.impersonation import ImpersonatingProxy, ProxySettings, serving_context, upstream_from_kube
 from guard.impersonation.upstream import Upstream, client_context
+from guard.interfaces import PlainAuthorizer
 from guard.reviews import Decision, SubjectAccessReview, UserInfo
 from hub import admin, directory
 from hub.aadproxy import NAME_SUFFIX
@@ -111,8 +112,9 @@ async def proxied(
     )
     kube = Kube(api.kubeconfig(tmp_path / "agent.kubeconfig", tls_server_name=True))
     users = StaticTokens({digest(TOKEN): ALICE})
+    plain = PlainAuthorizer(authorizer.authorize) if authorizer is not None else None
     proxy = ImpersonatingProxy(
-        upstream or upstream_from_kube(kube), users, authorizer, settings or ProxySettings()
+        upstream or upstream_from_kube(kube), users, plain, settings or ProxySettings()
     )
     server = await proxy.start(
         "127.0.0.1", 0, serving_context(str(tmp_path / "tls.crt"), str(tmp_path / "tls.key"))

@@ -1,16 +1,16 @@
 """TokenReview authentication: Entra ID and the hub's local issuer (OIDC), static tokens, group overage."""
 
-from guard.authn.base import AuthenticationError, Authenticator, user_from_claims
-from guard.authn.chain import Authenticated, AuthnChain
+from guard.authn.base import AuthenticationError, user_from_claims
+from guard.authn.chain import AuthnChain
 from guard.authn.graph import GraphGroups, GraphSettings
 from guard.authn.oidc import OidcAuthenticator
+from guard.authn.options import AuthnOptions
 from guard.authn.static import StaticTokens
 
 __all__ = [
-    "Authenticated",
     "AuthenticationError",
-    "Authenticator",
     "AuthnChain",
+    "AuthnOptions",
     "GraphGroups",
     "GraphSettings",
     "OidcAuthenticator",

@@ -1,26 +1,18 @@
-"""What every token authenticator promises, and how Entra-shaped claims become a Kubernetes user.
+"""How Entra-shaped claims become a Kubernetes user, for every OIDC authenticator.
 
-Providers raise `AuthenticationError(reason)`: the server answers it as HTTP 200
-`authenticated: false` with the reason, which must never contain the token.
+Providers raise `AuthenticationError(reason)` (`guard/errors.py`): the server
+answers it as HTTP 200 `authenticated: false` with the reason, which must never
+contain the token. What an authenticator promises is `guard/interfaces.py`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any
 
+from guard.errors import AuthenticationError
 from guard.reviews import UserInfo
 
-
-class AuthenticationError(Exception):
-    """The token was refused; the message says why (never the token)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class Authenticator(Protocol):
-    async def authenticate(self, token: str, audiences: list[str]) -> UserInfo: ...
+__all__ = ["AuthenticationError", "token_audiences", "user_from_claims"]
 
 
 def user_from_claims(claims: dict[str, Any], groups: list[str]) -> UserInfo:

@@ -1,4 +1,4 @@
-"""Pick the authenticator by the token's issuer, and remember valid tokens until they expire.
+"""guard's `Authenticator`: pick the verifier by the token's issuer, remember valid tokens until they expire.
 
 The cache key is the SHA-256 of the token (never the token itself). The
 apiserver caches TokenReviews too (2 min), but each apiserver replica asks on
@@ -10,20 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
 
 import jwt
 
-from guard.authn.base import AuthenticationError, Authenticator, token_audiences
+from guard.authn.base import AuthenticationError, token_audiences
 from guard.authn.oidc import OidcAuthenticator
+from guard.interfaces import Authenticated, Authenticator
 from guard.reviews import UserInfo
-
-
-@dataclass(frozen=True)
-class Authenticated:
-    user: UserInfo
-    audiences: list[str]  # what the token is for (empty for static tokens)
-    cached: bool = False
 
 
 class AuthnChain:
@@ -45,9 +38,18 @@ class AuthnChain:
         self._cache: dict[bytes, tuple[float, Authenticated]] = {}
         self.hits = 0
 
+    def _providers(self) -> list[OidcAuthenticator]:
+        return list({id(p): p for p in self.by_issuer.values()}.values())
+
     async def ready(self) -> None:
-        for provider in {id(p): p for p in self.by_issuer.values()}.values():
+        for provider in self._providers():
             await provider.ready()
+
+    async def aclose(self) -> None:
+        """Close the Graph clients of the OIDC verifiers (shared ones once)."""
+        graphs = {id(p.graph): p.graph for p in self._providers() if p.graph is not None}
+        for graph in graphs.values():
+            await graph.aclose()
 
     async def authenticate(self, token: str, audiences: list[str]) -> UserInfo:
         return (await self.review(token, audiences)).user
@@ -73,7 +75,7 @@ class AuthnChain:
         if token.count(".") != 2:
             if self.static is None:
                 raise AuthenticationError("token is not a JWT")
-            return Authenticated(await self.static.authenticate(token, audiences), [])
+            return await self.static.review(token, audiences)
         try:
             claims = jwt.decode(token, options={"verify_signature": False})
         except jwt.InvalidTokenError as exc:

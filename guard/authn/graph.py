@@ -17,9 +17,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import msal
 
-from foundation.msalhttp import issuer_http_client
+from foundation.msalhttp import confidential_client
 from guard.authn.base import AuthenticationError
 
 log = logging.getLogger(__name__)
@@ -49,17 +48,9 @@ class GraphGroups:
     def __init__(self, settings: GraphSettings) -> None:
         self.settings = settings
         self.trusted_hosts = {urlsplit(settings.base_url).netloc.lower()}
-        verify: str | bool = settings.ca_file or True
-        kind = "oidc_authority" if settings.oidc_authority else "authority"
-        where: dict[str, Any] = {kind: settings.authority}
-        self._app = msal.ConfidentialClientApplication(
-            settings.client_id,
-            client_credential=settings.client_secret,
-            verify=verify,
-            # Our own requests session: requests ignores `verify=` when $REQUESTS_CA_BUNDLE is set.
-            http_client=issuer_http_client(verify, settings.authority),
-            timeout=settings.timeout,
-            **where,
+        s = settings
+        self._app = confidential_client(
+            s.client_id, s.client_secret, s.authority, s.oidc_authority, s.ca_file, s.timeout
         )
         self._http = httpx.AsyncClient(
             verify=ssl.create_default_context(cafile=settings.ca_file) if settings.ca_file else True,

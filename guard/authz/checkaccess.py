@@ -31,6 +31,8 @@ from urllib.parse import quote
 
 import httpx
 
+from guard.errors import AuthorizationError
+
 API_VERSION = "2018-09-01-preview"
 MAX_ACTIONS = 200
 CHECKACCESS_PATH = "/providers/Microsoft.Authorization/checkaccess"
@@ -41,12 +43,13 @@ Clock = Callable[[], float]
 FailureKind = Literal["deadline", "unavailable", "throttled", "breaker-open", "http", "bad-response"]
 
 
-class CheckAccessError(Exception):
+class CheckAccessError(AuthorizationError):
     """checkAccess gave no usable answer; `kind` says which way it failed (for metrics and reasons)."""
 
     def __init__(self, kind: FailureKind, message: str) -> None:
         super().__init__(f"checkAccess {kind}: {message}")
         self.kind = kind
+        self.reason = f"Azure RBAC unavailable ({kind})"
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,10 @@ else is mapped to a data action and asked of checkAccess. The answer is Allowed
 only when every decision is Allowed; a deny assignment is a Deny; plain
 NotAllowed is NoOpinion by default (Kubernetes RBAC may still grant it, as on
 Arc) or Deny. When checkAccess is slow, down, throttled or the breaker is open,
-the configured failure policy answers, with the reason; `authorize` never raises.
+the configured failure policy answers, with the reason (`unavailable`, the one
+place it is applied; the review endpoint asks it too when its deadline passes).
+`AuthorizerConfig` holds these rules exactly as the flags give them;
+`guard/authz/options.py` adds how to reach checkAccess and builds the pair.
 """
 
 from __future__ import annotations
@@ -15,16 +18,15 @@ from __future__ import annotations
 import functools
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
 
 from guard.authz.actions import CONNECTED_CLUSTERS, ActionMapper, Mapped, Wildcards
 from guard.authz.checkaccess import AccessDecision, CheckAccessClient, CheckAccessError
+from guard.interfaces import FailurePolicy, by_policy
 from guard.reviews import Decision, SubjectAccessReview
 
 log = logging.getLogger(__name__)
-
-Policy = Literal["noopinion", "deny"]
 
 # Each entry matches the path itself and everything below it (`/apis` matches `/apis/apps/v1`,
 # not `/apisx`).
@@ -34,24 +36,23 @@ DISCOVERY_VERBS = frozenset({"get", "head"})
 
 @dataclass(frozen=True)
 class AuthorizerConfig:
-    cluster_resource_id: str
-    cluster_type: str = CONNECTED_CLUSTERS
+    """The rules of one cluster's authorizer (`--cluster-resource-id`, `--skip-user`, ... as given)."""
+
+    cluster_resource_id: str  # normalised: no surrounding blanks or trailing slash
+    cluster_type: str = CONNECTED_CLUSTERS  # the ARM type, e.g. Microsoft.Kubernetes/connectedClusters
     skip_users: frozenset[str] = frozenset()
     skip_groups: frozenset[str] = frozenset()
     oid_key: str = "oid"
-    without_oid: Policy = "noopinion"
+    without_oid: FailurePolicy = "noopinion"
     discovery_paths: tuple[str, ...] = DISCOVERY_PATHS
-    not_allowed: Policy = "noopinion"
-    unmappable: Policy = "deny"
-    failure: Policy = "noopinion"
+    not_allowed: FailurePolicy = "noopinion"
+    unmappable: FailurePolicy = "deny"
+    failure: FailurePolicy = "noopinion"
     wildcards: Wildcards = "literal"
     extra_skip_prefixes: tuple[str, ...] = field(default=("system:",))
 
-
-def _decide(policy: Policy, reason: str, error: str = "") -> Decision:
-    if policy == "deny":
-        return Decision(denied=True, reason=reason, evaluation_error=error)
-    return Decision.no_opinion(reason, error)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cluster_resource_id", self.cluster_resource_id.strip().rstrip("/"))
 
 
 @functools.lru_cache(maxsize=65536)
@@ -83,32 +84,52 @@ def is_discovery(path: str, prefixes: tuple[str, ...]) -> bool:
 class AzureAuthorizer:
     """One per cluster; shares one `CheckAccessClient` (and so one cache) across reviews."""
 
-    def __init__(self, config: AuthorizerConfig, client: CheckAccessClient) -> None:
+    def __init__(
+        self,
+        config: AuthorizerConfig,
+        client: CheckAccessClient,
+        *,
+        credential_name: str = "",
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
         self.config = config
         self.client = client
+        self.credential_name = credential_name  # what signs the checkAccess calls, for logs (never a secret)
+        self._on_close = on_close  # the credential's and the identity store's resources
         self.mapper = ActionMapper(config.cluster_resource_id, config.cluster_type, config.wildcards)
 
+    async def ready(self) -> None:
+        """Get one checkAccess token now, so a bad credential shows on /readyz, not in reviews."""
+        await self.client.credential()
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+        if self._on_close is not None:
+            self._on_close()
+
+    def unavailable(self, reason: str, error: str = "") -> Decision:
+        return by_policy(self.config.failure, reason, error)
+
     async def authorize(self, review: SubjectAccessReview, deadline: float) -> Decision:
+        plan = self._plan(review)
+        if isinstance(plan, Decision):
+            return plan
+        oid, groups, mapped = plan
         try:
-            return await self._authorize(review, deadline)
+            decisions = await self.client.check(oid, groups, mapped.scope, [mapped.action], deadline)
         except CheckAccessError as exc:
-            return _decide(self.config.failure, f"Azure RBAC unavailable ({exc.kind})", str(exc))
-        except Exception as exc:  # never let a review fail with a 5xx: the apiserver retries those
-            log.exception("authorizing %s failed", review.user)
-            return _decide(self.config.failure, "Azure RBAC check failed", f"{type(exc).__name__}: {exc}")
+            return self.unavailable(exc.reason, str(exc))
+        return self._conclude(mapped, decisions)
 
     def decide_now(self, review: SubjectAccessReview) -> Decision | None:
         """The answer when it needs no checkAccess call (skipped users, discovery, a cached decision),
         else None. Synchronous, so the server answers these without setting up a deadline."""
-        try:
-            plan = self._plan(review)
-            if isinstance(plan, Decision):
-                return plan
-            oid, groups, mapped = plan
-            hit = self.client.cached(oid, groups, mapped.action, mapped.scope)
-            return None if hit is None else self._conclude(mapped, [hit])
-        except Exception:  # the full path decides, and reports, whatever went wrong here
-            return None
+        plan = self._plan(review)
+        if isinstance(plan, Decision):
+            return plan
+        oid, groups, mapped = plan
+        hit = self.client.cached(oid, groups, mapped.action, mapped.scope)
+        return None if hit is None else self._conclude(mapped, [hit])
 
     def _plan(self, review: SubjectAccessReview) -> Decision | tuple[str, tuple[str, ...], Mapped]:
         """A decision without checkAccess, or what to ask it: (oid, security groups, action and scope)."""
@@ -123,14 +144,14 @@ class AzureAuthorizer:
         oids = review.extra.get(cfg.oid_key) or []
         if len(oids) != 1 or not oids[0]:
             reason = f"user {review.user!r} has no Entra object id (extra.{cfg.oid_key})"
-            return _decide(cfg.without_oid, reason)
+            return by_policy(cfg.without_oid, reason)
         nra = review.non_resource
         discovery = nra is not None and nra.verb.lower() in DISCOVERY_VERBS
         if nra is not None and discovery and is_discovery(nra.path, cfg.discovery_paths):
             return Decision.allow(f"discovery path {nra.path!r} is allowed for every Entra user")
         mapped = self.mapper.map(review)
         if not isinstance(mapped, Mapped):
-            return _decide(cfg.unmappable, f"no Azure data action: {mapped.reason}")
+            return by_policy(cfg.unmappable, f"no Azure data action: {mapped.reason}")
         return oids[0], security_groups(review.groups), mapped
 
     def _conclude(self, mapped: Mapped, decisions: list[AccessDecision]) -> Decision:
@@ -139,12 +160,4 @@ class AzureAuthorizer:
             return Decision.allow(f"Azure RBAC allows {where}")
         if any(d.denied for d in decisions):
             return Decision.deny(f"an Azure deny assignment denies {where}")
-        return _decide(self.config.not_allowed, f"no Azure role assignment grants {where}")
-
-    async def _authorize(self, review: SubjectAccessReview, deadline: float) -> Decision:
-        plan = self._plan(review)
-        if isinstance(plan, Decision):
-            return plan
-        oid, groups, mapped = plan
-        decisions = await self.client.check(oid, groups, mapped.scope, [mapped.action], deadline)
-        return self._conclude(mapped, decisions)
+        return by_policy(self.config.not_allowed, f"no Azure role assignment grants {where}")

@@ -2,7 +2,9 @@
 
 `requestinfo` derives Kubernetes request attributes from HTTP the way the
 apiserver does; `headers` holds the header rules and Status bodies; `upstream`
-loads the proxy's own apiserver credential; `proxy` is the TLS server.
+loads the proxy's own apiserver credential; `proxy` is the TLS server;
+`serving` keeps its hub-issued serving certificate renewed; `service` runs them
+together for `kubearc guard proxy`.
 """
 
 from guard.impersonation.proxy import ImpersonatingProxy, ProxySettings, serving_context

@@ -22,6 +22,7 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from guard.errors import BearerTokenError
 from guard.impersonation.requestinfo import RequestInfo
 from guard.reviews import NonResourceAttributes, ResourceAttributes, SubjectAccessReview, UserInfo
 
@@ -55,15 +56,15 @@ def refused_header(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
 
 
 def bearer_token(headers: Headers) -> str:
-    """The bearer token of the request; ValueError says what is wrong (never echoing the token)."""
+    """The bearer token of the request; `BearerTokenError` says what is wrong (never echoing the token)."""
     values = [v for n, v in headers if n.lower() == b"authorization"]
     if not values:
-        raise ValueError("no bearer token: send Authorization: Bearer <Entra ID token>")
+        raise BearerTokenError("no bearer token: send Authorization: Bearer <Entra ID token>")
     if len(values) > 1:
-        raise ValueError("more than one Authorization header")
+        raise BearerTokenError("more than one Authorization header")
     scheme, _, token = values[0].decode("latin-1").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise ValueError("the Authorization header is not a bearer token")
+        raise BearerTokenError("the Authorization header is not a bearer token")
     return token.strip()
 
 

@@ -10,7 +10,9 @@ through as they arrive (watch, `logs -f`), bounded by the socket buffers; a
 `101 Switching Protocols` (exec, attach, port-forward over websockets or SPDY)
 turns both connections into a raw byte splice.
 
-Logs name the user, verb, path and status, never a token.
+The proxy asks its authenticator and authorizer only what `guard/interfaces.py`
+declares, fast path first, as the webhook does. Logs name the user, verb, path
+and status, never a token.
 """
 
 from __future__ import annotations
@@ -22,27 +24,19 @@ import ssl
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import h11
 from prometheus_client import Histogram
 
-from guard.authn.base import AuthenticationError
+from guard.errors import AuthenticationError, BearerTokenError, GuardError, UpstreamError
 from guard.impersonation import headers as hdr
 from guard.impersonation.requestinfo import RequestInfoError, request_info
 from guard.impersonation.streams import READ_SIZE, UpstreamConnection, has_body, next_event, splice, stop
 from guard.impersonation.upstream import Upstream
-from guard.reviews import Decision, SubjectAccessReview, UserInfo
+from guard.interfaces import Authenticator, Authorizer
+from guard.reviews import Decision, UserInfo
 
 log = logging.getLogger("kubearc.guard.impersonation")
-
-
-class Authenticator(Protocol):
-    async def authenticate(self, token: str, audiences: list[str]) -> UserInfo: ...
-
-
-class Authorizer(Protocol):
-    async def authorize(self, review: SubjectAccessReview, deadline: float) -> Decision: ...
 
 
 @dataclass(frozen=True)
@@ -73,7 +67,7 @@ def serving_context(cert_file: str, key_file: str) -> ssl.SSLContext:
     return ctx
 
 
-class Refused(Exception):
+class Refused(GuardError):
     """Answer the client with a Status (and close the connection)."""
 
     def __init__(self, code: int, reason: str, message: str) -> None:
@@ -81,8 +75,8 @@ class Refused(Exception):
         self.code, self.reason, self.message = code, reason, message
 
 
-class _ClientGone(Exception):
-    pass
+class _ClientGone(GuardError):
+    """The client hung up: nothing left to answer."""
 
 
 @dataclass
@@ -108,7 +102,7 @@ class ImpersonatingProxy:
         self.connections += 1
         try:
             await connection.run()
-        except (ConnectionError, ssl.SSLError, TimeoutError, _ClientGone):
+        except (ConnectionError, ssl.SSLError, TimeoutError, _ClientGone, UpstreamError):
             pass
         except Exception:
             log.exception("impersonating proxy connection failed")
@@ -216,11 +210,15 @@ class _Connection:
             )
         try:
             token = hdr.bearer_token(request.headers)
-        except ValueError as exc:
+        except BearerTokenError as exc:
             raise Refused(401, "Unauthorized", f"Unauthorized: {exc}") from None
+        authenticator = self.proxy.authenticator
         try:
-            async with asyncio.timeout(self.settings.authn_timeout):
-                return await self.proxy.authenticator.authenticate(token, [])
+            result = authenticator.cached(token)
+            if result is None:
+                async with asyncio.timeout(self.settings.authn_timeout):
+                    result = await authenticator.review(token, [])
+            return result.user
         except AuthenticationError as exc:
             raise Refused(401, "Unauthorized", f"Unauthorized: {exc.reason}") from None
         except TimeoutError:
@@ -238,9 +236,12 @@ class _Connection:
         except RequestInfoError as exc:
             raise Refused(400, "BadRequest", str(exc)) from None
         deadline = time.monotonic() + self.settings.authz_timeout
+        review = hdr.access_review(info, user)
         try:
-            decision = await authorizer.authorize(hdr.access_review(info, user), deadline)
-        except Exception as exc:  # fail closed
+            decision = authorizer.decide_now(review)
+            if decision is None:
+                decision = await authorizer.authorize(review, deadline)
+        except Exception as exc:  # last resort, a bug: fail closed
             log.warning("authorization failed", extra={"error": f"{type(exc).__name__}: {exc}"[:300]})
             decision = Decision.deny("authorization could not be checked")
         if not decision.allowed:
@@ -432,7 +433,7 @@ class _Connection:
             except (ConnectionError, ssl.SSLError, h11.RemoteProtocolError) as exc:
                 if self.client_eof:
                     raise _ClientGone() from None
-                raise ConnectionError(f"apiserver connection broke mid-response: {exc}") from None
+                raise UpstreamError(f"apiserver connection broke mid-response: {exc}") from None
             if isinstance(event, h11.Data):
                 await self._send(h11.Data(data=event.data))
             elif isinstance(event, h11.EndOfMessage):
@@ -441,7 +442,7 @@ class _Connection:
             else:
                 if self.client_eof:
                     raise _ClientGone()
-                raise ConnectionError("the apiserver closed the connection mid-response")
+                raise UpstreamError("the apiserver closed the connection mid-response")
 
     async def _switch(self, up: UpstreamConnection, head: h11.InformationalResponse) -> None:
         """Answer 101 and splice raw bytes both ways until both sides are done."""

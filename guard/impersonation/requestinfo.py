@@ -23,6 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote
 
+from guard.errors import GuardError
+
 API_PREFIXES = frozenset({"api", "apis"})
 GROUPLESS_PREFIXES = frozenset({"api"})
 SPECIAL_VERBS = frozenset({"proxy", "watch"})
@@ -38,7 +40,7 @@ METHOD_VERBS = {
 }
 
 
-class RequestInfoError(ValueError):
+class RequestInfoError(GuardError, ValueError):
     """The path names an API but not which resource (the apiserver answers these with an error)."""
 
 
@@ -70,17 +72,17 @@ def _unescape_value(value: str) -> str:
     for ch in value:
         if escaped:
             if ch not in "\\,=":
-                raise ValueError(f"invalid escape sequence \\{ch}")
+                raise RequestInfoError(f"invalid escape sequence \\{ch}")
             out.append(ch)
             escaped = False
         elif ch == "\\":
             escaped = True
         elif ch in ",=":
-            raise ValueError(f"unescaped {ch!r} in a field selector value")
+            raise RequestInfoError(f"unescaped {ch!r} in a field selector value")
         else:
             out.append(ch)
     if escaped:
-        raise ValueError("a field selector value may not end with a backslash")
+        raise RequestInfoError("a field selector value may not end with a backslash")
     return "".join(out)
 
 
@@ -105,7 +107,7 @@ def _split_term(term: str) -> tuple[str, str, str]:
         for op in ("!=", "==", "="):
             if term.startswith(op, i):
                 return term[:i], op, term[i + len(op) :]
-    raise ValueError(f"cannot understand {term!r}")
+    raise RequestInfoError(f"cannot understand {term!r}")
 
 
 def exact_name(field_selector: str) -> str | None:
@@ -114,7 +116,7 @@ def exact_name(field_selector: str) -> str | None:
     try:
         terms = [_split_term(t) for t in sorted(_split_terms(field_selector)) if t]
         values = [(lhs, op, _unescape_value(rhs)) for lhs, op, rhs in terms]
-    except ValueError:
+    except RequestInfoError:
         return None
     return next((value for lhs, op, value in values if lhs == "metadata.name" and op != "!="), None)
 

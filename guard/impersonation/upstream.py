@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from foundation.kube import Kube, KubeError
+from guard.errors import OptionsError
 
 
 @dataclass(frozen=True)
@@ -58,12 +59,12 @@ def client_context(
     return ctx
 
 
-def parse_address(value: str) -> tuple[str, int]:
-    """HOST:PORT (`[v6]:PORT` too); ValueError names the expected shape."""
+def parse_address(value: str, flag: str = "--apiserver") -> tuple[str, int]:
+    """HOST:PORT (`[v6]:PORT` too); the `OptionsError` of `flag` names the expected shape."""
     host, sep, port = value.rpartition(":")
     host = host.strip("[]")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"expected HOST:PORT, got {value!r}")
+        raise OptionsError(flag, f"expected HOST:PORT, got {value!r}")
     return host, int(port)
 
 
@@ -86,8 +87,8 @@ def upstream_from_kube(kube: Kube, address: str | None = None) -> Upstream:
     if address:
         try:
             host, port = parse_address(address)
-        except ValueError as exc:
-            raise KubeError(str(exc)) from None
+        except OptionsError as exc:
+            raise KubeError(exc.message) from None
     name = getattr(cfg, "tls_server_name", None) or server.hostname
     try:
         ctx = client_context(cfg.ssl_ca_cert, cfg.cert_file, cfg.key_file)

@@ -5,16 +5,19 @@ The apiserver calls the webhook, so it must reach `--host:--port`: the default
 inside a cluster listen on the pod IP or 0.0.0.0 behind a Service. Probes and
 metrics are plain HTTP on `--health-port` (reviews need the apiserver's client
 certificate; kubelet's probes have none).
+
+The commands only map flags to the providers' options (`guard/authn/options.py`,
+`guard/authz/options.py`), show an `OptionsError` as the usage error of the flag
+it names, and run `guard.server.serve_webhook`; the rules live with the providers.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
-import logging
 import os
 import sys
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,14 +30,14 @@ from foundation.oidc import ENTRA_AUTHORITY
 from foundation.settings import parse_duration
 
 if TYPE_CHECKING:
-    from guard.authn.graph import GraphGroups
-    from guard.authn.oidc import OidcAuthenticator
+    from guard.authn.options import AuthnOptions
 
+# The names the providers' messages use (guard.authn.options, guard.authz.options); kept here too so
+# that `--help` does not import guard.
 GRAPH_SECRET_ENV = "KUBEARC_GUARD_GRAPH_CLIENT_SECRET"
 ARM_SECRET_ENV = "KUBEARC_GUARD_ARM_CLIENT_SECRET"
 ARM = "https://management.azure.com"
 ARM_SCOPE = "https://management.azure.com/.default"
-POLICIES = ("noopinion", "deny")
 
 
 GraphClientIdOpt = typer.Option(
@@ -54,45 +57,39 @@ GraphUrlOpt = typer.Option(
 )
 
 
-def graph_groups(
-    client_id: str | None,
-    authority: str | None,
-    url: str | None,
+@contextlib.contextmanager
+def usage_errors() -> Iterator[None]:
+    """A provider's `OptionsError` as the usage error of the flag it names."""
+    from guard.errors import OptionsError
+
+    try:
+        yield
+    except OptionsError as exc:
+        raise typer.BadParameter(exc.message, param_hint=exc.flag) from None
+
+
+def authn_options(
     entra_tenant: list[str],
     issuer: list[str],
-    ca: str | None,
-) -> GraphGroups | None:
-    """The Graph client that resolves group overage, when `--graph-client-id` is given."""
-    from guard.authn.graph import GRAPH_BASE, GraphGroups, GraphSettings
+    audience: list[str],
+    issuer_ca: Path | None,
+    graph: tuple[str | None, str | None, str | None],  # --graph-client-id, --graph-authority, --graph-url
+    **more: Any,
+) -> AuthnOptions:
+    """The authenticator's flags, shared by `guard serve` and `guard proxy`, as its options."""
+    from guard.authn.options import AuthnOptions
 
-    if not client_id:
-        return None
-    secret = os.environ.get(GRAPH_SECRET_ENV)
-    if not secret:
-        raise typer.BadParameter(f"set ${GRAPH_SECRET_ENV}", param_hint="--graph-client-id")
-    authority = authority or (f"{ENTRA_AUTHORITY}/{entra_tenant[0]}" if entra_tenant else issuer[0])
-    return GraphGroups(
-        GraphSettings(
-            client_id=client_id,
-            client_secret=secret,
-            authority=authority,
-            oidc_authority=not authority.startswith(ENTRA_AUTHORITY),
-            base_url=url or GRAPH_BASE,
-            ca_file=ca,
-        )
+    return AuthnOptions(
+        entra_tenants=tuple(entra_tenant),
+        issuers=tuple(issuer),
+        audiences=tuple(audience),
+        issuer_ca=str(issuer_ca) if issuer_ca else None,
+        graph_client_id=graph[0],
+        graph_client_secret=os.environ.get(GRAPH_SECRET_ENV),
+        graph_authority=graph[1],
+        graph_url=graph[2],
+        **more,
     )
-
-
-def authenticators(
-    entra_tenant: list[str], issuer: list[str], audience: list[str], ca: str | None, graph: GraphGroups | None
-) -> list[OidcAuthenticator]:
-    """One verifier per Entra tenant (v1 and v2 issuers) and one for the other issuers."""
-    from guard.authn.oidc import OidcAuthenticator
-
-    providers = [OidcAuthenticator.entra(t, audience, ca_file=ca, graph=graph) for t in entra_tenant]
-    if issuer:
-        providers.append(OidcAuthenticator(issuer, audience, ca_file=ca, graph=graph))
-    return providers
 
 
 def _seconds(value: str, flag: str) -> float:
@@ -214,230 +211,57 @@ def guard(
     log_format: str = typer.Option("json", envvar="KUBEARC_LOG_FORMAT", help="text or json."),
 ) -> None:
     """Run the guard webhook: TokenReviews (Entra, local issuer, static tokens); SARs via Azure RBAC."""
-    from guard.app import Authorizer, GuardState, NoAuthorizer
     from guard.audit import StreamAudit
-    from guard.authn.chain import AuthnChain
-    from guard.authn.static import StaticTokens
+    from guard.authz.options import AuthzOptions, arm_cluster_type
+    from guard.authz.options import failure_policy as policy
+    from guard.authz.provider import AuthorizerConfig
     from guard.config import GuardConfig
-    from guard.server import GuardServer
+    from guard.server import serve_webhook
 
-    for value, flag in (
-        (failure_policy, "--failure-policy"),
-        (not_allowed, "--not-allowed"),
-        (without_oid, "--without-oid"),
-    ):
-        if value not in POLICIES:
-            raise typer.BadParameter("must be noopinion or deny", param_hint=flag)
-    if (entra_tenant or issuer) and not audience:
-        raise typer.BadParameter("give the accepted token audience", param_hint="--audience")
-    if not (entra_tenant or issuer or token_file):
-        raise typer.BadParameter("give --entra-tenant, --issuer or --token-file", param_hint="--issuer")
-    plan = _authz_plan(
-        cluster_resource_id=cluster_resource_id,
-        cluster_type=cluster_type,
-        checkaccess_url=checkaccess_url,
-        checkaccess_ca=checkaccess_ca,
-        identity=identity,
-        identity_audience=identity_audience,
-        kubeconfig=kubeconfig,
-        arm_client_id=arm_client_id,
-        arm_authority=arm_authority or (f"{ENTRA_AUTHORITY}/{entra_tenant[0]}" if entra_tenant else None),
-        arm_scope=arm_scope,
-        issuer_ca=issuer_ca,
-        skip_user=skip_user,
-        skip_group=skip_group,
-        not_allowed=not_allowed,
-        without_oid=without_oid,
-        failure_policy=failure_policy,
-        allow_ttl=allow_ttl,
-        deny_ttl=deny_ttl,
-    )
-    setup_logging(log_level, log_format)
-    ca = str(issuer_ca) if issuer_ca else None
-    graph = graph_groups(graph_client_id, graph_authority, graph_url, entra_tenant, issuer, ca)
-    providers = authenticators(entra_tenant, issuer, audience, ca, graph)
-    chain = AuthnChain(providers, StaticTokens.load(token_file) if token_file else None)
-    config = GuardConfig(
-        tls_cert=tls_cert,
-        tls_key=tls_key,
-        client_ca=client_ca,
-        host=host,
-        port=port,
-        health_host=health_host,
-        health_port=health_port,
-        deadline=_seconds(deadline, "--deadline"),
-        failure_policy="deny" if failure_policy == "deny" else "noopinion",
-    )
-
-    async def main() -> None:
-        from guard.assemble import azure_authorizer, readiness
-
-        authorizer: Authorizer = NoAuthorizer()
-        loader: Any = chain.ready
-        client = None
-        if plan is not None:
-            # Built on the serving loop: the checkAccess client's connections belong to it.
-            azure = azure_authorizer(plan.settings, plan.credential)
-            authorizer, client = azure, azure.client
-            loader = readiness(("signing keys", chain.ready), ("checkAccess credential", plan.credential))
-            logging.getLogger("kubearc.guard").info(
-                "SubjectAccessReviews go to Azure RBAC",
-                extra={
-                    "cluster": plan.settings.cluster_resource_id,
-                    "checkaccess": plan.settings.checkaccess_url,
-                    "credential": plan.describe,
-                },
-            )
-        audit = StreamAudit(sys.stderr, log_format)  # the log's format, one write per loop turn
-        server = GuardServer(GuardState(config, chain, authorizer, audit=audit), loader, freeze_gc=True)
-        mode = "Azure RBAC" if plan is not None else "NoOpinion (no --cluster-resource-id)"
-        typer.echo(
-            f"kubearc guard: reviews on https://{host}:{server.port}, probes on :{server.health_port}, "
-            f"authorization: {mode}",
-            err=True,
+    with usage_errors():
+        graph = (graph_client_id, graph_authority, graph_url)
+        authn = authn_options(entra_tenant, issuer, audience, issuer_ca, graph, token_file=token_file)
+        rules = AuthorizerConfig(
+            cluster_resource_id=cluster_resource_id or "",
+            cluster_type=arm_cluster_type(cluster_type),
+            skip_users=frozenset(skip_user),
+            skip_groups=frozenset(skip_group),
+            not_allowed=policy(not_allowed, "--not-allowed"),
+            without_oid=policy(without_oid, "--without-oid"),
+            failure=policy(failure_policy, "--failure-policy"),
         )
-        try:
-            await server.serve()
-        finally:
-            server.close()
-            if client is not None:
-                await client.aclose()
-            if graph is not None:
-                await graph.aclose()
-            if plan is not None:
-                plan.close()
-
+        authz = AuthzOptions(
+            rules,
+            checkaccess_url=checkaccess_url,
+            checkaccess_ca=str(checkaccess_ca) if checkaccess_ca else None,
+            identity=identity,
+            identity_audience=identity_audience,
+            kubeconfig=kubeconfig,
+            arm_client_id=arm_client_id,
+            arm_client_secret=os.environ.get(ARM_SECRET_ENV),
+            arm_authority=arm_authority or (f"{ENTRA_AUTHORITY}/{entra_tenant[0]}" if entra_tenant else None),
+            arm_scope=arm_scope,
+            token_ca=str(issuer_ca) if issuer_ca else None,
+            allow_ttl=_seconds(allow_ttl, "--allow-ttl"),
+            deny_ttl=_seconds(deny_ttl, "--deny-ttl"),
+        )
+        config = GuardConfig(
+            tls_cert,
+            tls_key,
+            client_ca,
+            host,
+            port,
+            health_host,
+            health_port,
+            _seconds(deadline, "--deadline"),
+        )
+        authn.validate()
+        authz.validate()
+        setup_logging(log_level, log_format)
+        chain = authn.build()
+    audit = StreamAudit(sys.stderr, log_format)  # the log's format, one write per loop turn
     with contextlib.suppress(KeyboardInterrupt):
-        aio.run(main())
-
-
-@dataclass
-class _AuthzPlan:
-    """Validated authorization settings and the checkAccess credential (no secret in `describe`)."""
-
-    settings: Any  # guard.assemble.AuthzSettings
-    credential: Any  # IdentityCredential | ClientCredential
-    describe: str
-    kube: Any = None
-
-    def close(self) -> None:
-        close = getattr(self.credential, "close", None)
-        if close is not None:
-            close()
-        if self.kube is not None:
-            self.kube.close()
-
-
-def _authz_plan(
-    *,
-    cluster_resource_id: str | None,
-    cluster_type: str,
-    checkaccess_url: str,
-    checkaccess_ca: Path | None,
-    identity: str | None,
-    identity_audience: str | None,
-    kubeconfig: Path | None,
-    arm_client_id: str | None,
-    arm_authority: str | None,
-    arm_scope: str,
-    issuer_ca: Path | None,
-    skip_user: list[str],
-    skip_group: list[str],
-    not_allowed: str,
-    without_oid: str,
-    failure_policy: str,
-    allow_ttl: str,
-    deny_ttl: str,
-) -> _AuthzPlan | None:
-    """Check the Azure RBAC flags together; None keeps authentication-only mode (NoAuthorizer)."""
-    from foundation.identitystore import StoreError, open_store
-    from foundation.kube import Kube
-    from guard.assemble import (
-        CLUSTER_TYPES,
-        AuthzSettings,
-        ClientCredential,
-        IdentityCredential,
-        check_cluster_resource_id,
-    )
-
-    if not cluster_resource_id:
-        for value, flag in ((identity, "--identity"), (arm_client_id, "--arm-client-id")):
-            if value:
-                raise typer.BadParameter(
-                    "is a checkAccess credential: give --cluster-resource-id too", param_hint=flag
-                )
-        return None
-    if cluster_type not in CLUSTER_TYPES:
-        raise typer.BadParameter(
-            f"must be one of {', '.join(CLUSTER_TYPES)}, got {cluster_type!r}", param_hint="--cluster-type"
-        )
-    arm_type = CLUSTER_TYPES[cluster_type]
-    try:
-        resource_id = check_cluster_resource_id(cluster_resource_id, arm_type)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--cluster-resource-id") from None
-    url = checkaccess_url.strip().rstrip("/")
-    if not url.lower().startswith("https://") or len(url) <= len("https://"):
-        raise typer.BadParameter(
-            f"must be an https:// URL, got {checkaccess_url!r}", param_hint="--checkaccess-url"
-        )
-    if checkaccess_ca is not None and not checkaccess_ca.is_file():
-        raise typer.BadParameter(f"{checkaccess_ca} is not a readable file", param_hint="--checkaccess-ca")
-    if identity and arm_client_id:
-        raise typer.BadParameter("give --identity or --arm-client-id, not both", param_hint="--identity")
-    if not (identity or arm_client_id):
-        raise typer.BadParameter(
-            "Azure RBAC needs a checkAccess credential: --identity file:DIR|secret:NAMESPACE/NAME "
-            f"(a kubearc hub) or --arm-client-id with ${ARM_SECRET_ENV} (ARM)",
-            param_hint="--cluster-resource-id",
-        )
-    settings = AuthzSettings(
-        cluster_resource_id=resource_id,
-        checkaccess_url=url,
-        checkaccess_ca=str(checkaccess_ca) if checkaccess_ca else None,
-        cluster_type=arm_type,
-        skip_users=frozenset(skip_user),
-        skip_groups=frozenset(skip_group),
-        not_allowed="deny" if not_allowed == "deny" else "noopinion",
-        without_oid="deny" if without_oid == "deny" else "noopinion",
-        failure="deny" if failure_policy == "deny" else "noopinion",
-        allow_ttl=_seconds(allow_ttl, "--allow-ttl"),
-        deny_ttl=_seconds(deny_ttl, "--deny-ttl"),
-    )
-    if identity:
-        if url.lower() == ARM and not identity_audience:
-            raise typer.BadParameter(
-                "a cluster identity's agent tokens are accepted by a kubearc hub only: "
-                "give --checkaccess-url https://HUB (or use --arm-client-id for ARM)",
-                param_hint="--identity",
-            )
-        kube = Kube(kubeconfig) if identity.startswith("secret:") else None
-        try:
-            store = open_store(identity, kube)
-        except StoreError as exc:
-            raise typer.BadParameter(str(exc), param_hint="--identity") from None
-        audience = (identity_audience or url).rstrip("/")
-        return _AuthzPlan(
-            settings, IdentityCredential(store, audience), f"identity {store.description}", kube
-        )
-    assert arm_client_id  # one of the two credentials was given
-    secret = os.environ.get(ARM_SECRET_ENV)
-    if not secret:
-        raise typer.BadParameter(
-            f"set ${ARM_SECRET_ENV} to the app's client secret", param_hint="--arm-client-id"
-        )
-    if not arm_authority:
-        raise typer.BadParameter(
-            f"give --arm-authority (e.g. {ENTRA_AUTHORITY}/TENANT_ID) or --entra-tenant",
-            param_hint="--arm-client-id",
-        )
-    if not arm_scope.endswith("/.default"):
-        raise typer.BadParameter(
-            f"client credentials need a RESOURCE/.default scope, got {arm_scope!r}", param_hint="--arm-scope"
-        )
-    ca = str(issuer_ca or checkaccess_ca) if (issuer_ca or checkaccess_ca) else None
-    credential = ClientCredential(arm_client_id, secret, arm_authority.rstrip("/"), arm_scope, ca_file=ca)
-    return _AuthzPlan(settings, credential, f"Entra app {arm_client_id} at {arm_authority}")
+        aio.run(serve_webhook(config, chain, authz, audit, lambda line: typer.echo(line, err=True)))
 
 
 def _b64(path: Path) -> str:
