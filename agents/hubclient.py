@@ -23,20 +23,11 @@ import httpx
 from cryptography import x509
 
 from agents import AGENT_VERSION
+from agents.errors import HubRefused
 from foundation import pki, tokens
 from foundation.agenttoken import AgentTokens
 from foundation.retry import RetryPolicy, retrying
 from foundation.wire import AGENT_WHOAMI_PATH
-
-
-class HubError(Exception):
-    """The hub refused a request (4xx), or answered with something that is not its API."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(f"hub refused the request ({status} {code}): {message}")
-        self.status = status
-        self.code = code
-        self.message = message
 
 
 class _Retryable(Exception):
@@ -96,7 +87,7 @@ def _time(doc: dict[str, Any], key: str) -> dt.datetime:
     try:
         value = dt.datetime.fromisoformat(str(doc[key]).replace("Z", "+00:00"))
     except (KeyError, ValueError):
-        raise HubError(200, "InvalidResponse", f"certificate response has no valid {key!r}") from None
+        raise HubRefused(200, "InvalidResponse", f"certificate response has no valid {key!r}") from None
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
@@ -106,11 +97,11 @@ def parse_issued(doc: dict[str, Any], key: pki.PrivateKey) -> IssuedCertificate:
         cert = pki.load_cert(str(doc["certificate"]).encode())
         ca = pki.load_cert(str(doc["caCertificate"]).encode())
     except (KeyError, ValueError) as exc:
-        raise HubError(200, "InvalidResponse", f"certificate response is not usable: {exc}") from None
+        raise HubRefused(200, "InvalidResponse", f"certificate response is not usable: {exc}") from None
     if cert.public_key() != key.public_key():
-        raise HubError(200, "InvalidResponse", "the issued certificate is not for the key we sent")
+        raise HubRefused(200, "InvalidResponse", "the issued certificate is not for the key we sent")
     if not pki.is_issued_by(cert, ca):
-        raise HubError(200, "InvalidResponse", "the issued certificate does not chain to caCertificate")
+        raise HubRefused(200, "InvalidResponse", "the issued certificate does not chain to caCertificate")
     return IssuedCertificate(cert, ca, _time(doc, "notAfter"), _time(doc, "renewAfter"))
 
 
@@ -181,7 +172,7 @@ class HubClient:
                 resp = await self._http.request(method, path, json=payload, headers=headers)
             except httpx.TransportError as exc:
                 if failed := _tls_verification_failed(exc):
-                    raise HubError(
+                    raise HubRefused(
                         0, "TlsVerificationFailed", f"{self.url}: {failed} (check --hub-ca)"
                     ) from None
                 raise
@@ -191,13 +182,13 @@ class HubClient:
                     resp.status_code, f"{code}: {message}", _retry_after(resp.headers.get("retry-after"))
                 )
             if resp.status_code >= 400:
-                raise HubError(resp.status_code, *_error_message(resp))
+                raise HubRefused(resp.status_code, *_error_message(resp))
             try:
                 doc = resp.json()
             except ValueError:
                 doc = None
             if not isinstance(doc, dict):
-                raise HubError(
+                raise HubRefused(
                     resp.status_code, "InvalidResponse", f"{method} {path} did not return a JSON object"
                 )
             return doc
@@ -227,7 +218,7 @@ class HubClient:
         doc = await self.call("POST", "/agent/v1/aad-proxy/certificate", {"csr": csr})
         name = doc.get("serverName")
         if not isinstance(name, str) or not name:
-            raise HubError(200, "InvalidResponse", "serving certificate response has no serverName")
+            raise HubRefused(200, "InvalidResponse", "serving certificate response has no serverName")
         return parse_issued(doc, key), name
 
     async def heartbeat(self) -> dict[str, Any]:

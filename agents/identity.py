@@ -17,7 +17,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agents.hubclient import HubClient, HubError, IssuedCertificate
+from agents.errors import HubRefused
+from agents.hubclient import HubClient, IssuedCertificate
 from foundation import pki
 from foundation.identitystore import (
     IdentityStore,
@@ -91,10 +92,10 @@ class IdentityAgent:
         return _stored(key, issued, self.settings.resource_id)
 
     async def _check_accepted(self) -> None:
-        """Ask the hub whether it still accepts the stored certificate (raises HubError 401 if not)."""
+        """Ask the hub whether it still accepts the stored certificate (raises HubRefused 401 if not)."""
         try:
             await self.hub.whoami()
-        except HubError as exc:
+        except HubRefused as exc:
             if exc.status != 404:  # a hub without whoami cannot tell; renewal will
                 raise
 
@@ -118,7 +119,7 @@ class IdentityAgent:
                     fresh = await self._renew(stored)
                 else:
                     await self._check_accepted()
-            except HubError as exc:
+            except HubRefused as exc:
                 if exc.code == "RenewalNotAllowed":
                     log.info("the hub has not opened renewal yet: %s", exc.message)
                     return stored

@@ -27,7 +27,8 @@ from kubernetes.client.rest import ApiException
 from kubernetes.utils import parse_quantity
 
 from agents import AGENT_VERSION
-from agents.hubclient import HubClient, HubError
+from agents.errors import HubRefused, IdentityNotReady
+from agents.hubclient import HubClient
 from foundation.identitystore import IdentityStore, StoreError, open_store
 from foundation.kube import Kube, KubeError, describe
 from foundation.retry import RetriesExhausted, RetryPolicy, retrying
@@ -137,10 +138,6 @@ class UsageSampler:
         return {"name": AGENT_NAME, "cpuMillicores": millicores, "memoryBytes": _rss_bytes()}
 
 
-class IdentityNotReady(Exception):
-    pass
-
-
 class MetadataAgent:
     def __init__(self, settings: MetadataSettings, hub: HubClient, store: IdentityStore, kube: Kube) -> None:
         self.settings, self.hub, self.store, self.kube = settings, hub, store, kube
@@ -186,7 +183,7 @@ class MetadataAgent:
             self._status = status
         try:
             await self.hub.put_usage([self.sampler.sample()], retry=USAGE_RETRY)
-        except (HubError, RetriesExhausted) as exc:
+        except (HubRefused, RetriesExhausted) as exc:
             log.debug("usage report skipped: %s", exc)
 
     async def run(self) -> None:
@@ -195,9 +192,9 @@ class MetadataAgent:
                 await self.cycle()
                 if self.settings.once:
                     return
-            except (RetriesExhausted, HubError, KubeError) as exc:
+            except (RetriesExhausted, HubRefused, KubeError) as exc:
                 tolerated = isinstance(exc, RetriesExhausted) or (
-                    isinstance(exc, HubError) and exc.status in TOLERATED_HUB_STATUSES
+                    isinstance(exc, HubRefused) and exc.status in TOLERATED_HUB_STATUSES
                 )
                 if self.settings.once or not tolerated:
                     raise

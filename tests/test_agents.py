@@ -26,7 +26,8 @@ import httpx
 import pytest
 from cryptography import x509
 
-from agents.hubclient import HubClient, HubError
+from agents.errors import HubRefused
+from agents.hubclient import HubClient
 from agents.metadata import UsageSampler, total_cores
 from foundation import __version__, pki
 from foundation.identitystore import FileStore, StoredIdentity, StoreError
@@ -568,7 +569,7 @@ async def test_client_retries_5xx_and_429_but_not_other_4xx() -> None:
         assert len(seen) == 3
         tokens = {r.headers["authorization"] for r in seen}
         assert len(tokens) == 1  # one cached agent token across the attempts
-        with pytest.raises(HubError) as exc:
+        with pytest.raises(HubRefused) as exc:
             await client.put_metadata({"kubernetesVersion": "x"})
         assert len(seen) == 4  # not retried
         assert exc.value.status == 400 and "field x is wrong" in str(exc.value)
@@ -603,7 +604,7 @@ async def test_each_onboarding_attempt_sends_a_fresh_assertion() -> None:
 
 async def test_real_hub_refusals_name_the_problem(hub: RunningHub) -> None:
     async with HubClient(hub.url, Path(hub.ca), retry=RetryPolicy(attempts=2)) as client:
-        with pytest.raises(HubError) as exc:
+        with pytest.raises(HubRefused) as exc:
             await client.onboard(
                 f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Kubernetes/connectedClusters/none",
                 pki.new_key(),

@@ -54,7 +54,7 @@ LogFormatOpt = typer.Option("json", "--log-format", envvar="KUBEARC_LOG_FORMAT",
 
 def _execute(agent: str, main: Coroutine[Any, Any, None]) -> None:
     """Run an agent until done or SIGTERM; turn its errors into a message and an exit code."""
-    from agents.hubclient import HubError
+    from agents.errors import AgentError
     from foundation.identitystore import StoreConflict, StoreError
     from foundation.kube import KubeError
     from foundation.retry import RetriesExhausted
@@ -74,7 +74,7 @@ def _execute(agent: str, main: Coroutine[Any, Any, None]) -> None:
     except RetriesExhausted as exc:
         typer.echo(f"error: {agent}: gave up: {exc}", err=True)
         raise typer.Exit(3) from None
-    except (HubError, KubeError, StoreError, StoreConflict) as exc:
+    except (AgentError, KubeError, StoreError, StoreConflict) as exc:
         typer.echo(f"error: {agent}: {exc}", err=True)
         raise typer.Exit(1) from None
 
@@ -187,8 +187,8 @@ def connect(
     """clusterconnect-agent: dial out to the relay and carry kubectl streams to the apiserver."""
     from urllib.parse import urlsplit
 
-    from foundation import tokens
-    from foundation.identitystore import StoreError, open_store
+    from foundation.agenttoken import AgentTokens
+    from foundation.identitystore import open_store
     from foundation.kube import Kube
     from proxy.agent import ConnectAgent
 
@@ -206,15 +206,9 @@ def connect(
     if not host or not port.isdigit():
         raise typer.BadParameter(f"expected HOST:PORT, got {apiserver!r}", param_hint="--apiserver")
 
-    async def token() -> str:
-        stored = await store.load()
-        if stored is None:
-            raise StoreError("no identity certificate yet: is `kubearc agent identity` running?")
-        return tokens.make_agent_token(stored.pair, hub)
-
     agent = ConnectAgent(
         relay.rstrip("/") + RELAY_AGENT_PATH if relay else None,
-        token,
+        AgentTokens(store, hub),
         (host, int(port)),
         str(relay_ca or hub_ca) if (relay_ca or hub_ca) else None,
         settings=settings,
