@@ -412,6 +412,25 @@ def test_a_window_grows_on_a_long_path_and_stays_small_on_a_short_one() -> None:
     assert d.window(sid2) == 256 * 1024
 
 
+def test_a_window_never_grows_past_half_the_connection_window() -> None:
+    """A stalled stream holds its whole window; the other streams must keep credit to move."""
+    clock = FakeClock()
+    a = Session(Role.DIALLER, Settings())
+    b = Session(Role.LISTENER, Settings(connection_window=1024 * 1024), clock=clock)
+    _pump(a, b)
+    sid = _open_accepted(a, b)
+    _measured_rtt(a, b, clock, 0.050)  # a long, fast path: the 16 MiB max_window would be the target
+    _consume_all(a, b, sid, clock, 1e-8)
+    assert b.window(sid) == 512 * 1024
+    # The stream fills its window and stalls (nothing consumed): another stream still gets half.
+    stalled = a.send(sid, b"x" * a.send_capacity(sid))
+    for message in a.frames_to_send():
+        b.receive(message)
+    assert stalled == 512 * 1024
+    other = _open_accepted(a, b)
+    assert a.send_capacity(other) >= 256 * 1024
+
+
 def test_the_round_trip_is_the_lowest_recent_ping() -> None:
     clock = FakeClock()
     a, b = Session(Role.DIALLER), Session(Role.LISTENER, clock=clock)

@@ -51,4 +51,9 @@ def tunnel_settings(max_window: str) -> Settings:
             f"must be between {defaults.initial_window} (the starting window) and {frames.MAX_WINDOW} bytes",
             param_hint="--max-window",
         )
-    return Settings(max_window=size)
+    # A stream's window grows to at most half the connection window (proxy.protocol.session), so a
+    # larger --max-window brings a larger connection window with it.
+    return Settings(
+        max_window=size,
+        connection_window=min(max(defaults.connection_window, 2 * size), frames.MAX_WINDOW),
+    )

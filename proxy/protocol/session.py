@@ -14,7 +14,9 @@ stream never holds up another (its credit runs out; the others' does not).
 Stream windows tune themselves (like QUIC's): each starts small and doubles, up
 to `max_window`, while it is smaller than twice the stream's consumption rate
 times the round trip, i.e. while the window, not the path, limits the stream.
-A window is a queue in front of whatever is slowest; a fixed large one kept
+A stream's window never grows past half the connection window: a stalled stream
+holds its whole window unconsumed, and the rest of the connection's credit must
+stay for the other streams. A window is a queue in front of whatever is slowest; a fixed large one kept
 megabytes of a bulk download in the sockets in front of every small reply on a
 fast link, while a fixed small one starves a long-distance link. The round trip
 is the lowest recent PING time (`ping` timestamps its payloads), so queueing
@@ -130,6 +132,15 @@ class Session:
     @property
     def open_streams(self) -> int:
         return len(self._streams)
+
+    @property
+    def window_cap(self) -> int:
+        """The most a stream's window grows to: `max_window`, and never over half the connection
+        window, so a stalled stream (its window full, nothing consumed) always leaves the other
+        streams at least half of the connection's credit."""
+        return max(
+            self.settings.initial_window, min(self.settings.max_window, self.settings.connection_window // 2)
+        )
 
     @property
     def rtt(self) -> float:
@@ -296,8 +307,8 @@ class Session:
         says nothing about the path. The window doubles while it is under twice rate x RTT.
         """
         stream.epoch_bytes += stream.unacked
-        rtt = self.rtt
-        if rtt <= 0 or stream.window >= self.settings.max_window:
+        rtt, cap = self.rtt, self.window_cap
+        if rtt <= 0 or stream.window >= cap:
             return 0
         now = self.clock()
         elapsed = now - stream.epoch_start
@@ -307,7 +318,7 @@ class Session:
         stream.epoch_start, stream.epoch_bytes = now, 0
         if stream.window >= 2 * rate * rtt:
             return 0
-        grown = min(2 * stream.window, self.settings.max_window)
+        grown = min(2 * stream.window, cap)
         extra, stream.window = grown - stream.window, grown
         self.windows_grown += 1
         return extra
