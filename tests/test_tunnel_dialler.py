@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,18 +26,11 @@ from proxy.protocol.frames import ErrorCode
 from proxy.protocol.session import Role, Session
 from proxy.stream import Stream
 from proxy.wsconn import DirectServerConnection
+from tests.test_tunnel_safety import until
 
 pytestmark = pytest.mark.sqlite_only
 
 FAST = RetryPolicy(base=0.05, cap=0.2, deadline=None)
-
-
-async def until(predicate: Callable[[], bool], what: str, within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for: {what}")
-        await asyncio.sleep(0.01)
 
 
 @dataclass

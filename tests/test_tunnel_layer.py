@@ -9,7 +9,6 @@ and the pipes carry bytes and half-closes across without telling the mux anythin
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 import pytest
 
@@ -18,17 +17,10 @@ from proxy.pipe import SocketPipe, StreamPipe
 from proxy.protocol import events as ev
 from proxy.protocol.frames import ErrorCode
 from proxy.stream import Stream, StreamError
+from tests.test_tunnel_safety import until
 from tests.tunnel_memory import mux_pair
 
 pytestmark = pytest.mark.sqlite_only
-
-
-async def until(predicate: Callable[[], bool], what: str, within: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for: {what}")
-        await asyncio.sleep(0.005)
 
 
 async def read_all(stream: Stream) -> bytes:
