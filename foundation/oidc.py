@@ -18,6 +18,8 @@ from typing import Any
 import httpx
 import jwt
 
+from foundation.tokens import check_claim_types, check_header_types
+
 ENTRA_AUTHORITY = "https://login.microsoftonline.com"
 ALLOWED_ALGORITHMS = ["RS256", "RS384", "RS512", "ES256", "ES384", "PS256"]
 
@@ -100,6 +102,11 @@ class OidcVerifier:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError as exc:
             raise TokenError(f"malformed token: {exc}") from None
+        try:
+            check_header_types(header)
+            check_claim_types(jwt.decode(token, options={"verify_signature": False}))
+        except jwt.InvalidTokenError as exc:
+            raise TokenError(f"invalid token: {exc}") from None
         alg = header.get("alg")
         if alg not in ALLOWED_ALGORITHMS:
             raise TokenError(f"token algorithm {alg!r} is not allowed")

@@ -56,8 +56,43 @@ def agent_token_certificate(token: str) -> x509.Certificate:
         raise jwt.InvalidTokenError(f"agent token has no usable x5c certificate: {exc}") from None
 
 
+NUMERIC_CLAIMS = ("exp", "nbf", "iat")  # NumericDate (RFC 7519 section 2): a JSON number
+STRING_CLAIMS = ("iss", "sub", "jti", "tid", "oid")
+STRING_OR_LIST_CLAIMS = ("aud",)  # a string, or an array of strings (RFC 7519 section 4.1.3)
+
+
+def check_claim_types(claims: dict[str, Any]) -> None:
+    """Raise `jwt.InvalidTokenError` naming the claim whose value has the wrong JSON type.
+
+    PyJWT accepts any value `int()` takes for `exp` (a numeric string, say), and code that
+    then does arithmetic on the claim fails with a TypeError: a 500 instead of a 401.
+    """
+    for name in NUMERIC_CLAIMS:
+        value = claims.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise jwt.InvalidTokenError(f"claim {name!r} must be a number (NumericDate)")
+    for name in STRING_CLAIMS:
+        if name in claims and not isinstance(claims[name], str):
+            raise jwt.InvalidTokenError(f"claim {name!r} must be a string")
+    for name in STRING_OR_LIST_CLAIMS:
+        value = claims.get(name)
+        if value is not None and not (
+            isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+        ):
+            raise jwt.InvalidTokenError(f"claim {name!r} must be a string or a list of strings")
+
+
+def check_header_types(header: dict[str, Any]) -> None:
+    """`typ`, `kid` and `alg`, when present, are strings."""
+    for name in ("typ", "kid", "alg"):
+        if name in header and not isinstance(header[name], str):
+            raise jwt.InvalidTokenError(f"token header {name!r} must be a string")
+
+
 def verify_signed(token: str, public_key: PublicKey, audience: str, max_ttl: int) -> dict[str, Any]:
     """Verify signature, audience and lifetime of a token signed by `public_key`."""
+    check_header_types(jwt.get_unverified_header(token))
+    check_claim_types(jwt.decode(token, options={"verify_signature": False}))
     alg = algorithm_for(public_key)
     claims: dict[str, Any] = jwt.decode(
         token,

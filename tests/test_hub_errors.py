@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 
 import jwt
@@ -172,3 +173,76 @@ def test_onboarding_errors_name_the_problem(hub: RunningHub) -> None:
         for body, status, fragment in cases:
             code, _, message = error(c.post("/agent/v1/identity/certificate", json=body))
             assert code == status and fragment in message, (body, message)
+
+
+# Claims whose JSON type is wrong: PyJWT lets `int()`-able values through (a numeric string for
+# `exp`), and arithmetic on them used to answer 500. Every verifier answers 401 naming the claim.
+WRONG_TYPES = [
+    ("exp", "str", lambda now: str(now + 300)),
+    ("exp", "bool", lambda now: True),
+    ("iat", "str", lambda now: str(now)),
+    ("iat", "list", lambda now: [now]),
+    ("nbf", "str", lambda now: str(now - 5)),
+    ("aud", "number", lambda now: 42),
+    ("aud", "list of numbers", lambda now: [42]),
+    ("iss", "number", lambda now: 7),
+    ("sub", "object", lambda now: {"id": "x"}),
+]
+
+
+def _signed(claims: dict[str, object], key: pki.PrivateKey, headers: dict[str, object]) -> str:
+    """A JWS over exactly these claims (PyJWT's `encode` refuses some wrong types itself)."""
+    payload = json.dumps(claims).encode()
+    return jwt.api_jws.PyJWS().encode(payload, key, algorithm=tokens.algorithm_for(key), headers=headers)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("claim", "kind", "value"), WRONG_TYPES, ids=[f"{c}-{k}" for c, k, _ in WRONG_TYPES])
+def test_an_agent_token_claim_of_the_wrong_type_is_a_401(
+    hub: RunningHub, claim: str, kind: str, value: object
+) -> None:
+    cluster = connected(hub, f"claim-{claim}-{kind.replace(' ', '-')}")
+    assert cluster.identity is not None
+    good = tokens.make_agent_token(cluster.identity, hub.url)
+    claims = jwt.decode(good, options={"verify_signature": False})
+    now = int(claims["iat"])
+    bad = _signed({**claims, claim: value(now)}, cluster.identity.key, jwt.get_unverified_header(good))  # type: ignore[operator]
+    with hub.client() as c:
+        r = c.post("/agent/v1/heartbeat", json={}, headers={"Authorization": f"Bearer {bad}"})
+        assert r.status_code == 401, r.text
+        assert claim in r.json()["error"]["message"]
+        ok = c.post("/agent/v1/heartbeat", json={}, headers={"Authorization": f"Bearer {good}"})
+        assert ok.status_code == 200, ok.text
+
+
+@pytest.mark.parametrize(("claim", "kind", "value"), WRONG_TYPES, ids=[f"{c}-{k}" for c, k, _ in WRONG_TYPES])
+def test_an_onboarding_assertion_claim_of_the_wrong_type_is_a_401(
+    hub: RunningHub, claim: str, kind: str, value: object
+) -> None:
+    cluster, _ = create_cluster(hub, f"onb-{claim}-{kind.replace(' ', '-')}", onboarder(hub))
+    good = tokens.make_onboarding_assertion(cluster.onboarding_key, cluster.resource_id, hub.url)
+    claims = jwt.decode(good, options={"verify_signature": False})
+    bad = _signed({**claims, claim: value(int(claims["iat"]))}, cluster.onboarding_key, {})  # type: ignore[operator]
+    body = {
+        "resourceId": cluster.resource_id,
+        "assertion": bad,
+        "csr": pki.make_csr(pki.new_key(), "x").decode(),
+    }
+    with hub.client() as c:
+        code, _, message = error(c.post("/agent/v1/identity/certificate", json=body))
+    assert code == 401 and claim in message, message
+
+
+@pytest.mark.parametrize(("claim", "kind", "value"), WRONG_TYPES, ids=[f"{c}-{k}" for c, k, _ in WRONG_TYPES])
+def test_a_user_token_claim_of_the_wrong_type_is_a_401(
+    hub: RunningHub, claim: str, kind: str, value: object
+) -> None:
+    owner = str(uuid.uuid4())
+    hub.assign(owner, "Owner", "/")
+    good = hub.token(owner)
+    claims = jwt.decode(good, options={"verify_signature": False})
+    header = jwt.get_unverified_header(good)
+    bad = _signed({**claims, claim: value(int(claims["iat"]))}, hub.hub.issuer_key, header)  # type: ignore[operator]
+    with hub.client() as c:
+        r = c.get(f"{CC}/x", headers={"Authorization": f"Bearer {bad}"})
+    assert r.status_code == 401, r.text
+    assert claim in r.json()["error"]["message"]
