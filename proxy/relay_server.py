@@ -43,9 +43,6 @@ class RelayServer:
     drain: float = 30.0  # seconds open streams may take to finish on shutdown
     reuse_port: bool = False  # SO_REUSEPORT: a new relay process may listen beside this one
 
-    def __post_init__(self) -> None:
-        self._identities: dict[Any, AgentIdentity | ClientIdentity] = {}
-
     async def _authenticate(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
         if path == "/healthz":
@@ -66,12 +63,14 @@ class RelayServer:
             return _plain(connection, 401, str(exc))
         except HubUnavailable as exc:
             return _plain(connection, 503, str(exc))
-        self._identities[connection.id] = identity
+        # Kept on the connection itself: released with it, whenever the peer goes away.
+        assert isinstance(connection, DirectServerConnection)
+        connection.peer_identity = identity
         return None
 
     async def _handle(self, ws: ServerConnection) -> None:
         assert isinstance(ws, DirectServerConnection)
-        identity = self._identities.pop(ws.id)
+        identity = ws.peer_identity
         if isinstance(identity, AgentIdentity):
             await self.relay.serve_agent(
                 ws, identity.cluster, identity.expires_at, self._renew_agent(identity)

@@ -100,4 +100,12 @@ class DirectClientConnection(_Direct, ClientConnection):
 
 
 class DirectServerConnection(_Direct, ServerConnection):
-    """`serve(..., create_connection=DirectServerConnection)`."""
+    """`serve(..., create_connection=DirectServerConnection)`.
+
+    `peer_identity` carries who the upgrade authenticated as (the relay sets it in
+    `process_request`), so that state lives and dies with the connection.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.peer_identity: Any = None

@@ -17,6 +17,7 @@ import base64
 import contextlib
 import datetime as dt
 import functools
+import gc
 import hashlib
 import json
 import os
@@ -53,10 +54,10 @@ from proxy.protocol import frames as fr
 from proxy.protocol.frames import ErrorCode, FrameType
 from proxy.protocol.session import Role, Session, Settings
 from proxy.relay import Relay
-from proxy.relay_auth import HubAuth
+from proxy.relay_auth import AgentIdentity, HubAuth
 from proxy.relay_server import RelayServer
 from proxy.stream import Stream, StreamError
-from proxy.wsconn import DirectClientConnection
+from proxy.wsconn import DirectClientConnection, DirectServerConnection
 from tests.clusters import SUB, ConnectedCluster, connected
 from tests.conftest import RunningHub, database
 
@@ -1440,3 +1441,48 @@ async def test_a_long_path_grows_the_window_past_its_start(
             assert sample(relay, rtt, side="client", le="+Inf") == 1
     finally:
         await target.close()
+
+
+# ---- handshakes abandoned half way leave nothing behind -------------------------------------
+
+
+def _alive(kind: type) -> int:
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if isinstance(o, kind))
+
+
+@deadline(120)
+async def test_upgrades_abandoned_at_any_moment_leave_nothing_behind(
+    tunnel_hub: RunningHub, tmp_path: Path
+) -> None:
+    """500 agent upgrades cut off before, during and after the request, and while the relay asks
+    the hub who the token belongs to: whatever the relay kept for them is gone afterwards."""
+    hub = tunnel_hub
+    cluster = new_cluster(hub)
+    async with tunnel(hub, tmp_path) as t:
+        token = await t.agent_token(cluster)()
+        key = base64.b64encode(os.urandom(16)).decode()
+        request = (
+            f"GET {AGENT_PATH} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer {token}\r\n\r\n"
+        ).encode()
+        tls = ssl.create_default_context(cafile=t.relay_ca)
+        baseline = _alive(AgentIdentity), _alive(DirectServerConnection)
+        for i in range(500):
+            _, writer = await asyncio.open_connection(
+                "127.0.0.1", t.relay_port, ssl=tls, server_hostname="localhost"
+            )
+            moment = i % 4
+            if moment == 1:
+                writer.write(request[: len(request) // 2])
+            elif moment >= 2:
+                writer.write(request)
+            await asyncio.sleep(0.002 if moment == 3 else 0)  # 3: the hub's whoami is on its way
+            writer.transport.abort()
+        await until(
+            # At most as many as before (earlier tests' leftovers may be collected meanwhile).
+            lambda: _alive(AgentIdentity) <= baseline[0] and _alive(DirectServerConnection) <= baseline[1],
+            "the abandoned upgrades to be released",
+            60,
+        )
+        assert t.relay.connected_clusters() == []
