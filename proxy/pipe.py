@@ -7,12 +7,17 @@ StreamReader, and the memory of idle tasks (a stream may sit open for hours in a
 granted back only for bytes that were handed on (`Stream.consumed`), a socket
 stops being read while its stream has no credit (`pause_reading`), and a stream's
 bytes stop being acknowledged while the socket's send buffer is full
-(`pause_writing`). Half-close crosses over (TCP FIN <-> tunnel FIN).
+(`pause_writing`). Half-close crosses over (TCP FIN <-> tunnel FIN); a stream that
+breaks (reset, or its session lost) resets its socket (TCP RST), so a truncated
+transfer never passes for a finished one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import struct
 from collections import deque
 from collections.abc import Callable
 from typing import cast
@@ -20,6 +25,19 @@ from typing import cast
 from proxy.errors import StreamError
 from proxy.protocol.frames import ErrorCode
 from proxy.stream import Stream
+
+
+def reset_transport(transport: asyncio.BaseTransport) -> None:
+    """Close with RST, not FIN (`SO_LINGER` 0): a broken stream must never look finished.
+
+    A client reading a download, or an apiserver reading an upload, takes a FIN for the end of
+    the data; a truncated transfer has to end as an error at the other end.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 def _code(error: StreamError) -> ErrorCode:
@@ -175,14 +193,14 @@ class SocketPipe(asyncio.Protocol):
         # (forever, if the peer stopped reading) to flush bytes nobody will take.
         self._done = True
         if self.transport is not None:
-            self.transport.abort()
+            reset_transport(self.transport)
 
     def _abort(self) -> None:
         self._done = True
         if self.stream is not None:
             self.stream.reset(ErrorCode.CANCEL, "connection closed")
         if self.transport is not None:
-            self.transport.abort()
+            reset_transport(self.transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self._done:

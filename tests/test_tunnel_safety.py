@@ -1486,3 +1486,35 @@ async def test_upgrades_abandoned_at_any_moment_leave_nothing_behind(
             60,
         )
         assert t.relay.connected_clusters() == []
+
+
+# ---- a broken stream is never mistaken for a finished one -----------------------------------
+
+
+@deadline(120)
+async def test_a_relay_dying_mid_transfer_resets_both_local_ends(
+    tunnel_hub: RunningHub, tmp_path: Path
+) -> None:
+    """A truncated download must not end with a clean EOF at the client, nor a truncated upload
+    with one at the apiserver: both local sockets are reset (RST), not closed (FIN)."""
+    async with stack(tunnel_hub, tmp_path) as s:
+        # An upload the apiserver side has not read yet, and a download in full flow.
+        _, up = await asyncio.open_connection("127.0.0.1", s.port)
+        up.write(b"sink\n")
+        await push_until_stalled(up)
+        down_reader, down = await asyncio.open_connection("127.0.0.1", s.port)
+        down.write(b"fire 1073741824\n")
+        await down.drain()
+        got = 0
+        while got < 4 * 1024 * 1024:
+            got += len(await asyncio.wait_for(down_reader.read(1 << 20), 10))
+
+        await s.tunnel.stop_relay()
+        with pytest.raises(ConnectionResetError):
+            while await asyncio.wait_for(down_reader.read(1 << 20), 20):
+                pass
+        s.target.release.set()  # the sink reads what reached it: a reset, never an end of stream
+        await until(lambda: s.target.open == 0, "the apiserver side to be closed", 15)
+        assert s.target.sunk == [], "a truncated upload reached the apiserver as a complete one"
+        for writer in (up, down):
+            writer.transport.abort()
