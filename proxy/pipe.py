@@ -27,7 +27,7 @@ from proxy.protocol.frames import ErrorCode
 from proxy.stream import Stream
 
 
-def reset_transport(transport: asyncio.BaseTransport) -> None:
+def reset_transport(transport: asyncio.Transport) -> None:
     """Close with RST, not FIN (`SO_LINGER` 0): a broken stream must never look finished.
 
     A client reading a download, or an apiserver reading an upload, takes a FIN for the end of
