@@ -99,12 +99,13 @@ class OidcVerifier:
 
     async def verify_token(self, token: str) -> dict[str, Any]:
         try:
-            header = jwt.get_unverified_header(token)
+            unverified = jwt.api_jwt.decode_complete(token, options={"verify_signature": False})
         except jwt.InvalidTokenError as exc:
             raise TokenError(f"malformed token: {exc}") from None
+        header = unverified["header"]
         try:
             check_header_types(header)
-            check_claim_types(jwt.decode(token, options={"verify_signature": False}))
+            check_claim_types(unverified["payload"])
         except jwt.InvalidTokenError as exc:
             raise TokenError(f"invalid token: {exc}") from None
         alg = header.get("alg")

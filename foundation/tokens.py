@@ -91,8 +91,9 @@ def check_header_types(header: dict[str, Any]) -> None:
 
 def verify_signed(token: str, public_key: PublicKey, audience: str, max_ttl: int) -> dict[str, Any]:
     """Verify signature, audience and lifetime of a token signed by `public_key`."""
-    check_header_types(jwt.get_unverified_header(token))
-    check_claim_types(jwt.decode(token, options={"verify_signature": False}))
+    unverified = jwt.api_jwt.decode_complete(token, options={"verify_signature": False})
+    check_header_types(unverified["header"])
+    check_claim_types(unverified["payload"])
     alg = algorithm_for(public_key)
     claims: dict[str, Any] = jwt.decode(
         token,

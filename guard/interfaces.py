@@ -14,14 +14,10 @@ authorizer owns it: its `unavailable` is the one answer for a review it could
 not decide, whether its own backend failed or the endpoint's deadline passed.
 The endpoint keeps only the deadline.
 
-`PlainAuthenticator` and `PlainAuthorizer` give a provider that has only the
-slow method (`authenticate` / `authorize`, a plug-in or a test double) the
-whole interface: no fast path, its failures answered by the policy it is given.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -62,40 +58,6 @@ class Authorizer(Protocol):
 
     def unavailable(self, reason: str, error: str = "") -> Decision:
         """The failure policy's answer, for a review this authorizer could not decide."""
-
-
-class PlainAuthenticator:
-    """An `authenticate`-only provider as an `Authenticator`: no fast path, no audiences."""
-
-    def __init__(self, authenticate: Callable[[str, list[str]], Awaitable[UserInfo]]) -> None:
-        self._authenticate = authenticate
-
-    def cached(self, token: str) -> Authenticated | None:
-        return None
-
-    async def review(self, token: str, audiences: list[str]) -> Authenticated:
-        return Authenticated(await self._authenticate(token, audiences), [])
-
-
-class PlainAuthorizer:
-    """An `authorize`-only provider as an `Authorizer`: no fast path; `failure` answers its failures."""
-
-    def __init__(
-        self,
-        authorize: Callable[[SubjectAccessReview, float], Awaitable[Decision]],
-        failure: FailurePolicy = "noopinion",
-    ) -> None:
-        self._authorize = authorize
-        self.failure = failure
-
-    def decide_now(self, review: SubjectAccessReview) -> Decision | None:
-        return None
-
-    async def authorize(self, review: SubjectAccessReview, deadline: float) -> Decision:
-        return await self._authorize(review, deadline)
-
-    def unavailable(self, reason: str, error: str = "") -> Decision:
-        return by_policy(self.failure, reason, error)
 
 
 class NoAuthorizer:

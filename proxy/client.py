@@ -16,7 +16,7 @@ import base64
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from foundation.retry import RetryPolicy
 from proxy.dialler import Dialler, RelayCredential
@@ -66,9 +66,8 @@ class ClientProxy:
     ping_timeout: float = 20.0
 
     def __post_init__(self) -> None:
-        self.credential: Credential | None = None
         self.dialler = Dialler(
-            self._credential,
+            self.credentials,
             ca_file=self.relay_ca_file,
             settings=self.settings,
             ping_interval=self.ping_interval,
@@ -87,16 +86,17 @@ class ClientProxy:
     def renewals(self) -> int:
         return self.dialler.renewals
 
-    async def _credential(self) -> RelayCredential:
-        self.credential = await self.credentials()
-        return self.credential
+    @property
+    def credential(self) -> Credential | None:
+        """The relay credential in use (the dialler holds it; `credentials` made it)."""
+        return cast(Credential | None, self.dialler.credential)
 
     async def run(
         self, ready: Callable[[int], None] | None = None, stop: asyncio.Event | None = None
     ) -> None:
         """Listen on loopback and keep a relay session until `stop`."""
         stop = stop or asyncio.Event()
-        self.dialler.credential = await self._credential()  # fails early: the kubeconfig needs it
+        self.dialler.credential = await self.credentials()  # fails early: the kubeconfig needs it
         loop = asyncio.get_running_loop()
         openers: set[asyncio.Task[None]] = set()
         async with asyncio.TaskGroup() as tasks:

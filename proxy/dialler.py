@@ -77,7 +77,7 @@ class Dialler:
 
     def __post_init__(self) -> None:
         self.credential: RelayCredential | None = None
-        self.muxes: set[Mux] = set()  # live sessions (the newest first in `current`)
+        self.muxes: set[Mux] = set()  # live sessions, retiring ones included
         self.current: Mux | None = None  # the session new streams go to
         self.sessions_started = 0
         self.renewals = 0

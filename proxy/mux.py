@@ -334,10 +334,8 @@ class Mux:
             if (stream := self.streams.get(event.stream_id)) is not None:
                 stream.on_accepted()
         elif isinstance(event, ev.StreamRejected | ev.StreamReset):
-            stream = self.streams.pop(event.stream_id, None)
-            if stream is not None:
-                self._starved.discard(stream)
-                stream.on_failed(StreamError(event.code, event.reason))
+            if (stream := self.streams.get(event.stream_id)) is not None:
+                stream.on_failed(StreamError(event.code, event.reason))  # it leaves by `stream_done`
         elif isinstance(event, ev.StreamEnded):
             if (stream := self.streams.get(event.stream_id)) is not None:
                 stream.on_eof()

@@ -173,7 +173,7 @@ class Stream:
             return
         self.buffered -= size
         self.owner.stream_consumed(self, size)
-        if not self.buffered:
+        if not self.buffered and self.eof and self._fin_sent:  # the data path skips the call
             self._finish_if_done()
 
     def release(self) -> None:

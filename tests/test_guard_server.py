@@ -32,13 +32,13 @@ from guard.authn.graph import GraphGroups, GraphSettings
 from guard.authn.oidc import OidcAuthenticator
 from guard.authn.static import StaticTokens
 from guard.config import GuardConfig
-from guard.interfaces import PlainAuthenticator, PlainAuthorizer
 from guard.reviews import Decision, SubjectAccessReview
 from guard.server import GuardThread
 from hub import directory
 from hub.issuer import graph
 from kubearc.commands.guard import guard_kubeconfig
 from tests.conftest import RunningHub
+from tests.guard_doubles import PlainAuthenticator, PlainAuthorizer
 
 pytestmark = pytest.mark.sqlite_only
 AUDIENCE = "api://kubearc-hub"

@@ -44,7 +44,6 @@ from foundation.msalhttp import issuer_http_client
 from guard.authn.static import StaticTokens, digest
 from guard.impersonation import ImpersonatingProxy, ProxySettings, serving_context, upstream_from_kube
 from guard.impersonation.upstream import Upstream, client_context
-from guard.interfaces import PlainAuthorizer
 from guard.reviews import Decision, SubjectAccessReview, UserInfo
 from hub import admin, directory
 from hub.aadproxy import NAME_SUFFIX
@@ -53,6 +52,7 @@ from tests.apiserver import ApiServer
 from tests.apiserver.audit import Recorded
 from tests.apiserver.kubectl import Running, kubectl, kubectl_binary, kubectl_bytes
 from tests.apiserver.resources import NAMESPACES
+from tests.guard_doubles import PlainAuthorizer
 from tests.tunnel_stack import PASSWORD, SUB, TunnelStack, cli, free_port, new_upn, user_token
 
 pytestmark = pytest.mark.sqlite_only

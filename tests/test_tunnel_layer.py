@@ -18,7 +18,7 @@ from proxy.protocol import events as ev
 from proxy.protocol.frames import ErrorCode
 from proxy.stream import Stream, StreamError
 from tests.test_tunnel_safety import until
-from tests.tunnel_memory import mux_pair
+from tests.tunnel_memory import MemoryTransport, mux_pair
 
 pytestmark = pytest.mark.sqlite_only
 
@@ -82,8 +82,9 @@ async def test_a_refusal_reaches_the_opener_with_its_code_and_reason() -> None:
 
 async def test_an_open_nobody_answers_times_out_and_is_not_left_behind() -> None:
     async with mux_pair(shouting) as (near, far):
-        assert isinstance(far.transport, object)
-        far.transport.hold()  # type: ignore[attr-defined]  # the peer stops reading
+        transport = far.transport
+        assert isinstance(transport, MemoryTransport)
+        transport.hold()  # the peer stops reading
         with pytest.raises(StreamError) as timed_out:
             await near.open({"kind": "test"}, wait=0.2)
         assert timed_out.value.code == ErrorCode.TIMEOUT

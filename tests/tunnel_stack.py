@@ -243,9 +243,13 @@ class TunnelStack:
         proxy.wait_for("Proxy is listening")
         return proxy
 
-    def up(self, *hub_args: str) -> None:
+    def up(self) -> None:
         """Hub and relay, a signed-in cluster owner, the cluster resource, and its agents."""
-        self.start_hub(*hub_args)
+        self.start_hub()
+        self.onboard()
+
+    def onboard(self) -> None:
+        """A signed-in cluster owner, the cluster resource, and its agents (the relay is up)."""
         scope = "/subscriptions/" + SUB
         self.sign_in(new_upn(), scope, ["Owner", "Azure Arc Enabled Kubernetes Cluster User Role"])
         self.create_cluster(user_token(self))
