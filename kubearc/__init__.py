@@ -1,5 +1,5 @@
 """The `kubearc` command line: the composition root that wires the parts together.
 
-Nothing imports this package but the console script (`kubearc.cli:app`); the
+Nothing imports this package but the console script (`kubearc.cli:main`); the
 helpers the parts share live in `foundation`.
 """

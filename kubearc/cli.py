@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from kubearc.commands import aadproxy, admin, agent, cluster, demo, guard, hub, login, proxy, relay, role
@@ -26,5 +28,22 @@ app.add_typer(role.app, name="role", help="Role definitions and role assignments
 app.add_typer(admin.app, name="admin", help="Bootstrap the hub's directory on the hub host.")
 app.add_typer(agent.app, name="agent", help="In-cluster agents.")
 
+
+def main() -> None:
+    """The console script: a usage error is one line that names the problem and where to look."""
+    try:
+        code = app(standalone_mode=False)
+    except typer.TyperException as exc:  # click's exceptions, as typer carries them
+        message = exc.format_message()  # type: ignore[attr-defined]
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `kubearc` or a group alone: its help
+            typer.echo(message, err=True)
+        else:
+            where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            typer.echo(f"error: {message}{where}", err=True)
+        sys.exit(getattr(exc, "exit_code", 2))
+    sys.exit(code if isinstance(code, int) else 0)
+
+
 if __name__ == "__main__":
-    app()
+    main()

@@ -49,3 +49,19 @@ def test_each_command_refuses_a_bad_window_before_starting(
     result = CliRunner().invoke(app, [*command, "--max-window", value])
     assert result.exit_code == 2, result.output
     assert "--max-window" in result.output and message in " ".join(result.output.split())
+
+
+def test_a_bad_flag_on_the_command_line_is_one_line_naming_it() -> None:
+    """The console script (`kubearc.cli.main`): no panel, no traceback, one line and the exit code 2."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "kubearc.cli", "relay", "--hub", "https://hub.test", "--drain", "5x"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: ")
+    assert "--drain" in done.stderr and "'5x'" in done.stderr and "--help" in done.stderr
