@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 
 import uvicorn
 from prometheus_client import (
@@ -24,6 +24,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from foundation.webserver import EmbeddedUvicorn
 
 LATENCY_BUCKETS = (
     0.00005,
@@ -89,15 +91,6 @@ def request_histogram(prefix: str, registry: CollectorRegistry = REGISTRY) -> Hi
         buckets=LATENCY_BUCKETS,
         registry=registry,
     )
-
-
-class EmbeddedUvicorn(uvicorn.Server):
-    """uvicorn inside a process that owns its signals: no handlers of its own. uvicorn re-raises a
-    caught signal when `serve()` returns, which would kill the process before the caller's cleanup."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 Readiness = Callable[[], str | None]  # None when ready, else what is missing (the 503's body)

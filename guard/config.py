@@ -10,8 +10,10 @@ HTTP on `health_port` (bind it to the pod IP or 127.0.0.1, never expose it).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from foundation.gate import Limits
 
 
 @dataclass
@@ -29,3 +31,5 @@ class GuardConfig:
     # AuthorizationConfiguration sets): past it the authorizer's failure policy answers, never a 5xx.
     deadline: float = 3.0
     max_body: int = 1024 * 1024
+    # What callers may hold on the review port before their first request (foundation.gate).
+    limits: Limits = field(default_factory=Limits)

@@ -16,14 +16,14 @@ import gc
 import logging
 import signal
 import socket
-import ssl
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import uvicorn
 
-from foundation.metrics import EmbeddedUvicorn
+from foundation.gate import Gate, serving_context
+from foundation.webserver import EmbeddedUvicorn, gated_server
 from guard.app import GuardState, build_apps
 from guard.audit import AuditSink
 from guard.authn.chain import AuthnChain
@@ -68,18 +68,12 @@ class GuardServer:
         self.review_sock = bind(cfg.host, cfg.port)
         self.health_sock = bind(cfg.health_host, cfg.health_port)
         reviews, health = build_apps(state)
+        # Mutual TLS through the gate: a caller without a certificate of `client_ca` never
+        # reaches the app, and idle or slow callers are bounded like on every port of ours.
+        tls = serving_context(cfg.tls_cert, cfg.tls_key, client_ca=cfg.client_ca)
+        self.gate = Gate(cfg.limits, tls, name="guard")
+        self.review_server = gated_server(reviews, self.gate, timeout_graceful_shutdown=5)
         common: dict[str, Any] = {"log_config": None, "access_log": False, "lifespan": "off"}
-        self.review_server = EmbeddedUvicorn(
-            uvicorn.Config(
-                reviews,
-                ssl_certfile=str(cfg.tls_cert),
-                ssl_keyfile=str(cfg.tls_key),
-                ssl_ca_certs=str(cfg.client_ca),
-                ssl_cert_reqs=ssl.CERT_REQUIRED,
-                timeout_graceful_shutdown=5,
-                **common,
-            )
-        )
         self.health_server = EmbeddedUvicorn(uvicorn.Config(health, timeout_graceful_shutdown=1, **common))
         self._load = ready  # async callable loading keys (e.g. AuthnChain.ready)
         self.freeze_gc = freeze_gc  # the process is this server's alone (`kubearc guard serve`)

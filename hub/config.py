@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from foundation import __version__
+from foundation.gate import Limits
 
 
 def utcnow() -> dt.datetime:
@@ -47,6 +48,9 @@ class HubConfig:
     relay_url: str | None = None
     relay_port: int = 8444
     latest_agent_version: str = __version__
+    # What unauthenticated peers may hold on the API port and on the in-process relay's port.
+    limits: Limits = field(default_factory=Limits)
+    relay_limits: Limits = field(default_factory=Limits)
     clock: Callable[[], dt.datetime] = utcnow
 
     @property

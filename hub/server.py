@@ -14,7 +14,8 @@ import uvicorn
 from starlette.routing import BaseRoute
 
 from foundation import pki
-from foundation.metrics import EmbeddedUvicorn
+from foundation.gate import Gate, serving_context
+from foundation.webserver import gated_server
 from hub.app import build_app
 from hub.config import HubConfig
 from hub.context import Hub, open_hub
@@ -55,18 +56,14 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def uvicorn_server(app: object, tls: TlsFiles, embedded: bool = False) -> uvicorn.Server:
-    """The hub's uvicorn; `embedded`: one that leaves the process's signals to its caller."""
-    cfg = uvicorn.Config(
-        app,  # type: ignore[arg-type]
-        ssl_certfile=str(tls.cert),
-        ssl_keyfile=str(tls.key),
-        log_config=None,
-        access_log=False,
-        lifespan="off",
-        timeout_graceful_shutdown=5,
-    )
-    return EmbeddedUvicorn(cfg) if embedded else uvicorn.Server(cfg)
+def api_gate(config: HubConfig, tls: TlsFiles) -> Gate:
+    """The API port's admission: the hub's certificate, the configured limits."""
+    return Gate(config.limits, serving_context(tls.cert, tls.key), name="hub api")
+
+
+def uvicorn_server(app: object, gate: Gate, embedded: bool = False) -> uvicorn.Server:
+    """The hub's uvicorn behind `gate`; `embedded`: one that leaves the process's signals to its caller."""
+    return gated_server(app, gate, embedded=embedded, timeout_graceful_shutdown=5)
 
 
 async def serve(
@@ -86,7 +83,7 @@ async def serve(
     try:
         tls = ensure_tls(config)
         app = build_app(hub, extra_routes(hub) if extra_routes else None)
-        server = uvicorn_server(app, tls, embedded=stop is not None)
+        server = uvicorn_server(app, api_gate(config, tls), embedded=stop is not None)
         if on_ready:
             on_ready(hub, tls)
         async with asyncio.TaskGroup() as tasks:
@@ -113,6 +110,7 @@ class HubThread:
         self.extra_routes = extra_routes
         self.hub: Hub | None = None
         self.tls: TlsFiles | None = None
+        self.gate: Gate | None = None
         self._server: uvicorn.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready = threading.Event()
@@ -136,7 +134,8 @@ class HubThread:
         try:
             self.tls = ensure_tls(self.config)
             app = build_app(hub, self.extra_routes(hub) if self.extra_routes else None)
-            self._server = uvicorn_server(app, self.tls)
+            self.gate = api_gate(self.config, self.tls)
+            self._server = uvicorn_server(app, self.gate)
             self.hub = hub
             task = asyncio.create_task(self._server.serve(sockets=[self.sock]))
             while not self._server.started and not task.done():  # noqa: ASYNC110 - uvicorn has no started event

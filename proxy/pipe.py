@@ -15,29 +15,14 @@ transfer never passes for a finished one.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
-import struct
 from collections import deque
 from collections.abc import Callable
 from typing import cast
 
+from foundation.transports import reset_transport
 from proxy.errors import StreamError
 from proxy.protocol.frames import ErrorCode
 from proxy.stream import Stream
-
-
-def reset_transport(transport: asyncio.Transport) -> None:
-    """Close with RST, not FIN (`SO_LINGER` 0): a broken stream must never look finished.
-
-    A client reading a download, or an apiserver reading an upload, takes a FIN for the end of
-    the data; a truncated transfer has to end as an error at the other end.
-    """
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError, AttributeError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    transport.abort()
 
 
 def _code(error: StreamError) -> ErrorCode:

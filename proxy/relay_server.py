@@ -12,21 +12,23 @@ drains the relay (`Relay.drain`) before it returns.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import generate_latest
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
+from foundation.gate import Gate, Limits
 from foundation.wire import RELAY_AGENT_PATH, RELAY_CLIENT_PATH
 from proxy.errors import HubUnavailable, RenewalRefused, Unauthorized
 from proxy.relay import Relay
 from proxy.relay_auth import AgentIdentity, ClientIdentity, HubAuth, bearer
-from proxy.wsconn import DirectServerConnection
+from proxy.wsconn import DirectServerConnection, GatedServerConnection
 
 log = logging.getLogger("kubearc.relay")
 
@@ -42,6 +44,11 @@ class RelayServer:
     ssl_context: ssl.SSLContext | None = None
     drain: float = 30.0  # seconds open streams may take to finish on shutdown
     reuse_port: bool = False  # SO_REUSEPORT: a new relay process may listen beside this one
+    limits: Limits = field(default_factory=Limits)  # what unauthenticated peers may hold
+
+    def __post_init__(self) -> None:
+        # Admission and TLS for every connection (foundation.gate); websockets sees plain TCP.
+        self.gate = Gate(self.limits, self.ssl_context, name="relay")
 
     async def _authenticate(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
@@ -113,13 +120,12 @@ class RelayServer:
             self._handle,
             self.host,
             self.port,
-            ssl=self.ssl_context,
             process_request=self._authenticate,
             compression=None,
             max_size=MAX_MESSAGE,
             ping_interval=None,  # liveness is the tunnel's own PING
             write_limit=256 * 1024,
-            create_connection=DirectServerConnection,
+            create_connection=functools.partial(GatedServerConnection, self.gate),  # type: ignore[arg-type]
             reuse_port=self.reuse_port or None,
         )
 

@@ -29,6 +29,8 @@ from websockets.asyncio.server import ServerConnection
 from websockets.frames import DATA_OPCODES, CloseCode, Frame, Opcode
 from websockets.protocol import State
 
+from foundation.gate import Gate, GatedProtocol
+
 log = logging.getLogger("kubearc.tunnel")
 
 OnMessage = Callable[[bytes], None]
@@ -109,3 +111,20 @@ class DirectServerConnection(_Direct, ServerConnection):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.peer_identity: Any = None
+
+
+class GatedServerConnection(GatedProtocol, DirectServerConnection):
+    """The relay's connections: admitted and put on TLS by a `foundation.gate.Gate`.
+
+    The upgrade request is the connection's first request: once its head is parsed
+    the connection no longer counts against its address's pending limit.
+    """
+
+    def __init__(self, gate: Gate, *args: Any, **kwargs: Any) -> None:
+        self.gate = gate
+        super().__init__(*args, **kwargs)
+
+    def process_event(self, event: Any) -> None:
+        if self.request is None:
+            self.request_seen()
+        super().process_event(event)

@@ -39,10 +39,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from foundation import pki
+from foundation.gate import serving_context
 from foundation.kube import Kube
 from foundation.msalhttp import issuer_http_client
 from guard.authn.static import StaticTokens, digest
-from guard.impersonation import ImpersonatingProxy, ProxySettings, serving_context, upstream_from_kube
+from guard.impersonation import ImpersonatingProxy, ProxySettings, upstream_from_kube
 from guard.impersonation.upstream import Upstream, client_context
 from guard.reviews import Decision, SubjectAccessReview, UserInfo
 from hub import admin, directory

@@ -7,7 +7,7 @@ loads the proxy's own apiserver credential; `proxy` is the TLS server;
 together for `kubearc guard proxy`.
 """
 
-from guard.impersonation.proxy import ImpersonatingProxy, ProxySettings, serving_context
+from guard.impersonation.proxy import ImpersonatingProxy, ProxySettings
 from guard.impersonation.requestinfo import RequestInfo, RequestInfoError, request_info
 from guard.impersonation.upstream import Upstream, client_context, upstream_from_kube
 
@@ -19,6 +19,5 @@ __all__ = [
     "Upstream",
     "client_context",
     "request_info",
-    "serving_context",
     "upstream_from_kube",
 ]

@@ -23,11 +23,14 @@ import logging
 import ssl
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import h11
 from prometheus_client import Histogram
 
+from foundation.gate import Gate, GatedProtocol, Limits
 from guard.errors import AuthenticationError, BearerTokenError, GuardError, UpstreamError
 from guard.impersonation import headers as hdr
 from guard.impersonation.requestinfo import RequestInfoError, request_info
@@ -46,25 +49,15 @@ class ProxySettings:
 
     max_header_bytes: int = 64 * 1024
     max_body_bytes: int = 16 * 1024 * 1024
-    idle_timeout: float = 120.0  # for the next request on a kept-alive connection
+    # Admission, the TLS handshake, the first request's head and the idle wait between requests
+    # on a kept-alive connection (foundation.gate).
+    limits: Limits = field(default_factory=Limits)
     body_timeout: float = 60.0  # between pieces of a request body
     connect_timeout: float = 10.0
     response_timeout: float = 120.0  # for the apiserver's response head (never its body: watches idle)
     authn_timeout: float = 10.0
     authz_timeout: float = 5.0
     splice_grace: float = 5.0  # after one side of an upgraded connection ends, for the other to finish
-
-
-def serving_context(cert_file: str, key_file: str) -> ssl.SSLContext:
-    """The TLS server context: TLS 1.2+, ALPN http/1.1 only (kubectl then speaks HTTP/1.1).
-
-    Call `load_cert_chain` on it again to swap in a renewed certificate: new handshakes use it.
-    """
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(cert_file, key_file)
-    ctx.set_alpn_protocols(["http/1.1"])
-    return ctx
 
 
 class Refused(GuardError):
@@ -92,13 +85,22 @@ class ImpersonatingProxy:
     head_latency: Histogram | None = None  # seconds from a request to the apiserver's response head
 
     async def start(self, host: str, port: int, tls: ssl.SSLContext) -> asyncio.Server:
-        """Listen on host:port; the returned server's sockets tell the bound port."""
-        return await asyncio.start_server(
-            self._accept, host, port, ssl=tls, ssl_handshake_timeout=10, limit=256 * 1024
-        )
+        """Listen on host:port behind a gate; the returned server's sockets tell the bound port."""
+        gate = Gate(self.settings.limits, tls, name="aad-proxy")
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        connection = _Connection(self, reader, writer)
+        def connection() -> _GatedStreams:
+            reader = asyncio.StreamReader(limit=256 * 1024)
+            protocol: _GatedStreams = _GatedStreams(
+                gate, reader, lambda r, w: self._accept(r, w, protocol.request_seen)
+            )
+            return protocol
+
+        return await asyncio.get_running_loop().create_server(connection, host, port)
+
+    async def _accept(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request_seen: Callable[[], None]
+    ) -> None:
+        connection = _Connection(self, reader, writer, request_seen)
         self.connections += 1
         try:
             await connection.run()
@@ -111,11 +113,26 @@ class ImpersonatingProxy:
             connection.close()
 
 
+class _GatedStreams(GatedProtocol, asyncio.StreamReaderProtocol):
+    """asyncio's stream protocol behind the gate: the connection's coroutine starts once TLS is up."""
+
+    def __init__(self, gate: Gate, reader: asyncio.StreamReader, connected: Any) -> None:
+        self.gate = gate
+        super().__init__(reader, connected)
+
+
 class _Connection:
     """One client connection: requests one after another, each forwarded upstream."""
 
-    def __init__(self, proxy: ImpersonatingProxy, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+    def __init__(
+        self,
+        proxy: ImpersonatingProxy,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        request_seen: Callable[[], None],
+    ):
         self.proxy, self.settings = proxy, proxy.settings
+        self.request_seen = request_seen
         self.reader, self.writer = reader, writer
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=proxy.settings.max_header_bytes)
         self.upstream: UpstreamConnection | None = None
@@ -138,13 +155,14 @@ class _Connection:
     async def run(self) -> None:
         while True:
             try:
-                event = await next_event(self.conn, self.reader, self.settings.idle_timeout)
+                event = await next_event(self.conn, self.reader, self.settings.limits.idle_timeout)
             except h11.RemoteProtocolError as exc:
                 reason = "BadRequest" if exc.error_status_hint == 400 else "RequestHeaderFieldsTooLarge"
                 await self._refuse(Refused(exc.error_status_hint, reason, f"malformed HTTP request: {exc}"))
                 return
             if not isinstance(event, h11.Request):
                 return  # ConnectionClosed
+            self.request_seen()  # the gate's header deadline is met
             self.user = ""
             try:
                 keep = await self._exchange(event)

@@ -23,7 +23,7 @@ from pathlib import Path
 from cryptography import x509
 
 from foundation import pki
-from guard.impersonation.proxy import serving_context
+from foundation.gate import serving_context
 
 log = logging.getLogger("kubearc.guard.proxy")
 RETRY_AFTER = dt.timedelta(minutes=5)  # after a failed renewal

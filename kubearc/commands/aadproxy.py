@@ -29,6 +29,14 @@ from kubearc.commands.guard import (
     authn_options,
     usage_errors,
 )
+from kubearc.commands.listenopts import (
+    HandshakeTimeoutOpt,
+    HeaderTimeoutOpt,
+    IdleTimeoutOpt,
+    MaxPendingOpt,
+    limits,
+    max_connections_option,
+)
 
 if TYPE_CHECKING:
     from agents.hubclient import HubClient
@@ -89,6 +97,11 @@ def aad_proxy(
         help="HOST:PORT for /healthz, /readyz and /metrics in plain HTTP (keep it off public networks).",
     ),
     max_body: int = typer.Option(16 * 1024 * 1024, "--max-body", min=1, help="Largest request body (bytes)."),
+    max_connections: int | None = max_connections_option("a third"),  # each client brings an upstream one
+    max_pending_per_address: int = MaxPendingOpt,
+    handshake_timeout: str = HandshakeTimeoutOpt,
+    header_timeout: str = HeaderTimeoutOpt,
+    idle_timeout: str = IdleTimeoutOpt,
     log_level: str = typer.Option("info", "--log-level", envvar="KUBEARC_LOG_LEVEL"),
     log_format: str = typer.Option("json", "--log-format", envvar="KUBEARC_LOG_FORMAT", help="json or text."),
 ) -> None:
@@ -122,6 +135,8 @@ def aad_proxy(
         )
         if authz.enabled:
             check_cluster_resource_id(authz.rules.cluster_resource_id)
+        timeouts = (handshake_timeout, header_timeout, idle_timeout)
+        caps = limits(max_connections, 1 / 3, max_pending_per_address, *timeouts)
         setup_logging(log_level, log_format)
         chain = authn.build()
     kube = Kube(kubeconfig)
@@ -132,7 +147,7 @@ def aad_proxy(
         authorizer = await cluster_authorizer(authz, store, hub) if authorize else None
         async with HubClient(hub, hub_ca) as client:
             serving = ServingCertificate(hub_issuer(client, store))
-            settings = ProxySettings(max_body_bytes=max_body)
+            settings = ProxySettings(max_body_bytes=max_body, limits=caps)
             await serve_proxy(listeners, upstream, chain, authorizer, serving, settings, _announce)
 
     _execute("aad-proxy", main())

@@ -17,6 +17,14 @@ import typer
 from foundation import aio
 from foundation.logs import setup_logging
 from foundation.settings import default_state_dir, parse_duration
+from kubearc.commands.listenopts import (
+    HandshakeTimeoutOpt,
+    HeaderTimeoutOpt,
+    IdleTimeoutOpt,
+    MaxPendingOpt,
+    limits,
+    max_connections_option,
+)
 from kubearc.commands.tunnelopts import DrainOpt, MaxWindowOpt, drain_seconds, tunnel_settings
 
 if TYPE_CHECKING:
@@ -92,6 +100,14 @@ def hub(
     relay_url: RelayUrl = None,
     max_window: str = MaxWindowOpt,
     drain: str = DrainOpt,
+    max_connections: int | None = max_connections_option("a quarter"),
+    relay_max_connections: int | None = max_connections_option(
+        "half", "--relay-max-connections", "KUBEARC_RELAY_MAX_CONNECTIONS"
+    ),
+    max_pending_per_address: int = MaxPendingOpt,
+    handshake_timeout: str = HandshakeTimeoutOpt,
+    header_timeout: str = HeaderTimeoutOpt,
+    idle_timeout: str = IdleTimeoutOpt,
     latest_agent_version: LatestAgent = None,
     log_level: LogLevel = "info",
     log_format: LogFormat = "text",
@@ -103,6 +119,9 @@ def hub(
         raise typer.BadParameter("give both --tls-cert and --tls-key, or neither")
     setup_logging(log_level, log_format)
     tunnel, grace = tunnel_settings(max_window), drain_seconds(drain)
+    timeouts = (max_pending_per_address, handshake_timeout, header_timeout, idle_timeout)
+    api_limits = limits(max_connections, 0.25, *timeouts)
+    relay_limits = limits(relay_max_connections, 0.5, *timeouts, flag="--relay-max-connections")
     config = HubConfig(
         state_dir=state_dir or default_state_dir(),
         host=host,
@@ -123,6 +142,8 @@ def hub(
         relay_credential_ttl=_duration(relay_credential_ttl, "--relay-credential-ttl"),
         relay_port=relay_port,
         relay_url=relay_url,
+        limits=api_limits,
+        relay_limits=relay_limits,
     )
     if latest_agent_version:
         config.latest_agent_version = latest_agent_version
@@ -163,13 +184,19 @@ async def _run(config: HubConfig, tunnel: Settings, drain: float | None, stop: a
 
 def _relay_server(config: HubConfig, tls: TlsFiles, settings: Settings, drain: float) -> RelayServer:
     """The relay in the hub's process: same certificate, verifying credentials with this hub."""
-    import ssl
-
+    from foundation.gate import serving_context
     from proxy.relay import Relay
     from proxy.relay_auth import HubAuth
     from proxy.relay_server import RelayServer
 
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(tls.cert, tls.key)
+    context = serving_context(tls.cert, tls.key)
     auth = HubAuth(config.url, str(tls.ca) if tls.ca else None)
-    return RelayServer(Relay(settings), auth, config.host, config.relay_port, context, drain=drain)
+    return RelayServer(
+        Relay(settings),
+        auth,
+        config.host,
+        config.relay_port,
+        context,
+        drain=drain,
+        limits=config.relay_limits,
+    )

@@ -7,7 +7,6 @@ finish for up to `--drain`, then the process exits.
 from __future__ import annotations
 
 import asyncio
-import ssl
 from pathlib import Path
 
 import typer
@@ -15,6 +14,14 @@ import typer
 from foundation import aio
 from foundation.logs import setup_logging
 from foundation.settings import default_state_dir
+from kubearc.commands.listenopts import (
+    HandshakeTimeoutOpt,
+    HeaderTimeoutOpt,
+    IdleTimeoutOpt,
+    MaxPendingOpt,
+    limits,
+    max_connections_option,
+)
 from kubearc.commands.tunnelopts import DrainOpt, MaxWindowOpt, drain_seconds, tunnel_settings
 
 
@@ -38,11 +45,17 @@ def relay(
         help="Let a new relay process listen on the same port while this one drains (SO_REUSEPORT; "
         "both must run as the same user).",
     ),
+    max_connections: int | None = max_connections_option("three quarters"),
+    max_pending_per_address: int = MaxPendingOpt,
+    handshake_timeout: str = HandshakeTimeoutOpt,
+    header_timeout: str = HeaderTimeoutOpt,
+    idle_timeout: str = IdleTimeoutOpt,
     log_level: str = typer.Option("info", "--log-level", envvar="KUBEARC_LOG_LEVEL"),
     log_format: str = typer.Option("text", "--log-format", envvar="KUBEARC_LOG_FORMAT"),
 ) -> None:
     """Run the relay: agents dial in, `kubearc proxy` dials in, streams are switched between them."""
     from foundation import pki
+    from foundation.gate import serving_context
     from proxy.relay import Relay
     from proxy.relay_auth import HubAuth
     from proxy.relay_server import RelayServer
@@ -50,6 +63,9 @@ def relay(
     setup_logging(log_level, log_format)
     settings = tunnel_settings(max_window)
     grace = drain_seconds(drain)
+    caps = limits(
+        max_connections, 0.75, max_pending_per_address, handshake_timeout, header_timeout, idle_timeout
+    )
     if (tls_cert is None) != (tls_key is None):
         raise typer.BadParameter("give both --tls-cert and --tls-key, or neither")
     if tls_cert is None:
@@ -59,8 +75,7 @@ def relay(
             "kubearc relay CA",
         )
         typer.echo(f"relay CA file (clients and agents trust it): {ca}", err=True)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(tls_cert, tls_key)
+    context = serving_context(tls_cert, tls_key)
     server = RelayServer(
         Relay(settings, replica_id=replica_id),
         HubAuth(hub.rstrip("/"), str(hub_ca) if hub_ca else None),
@@ -69,6 +84,7 @@ def relay(
         context,
         drain=grace,
         reuse_port=reuse_port,
+        limits=caps,
     )
 
     async def main(stop: asyncio.Event) -> None:
