@@ -44,12 +44,14 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from foundation.memory import give_back
 from foundation.transports import reset_transport
 
 log = logging.getLogger("kubearc.gate")
 
-SMALL_READ = 16 * 1024 + 256  # one TLS record and its overhead
+SMALL_READ = 4 * 1024  # a ClientHello, a request head; doubled each time a read fills it
 LARGE_READ = sslproto.SSLProtocol.max_size  # asyncio's read size, 256 KiB
+TRIM_AFTER = 500  # connections gone since the peak before freed memory is given back
 FD_RESERVE = 256  # descriptors left for files, database pools and outgoing connections
 
 
@@ -162,6 +164,8 @@ class Gate:
         limits.validate()
         self.limits, self.tls, self.name = limits, tls, name
         self.open = 0
+        self.peak = 0  # the most open since memory was last given back
+        self._trim: asyncio.TimerHandle | None = None
         self.pending: Counter[str] = Counter()  # address -> connections before their first request
         self.refused: Counter[str] = Counter()  # reason -> connections refused or closed by the gate
 
@@ -175,6 +179,7 @@ class Gate:
             reason = "max_pending_per_address"
         else:
             self.open += 1
+            self.peak = max(self.peak, self.open)
             self.pending[address] += 1
             return Ticket(self, address, transport)
         self.refused[reason] += 1
@@ -201,6 +206,16 @@ class Gate:
         if ticket.pending:
             ticket.pending = False
             self._settle(ticket.address)
+        if self.peak - self.open >= TRIM_AFTER and self.open <= self.peak // 2:
+            # A burst is over: its connections' memory goes back to the OS, a moment later so
+            # that what the servers free after `connection_lost` (handler tasks) goes too.
+            self.peak = self.open
+            if self._trim is None:
+                self._trim = asyncio.get_running_loop().call_later(1.0, self._give_back)
+
+    def _give_back(self) -> None:
+        self._trim = None
+        give_back()
 
     def handshake_failed(self, exc: BaseException) -> None:
         self.refused["handshake"] += 1

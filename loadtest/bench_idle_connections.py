@@ -144,7 +144,7 @@ def run_port(name: str, proc: subprocess.Popen[bytes], port: int, ca: Path, args
     print(f"   after {args.hold:.0f} s the hub had closed {closed_by_peer(result.held)} of {held}")
     for c in result.held:
         c.close()
-    time.sleep(2)
+    time.sleep(3)
     print(f"   hub RSS after release {rss_kb(proc.pid) / 1024:.0f} MB")
 
 
@@ -159,10 +159,9 @@ def main() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     print(f"file-descriptor limit here: {hard}; machine: {os.cpu_count()} CPUs")
-    with tempfile.TemporaryDirectory() as tmp, hub_process(Path(tmp), args.hub_flags) as (proc, port, relay):
-        ca = Path(tmp) / "tls" / "ca.crt"
-        run_port("api", proc, port, ca, args)
-        run_port("relay", proc, relay, ca, args)
+    for name in ("api", "relay"):  # a fresh hub for each: freed memory is not given back to the OS
+        with tempfile.TemporaryDirectory() as tmp, hub_process(Path(tmp), args.hub_flags) as (proc, port, relay):
+            run_port(name, proc, port if name == "api" else relay, Path(tmp) / "tls" / "ca.crt", args)
 
 
 if __name__ == "__main__":
