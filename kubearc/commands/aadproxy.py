@@ -22,20 +22,13 @@ from typing import TYPE_CHECKING
 import typer
 
 from foundation.logs import setup_logging
+from kubearc.commands import listenopts
 from kubearc.commands.guard import (
     GraphAuthorityOpt,
     GraphClientIdOpt,
     GraphUrlOpt,
     authn_options,
     usage_errors,
-)
-from kubearc.commands.listenopts import (
-    HandshakeTimeoutOpt,
-    HeaderTimeoutOpt,
-    IdleTimeoutOpt,
-    MaxPendingOpt,
-    limits,
-    max_connections_option,
 )
 
 if TYPE_CHECKING:
@@ -97,11 +90,12 @@ def aad_proxy(
         help="HOST:PORT for /healthz, /readyz and /metrics in plain HTTP (keep it off public networks).",
     ),
     max_body: int = typer.Option(16 * 1024 * 1024, "--max-body", min=1, help="Largest request body (bytes)."),
-    max_connections: int | None = max_connections_option("a third"),  # each client brings an upstream one
-    max_pending_per_address: int = MaxPendingOpt,
-    handshake_timeout: str = HandshakeTimeoutOpt,
-    header_timeout: str = HeaderTimeoutOpt,
-    idle_timeout: str = IdleTimeoutOpt,
+    # a third: each client connection brings one to the apiserver
+    max_connections: int | None = listenopts.max_connections_option("a third"),
+    max_pending_per_address: int = listenopts.MaxPendingOpt,
+    handshake_timeout: str = listenopts.HandshakeTimeoutOpt,
+    header_timeout: str = listenopts.HeaderTimeoutOpt,
+    idle_timeout: str = listenopts.IdleTimeoutOpt,
     log_level: str = typer.Option("info", "--log-level", envvar="KUBEARC_LOG_LEVEL"),
     log_format: str = typer.Option("json", "--log-format", envvar="KUBEARC_LOG_FORMAT", help="json or text."),
 ) -> None:
@@ -136,7 +130,7 @@ def aad_proxy(
         if authz.enabled:
             check_cluster_resource_id(authz.rules.cluster_resource_id)
         timeouts = (handshake_timeout, header_timeout, idle_timeout)
-        caps = limits(max_connections, 1 / 3, max_pending_per_address, *timeouts)
+        caps = listenopts.limits(max_connections, 1 / 3, max_pending_per_address, *timeouts)
         setup_logging(log_level, log_format)
         chain = authn.build()
     kube = Kube(kubeconfig)

@@ -28,14 +28,7 @@ from foundation import aio
 from foundation.logs import setup_logging
 from foundation.oidc import ENTRA_AUTHORITY
 from foundation.settings import parse_duration
-from kubearc.commands.listenopts import (
-    HandshakeTimeoutOpt,
-    HeaderTimeoutOpt,
-    IdleTimeoutOpt,
-    MaxPendingOpt,
-    limits,
-    max_connections_option,
-)
+from kubearc.commands import listenopts
 
 if TYPE_CHECKING:
     from guard.authn.options import AuthnOptions
@@ -215,11 +208,11 @@ def guard(
     deny_ttl: str = typer.Option(
         "30s", envvar="KUBEARC_GUARD_DENY_TTL", help="Longest time a NotAllowed/Denied decision is reused."
     ),
-    max_connections: int | None = max_connections_option("half"),
-    max_pending_per_address: int = MaxPendingOpt,
-    handshake_timeout: str = HandshakeTimeoutOpt,
-    header_timeout: str = HeaderTimeoutOpt,
-    idle_timeout: str = IdleTimeoutOpt,
+    max_connections: int | None = listenopts.max_connections_option("half"),
+    max_pending_per_address: int = listenopts.MaxPendingOpt,
+    handshake_timeout: str = listenopts.HandshakeTimeoutOpt,
+    header_timeout: str = listenopts.HeaderTimeoutOpt,
+    idle_timeout: str = listenopts.IdleTimeoutOpt,
     log_level: str = typer.Option("info", envvar="KUBEARC_LOG_LEVEL"),
     log_format: str = typer.Option("json", envvar="KUBEARC_LOG_FORMAT", help="text or json."),
 ) -> None:
@@ -267,7 +260,7 @@ def guard(
             health_host,
             health_port,
             _seconds(deadline, "--deadline"),
-            limits=limits(
+            limits=listenopts.limits(
                 max_connections, 0.5, max_pending_per_address, handshake_timeout, header_timeout, idle_timeout
             ),
         )

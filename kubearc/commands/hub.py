@@ -17,14 +17,7 @@ import typer
 from foundation import aio
 from foundation.logs import setup_logging
 from foundation.settings import default_state_dir, parse_duration
-from kubearc.commands.listenopts import (
-    HandshakeTimeoutOpt,
-    HeaderTimeoutOpt,
-    IdleTimeoutOpt,
-    MaxPendingOpt,
-    limits,
-    max_connections_option,
-)
+from kubearc.commands import listenopts
 from kubearc.commands.tunnelopts import DrainOpt, MaxWindowOpt, drain_seconds, tunnel_settings
 
 if TYPE_CHECKING:
@@ -100,14 +93,14 @@ def hub(
     relay_url: RelayUrl = None,
     max_window: str = MaxWindowOpt,
     drain: str = DrainOpt,
-    max_connections: int | None = max_connections_option("a quarter"),
-    relay_max_connections: int | None = max_connections_option(
+    max_connections: int | None = listenopts.max_connections_option("a quarter"),
+    relay_max_connections: int | None = listenopts.max_connections_option(
         "half", "--relay-max-connections", "KUBEARC_RELAY_MAX_CONNECTIONS"
     ),
-    max_pending_per_address: int = MaxPendingOpt,
-    handshake_timeout: str = HandshakeTimeoutOpt,
-    header_timeout: str = HeaderTimeoutOpt,
-    idle_timeout: str = IdleTimeoutOpt,
+    max_pending_per_address: int = listenopts.MaxPendingOpt,
+    handshake_timeout: str = listenopts.HandshakeTimeoutOpt,
+    header_timeout: str = listenopts.HeaderTimeoutOpt,
+    idle_timeout: str = listenopts.IdleTimeoutOpt,
     latest_agent_version: LatestAgent = None,
     log_level: LogLevel = "info",
     log_format: LogFormat = "text",
@@ -120,8 +113,8 @@ def hub(
     setup_logging(log_level, log_format)
     tunnel, grace = tunnel_settings(max_window), drain_seconds(drain)
     timeouts = (max_pending_per_address, handshake_timeout, header_timeout, idle_timeout)
-    api_limits = limits(max_connections, 0.25, *timeouts)
-    relay_limits = limits(relay_max_connections, 0.5, *timeouts, flag="--relay-max-connections")
+    api_limits = listenopts.limits(max_connections, 0.25, *timeouts)
+    relay_limits = listenopts.limits(relay_max_connections, 0.5, *timeouts, flag="--relay-max-connections")
     config = HubConfig(
         state_dir=state_dir or default_state_dir(),
         host=host,

@@ -14,14 +14,7 @@ import typer
 from foundation import aio
 from foundation.logs import setup_logging
 from foundation.settings import default_state_dir
-from kubearc.commands.listenopts import (
-    HandshakeTimeoutOpt,
-    HeaderTimeoutOpt,
-    IdleTimeoutOpt,
-    MaxPendingOpt,
-    limits,
-    max_connections_option,
-)
+from kubearc.commands import listenopts
 from kubearc.commands.tunnelopts import DrainOpt, MaxWindowOpt, drain_seconds, tunnel_settings
 
 
@@ -45,11 +38,11 @@ def relay(
         help="Let a new relay process listen on the same port while this one drains (SO_REUSEPORT; "
         "both must run as the same user).",
     ),
-    max_connections: int | None = max_connections_option("three quarters"),
-    max_pending_per_address: int = MaxPendingOpt,
-    handshake_timeout: str = HandshakeTimeoutOpt,
-    header_timeout: str = HeaderTimeoutOpt,
-    idle_timeout: str = IdleTimeoutOpt,
+    max_connections: int | None = listenopts.max_connections_option("three quarters"),
+    max_pending_per_address: int = listenopts.MaxPendingOpt,
+    handshake_timeout: str = listenopts.HandshakeTimeoutOpt,
+    header_timeout: str = listenopts.HeaderTimeoutOpt,
+    idle_timeout: str = listenopts.IdleTimeoutOpt,
     log_level: str = typer.Option("info", "--log-level", envvar="KUBEARC_LOG_LEVEL"),
     log_format: str = typer.Option("text", "--log-format", envvar="KUBEARC_LOG_FORMAT"),
 ) -> None:
@@ -63,7 +56,7 @@ def relay(
     setup_logging(log_level, log_format)
     settings = tunnel_settings(max_window)
     grace = drain_seconds(drain)
-    caps = limits(
+    caps = listenopts.limits(
         max_connections, 0.75, max_pending_per_address, handshake_timeout, header_timeout, idle_timeout
     )
     if (tls_cert is None) != (tls_key is None):
