@@ -5,18 +5,30 @@ both need the same loop, and two copies of it drifted before. A `Dialler`:
 
 - connects with websockets (TLS, `HTTPS_PROXY`/`NO_PROXY` from the environment,
   compression off, the tunnel's message path from `proxy/wsconn.py`);
-- backs off between failed attempts with full jitter and a cap
-  (`foundation.retry.RetryPolicy`); a session that came up resets the backoff;
+- tells a relay that restarts from one that is failing. After a GOAWAY, or when a
+  session that worked (stayed up `stable_after` seconds) ends by a clean close or a
+  lost connection, it redials at once, after a jitter of up to `redial_jitter`; for
+  `recovery_window` seconds after that, failed redials pause up to `recovery_pause`
+  (uniform: thousands of agents do not come back in lockstep) instead of a growing
+  backoff, so a relay that is back is found within a fraction of a second. Outside
+  that window, failed attempts (and sessions that end before `stable_after`: a relay
+  that drops every session at once is failing) back off with full jitter and a cap
+  (`foundation.retry.RetryPolicy`); only a session that worked resets the backoff;
 - PINGs the relay and drops a session that stops answering: TCP may say a wedged
   connection is fine for many minutes;
-- dials a new session as soon as the relay says GOAWAY: new streams go there,
-  streams already open finish on the old one;
+- dials a new session as soon as the relay says GOAWAY (the redial above): new
+  streams go there, streams already open finish on the old one;
 - renews its credential in band before it expires, so open streams never notice;
   a renewal the relay refuses ends the session (the next one starts with a fresh
   credential).
 
 `open` hands out streams on the newest usable session; `handler` serves the
-streams the relay opens (the agent's apiserver connections).
+streams the relay opens (the agent's apiserver connections). A relay that has just
+taken our session may not have the cluster's agent back yet (both redial at once,
+either may win), so for `settle` seconds after a session comes up an open the relay
+refuses with CONNECT_FAILED is tried again every `settle_retry` seconds, within the
+open's wait: the first kubectl after a relay restart waits for the agent instead of
+failing. A refused open carried no bytes, so trying it again is always safe.
 """
 
 from __future__ import annotations
@@ -24,8 +36,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import ssl
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,6 +75,14 @@ CredentialSource = Callable[[], Awaitable[RelayCredential]]
 
 
 @dataclass
+class _Attempt:
+    """One dial and the session it made, as `Dialler.run` sees it."""
+
+    retire: asyncio.Event = field(default_factory=asyncio.Event)  # set on GOAWAY: dial the next one now
+    up_at: float | None = None  # monotonic time the relay's HELLO arrived; None: it never came up
+
+
+@dataclass
 class Dialler:
     credentials: CredentialSource
     ca_file: str | None = None  # trust for the relay's certificate (default: the system roots)
@@ -73,15 +95,30 @@ class Dialler:
     renew_margin: float | None = 0.25
     connect_timeout: float = 10.0
     backoff: RetryPolicy = field(default_factory=lambda: RetryPolicy(base=0.5, cap=30.0, deadline=None))
+    # A session that stayed up this long (seconds) worked: when it ends, the relay is redialled
+    # at once. One that ends sooner, without GOAWAY, counts as a failed attempt.
+    stable_after: float = 1.0
+    redial_jitter: float = 0.1  # the first redial after a session that worked waits up to this
+    # For this long after a session that worked ended, failed redials pause up to `recovery_pause`
+    # (uniform) instead of `backoff`'s growing steps; `backoff` takes over after it, from its start.
+    recovery_window: float = 15.0
+    recovery_pause: float = 0.5
+    # For this long after a session comes up, opens the relay refuses with CONNECT_FAILED (its
+    # cluster's agent is not back yet) are tried again every `settle_retry` seconds.
+    settle: float = 3.0
+    settle_retry: float = 0.1
     name: str = "tunnel"  # in log lines: "connect agent", "client proxy"
+    rng: random.Random = field(default_factory=random.Random, repr=False)  # the jitter (seeded in tests)
 
     def __post_init__(self) -> None:
         self.credential: RelayCredential | None = None
         self.muxes: set[Mux] = set()  # live sessions, retiring ones included
         self.current: Mux | None = None  # the session new streams go to
+        self.current_since = 0.0  # monotonic time `current` came up
         self.sessions_started = 0
         self.renewals = 0
-        self.failed_attempts = 0  # dials that failed before a session came up (a metric)
+        self.failed_attempts = 0  # dials that failed, and sessions that ended before stable_after
+        self.pauses: deque[float] = deque(maxlen=256)  # the latest pauses before a dial (introspection)
         self._usable = asyncio.Event()
 
     @property
@@ -113,44 +150,61 @@ class Dialler:
             try:
                 return await mux.open(target, max(0.1, deadline - time.monotonic()))
             except StreamError as exc:
-                if exc.code != ErrorCode.REFUSED_STREAM or mux.usable:
+                if exc.code == ErrorCode.REFUSED_STREAM and not mux.usable:
+                    continue  # the relay said GOAWAY while our OPEN was on the way: the next session
+                now = time.monotonic()
+                settling = mux is self.current and now - self.current_since < self.settle
+                if exc.code != ErrorCode.CONNECT_FAILED or not settling or now + self.settle_retry > deadline:
                     raise
-                # The relay said GOAWAY while our OPEN was on the way: try the next session.
+                # A relay that just took our session may not have the cluster's agent back yet.
+                log.info("relay has no agent for the stream yet; retrying", extra={"who": self.name})
+                await asyncio.sleep(self.settle_retry)
 
     # ---- sessions -----------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Keep a session to the relay until `stop` is set (or forever)."""
         stop = stop or asyncio.Event()
-        failures = 0
+        failures = 0  # counted by `backoff`: failed attempts since a session last worked
+        recovering_until = float("-inf")  # end of the recovery window (monotonic)
         running: set[asyncio.Task[None]] = set()
         async with asyncio.TaskGroup() as sessions:
             while not stop.is_set():
-                fresh = asyncio.Event()  # set when this session is up (resets the backoff)
-                retire = asyncio.Event()  # set on GOAWAY: start the next session now
-                task = sessions.create_task(self._session(fresh, retire))
+                attempt = _Attempt()
+                task = sessions.create_task(self._session(attempt))
                 running.add(task)
                 task.add_done_callback(running.discard)
-                waits = [asyncio.ensure_future(e.wait()) for e in (retire, stop)]
+                waits = [asyncio.ensure_future(e.wait()) for e in (attempt.retire, stop)]
                 try:
-                    done, _ = await asyncio.wait([task, *waits], return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait([task, *waits], return_when=asyncio.FIRST_COMPLETED)
                 finally:  # also when run() is cancelled: no orphaned waiters
                     for w in waits:
                         w.cancel()
                 if stop.is_set():
                     break
-                if task in done and not fresh.is_set():
-                    failures += 1
+                now = time.monotonic()
+                up_at = attempt.up_at
+                if up_at is not None and (attempt.retire.is_set() or now - up_at >= self.stable_after):
+                    # The relay moves us (GOAWAY) or a session that worked is over (a clean close,
+                    # a lost connection): the relay is restarting, not failing.
+                    failures = 0
+                    recovering_until = now + self.recovery_window
+                    pause = self.rng.uniform(0, self.redial_jitter)
+                    log.info("relay session over; redialling", extra={"who": self.name})
+                else:
                     self.failed_attempts += 1
-                    pause = self.backoff.pause(failures)
+                    if now < recovering_until:
+                        pause = self.rng.uniform(0, self.recovery_pause)
+                    else:
+                        failures += 1
+                        pause = self.backoff.pause(failures, self.rng)
                     log.warning(
                         "relay session failed; retrying",
                         extra={"who": self.name, "in_seconds": round(pause, 2)},
                     )
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), pause)
-                else:
-                    failures = 0
+                self.pauses.append(pause)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), pause)
             for task in running:  # retired sessions too: nothing outlives `run`
                 task.cancel()
 
@@ -159,7 +213,7 @@ class Dialler:
             return ssl.create_default_context(cafile=self.ca_file)
         return ssl.create_default_context()
 
-    async def _session(self, fresh: asyncio.Event, retire: asyncio.Event) -> None:
+    async def _session(self, attempt: _Attempt) -> None:
         try:
             credential = await self.credential_now()
             async with connect(
@@ -175,11 +229,11 @@ class Dialler:
                 create_connection=DirectClientConnection,
             ) as ws:
                 assert isinstance(ws, DirectClientConnection)
-                await self._serve(ws, fresh, retire)
+                await self._serve(ws, attempt)
         except Exception as exc:  # every failure ends in a backoff and a new attempt
             log.warning("relay session ended: %s: %s", type(exc).__name__, exc, extra={"who": self.name})
 
-    async def _serve(self, ws: DirectClientConnection, fresh: asyncio.Event, retire: asyncio.Event) -> None:
+    async def _serve(self, ws: DirectClientConnection, attempt: _Attempt) -> None:
         pongs: asyncio.Queue[bytes] = asyncio.Queue()
         mux = Mux(Session(Role.DIALLER, self.settings), ws, handler=self.handler)
 
@@ -189,7 +243,7 @@ class Dialler:
             elif isinstance(event, ev.GoAwayReceived):
                 log.info("relay asked to go away", extra={"who": self.name, "reason": event.reason})
                 self._retire(mux)
-                retire.set()
+                attempt.retire.set()
             elif isinstance(event, ev.RenewRejected):
                 log.error(
                     "relay refused the renewed credential", extra={"who": self.name, "reason": event.reason}
@@ -201,7 +255,7 @@ class Dialler:
         self.sessions_started += 1
         self.muxes.add(mux)
         try:
-            await mux.run(self._up(mux, fresh), self._keepalive(mux, pongs), self._renew(mux))
+            await mux.run(self._up(mux, attempt), self._keepalive(mux, pongs), self._renew(mux))
         finally:
             self.muxes.discard(mux)
             self._retire(mux)
@@ -211,11 +265,11 @@ class Dialler:
             self.current = None
             self._usable.clear()
 
-    async def _up(self, mux: Mux, fresh: asyncio.Event) -> None:
+    async def _up(self, mux: Mux, attempt: _Attempt) -> None:
         await mux.hello
-        fresh.set()
+        attempt.up_at = time.monotonic()
         if mux.usable:
-            self.current = mux
+            self.current, self.current_since = mux, attempt.up_at
             self._usable.set()
         log.info("connected to the relay", extra={"who": self.name})
 
