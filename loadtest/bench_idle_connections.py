@@ -36,6 +36,7 @@ from pathlib import Path
 
 import httpx
 
+from foundation.gate import raise_fd_limit
 from loadtest.procstat import free_port
 
 
@@ -111,7 +112,7 @@ def closed_by_peer(conns: list[ssl.SSLSocket]) -> int:
     return closed
 
 
-def other_client_ok(port: int, ca: Path, relay: bool) -> str:
+def other_client_ok(port: int, ca: Path) -> str:
     transport = httpx.HTTPTransport(local_address="127.0.0.2", verify=str(ca))
     with httpx.Client(transport=transport, timeout=10) as client:
         try:
@@ -123,9 +124,8 @@ def other_client_ok(port: int, ca: Path, relay: bool) -> str:
 
 
 def run_port(name: str, proc: subprocess.Popen[bytes], port: int, ca: Path, args: argparse.Namespace) -> None:
-    relay = name == "relay"
     print(f"\n== {name} port {port}: {args.connections} idle TLS connections from 127.0.0.1")
-    print(f"   another client before: {other_client_ok(port, ca, relay)}")
+    print(f"   another client before: {other_client_ok(port, ca)}")
     base = rss_kb(proc.pid)
     start = time.monotonic()
     result = flood(port, ca, args.connections)
@@ -137,9 +137,10 @@ def run_port(name: str, proc: subprocess.Popen[bytes], port: int, ca: Path, args
         worst = max(result.refusal_seconds) * 1000
         mean = sum(result.refusal_seconds) / len(result.refusal_seconds) * 1000
         print(f"   a refusal took {mean:.1f} ms on average, {worst:.1f} ms at worst")
-    print(f"   another client meanwhile: {other_client_ok(port, ca, relay)}")
+    print(f"   another client meanwhile: {other_client_ok(port, ca)}")
     per = (peak - base) / held if held else float("nan")
-    print(f"   hub RSS {base / 1024:.0f} MB before, {peak / 1024:.0f} MB held: {per:.0f} KB per held connection")
+    before, held_mb = base / 1024, peak / 1024
+    print(f"   hub RSS {before:.0f} MB before, {held_mb:.0f} MB held: {per:.0f} KB per held connection")
     time.sleep(args.hold)
     print(f"   after {args.hold:.0f} s the hub had closed {closed_by_peer(result.held)} of {held}")
     for c in result.held:
@@ -154,13 +155,10 @@ def main() -> None:
     parser.add_argument("--hold", type=float, default=15.0, help="seconds to hold before counting closes")
     parser.add_argument("hub_flags", nargs="*", help="extra `kubearc hub` flags (after --)")
     args = parser.parse_args()
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    print(f"file-descriptor limit here: {hard}; machine: {os.cpu_count()} CPUs")
-    for name in ("api", "relay"):  # a fresh hub for each: freed memory is not given back to the OS
-        with tempfile.TemporaryDirectory() as tmp, hub_process(Path(tmp), args.hub_flags) as (proc, port, relay):
+    print(f"file-descriptor limit here: {raise_fd_limit()}; machine: {os.cpu_count()} CPUs")
+    for name in ("api", "relay"):  # a fresh hub for each: what one port's burst freed skews the other's
+        with tempfile.TemporaryDirectory() as tmp, hub_process(Path(tmp), args.hub_flags) as hub:
+            proc, port, relay = hub
             run_port(name, proc, port if name == "api" else relay, Path(tmp) / "tls" / "ca.crt", args)
 
 
