@@ -41,8 +41,12 @@ import resource
 import ssl
 from asyncio import sslproto
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from foundation.memory import give_back
 from foundation.transports import reset_transport
@@ -220,6 +224,31 @@ class Gate:
     def handshake_failed(self, exc: BaseException) -> None:
         self.refused["handshake"] += 1
         log.debug("TLS handshake failed: %r", exc, extra={"listener": self.name})
+
+
+class GateCollector(Collector):
+    """A gate's counts for Prometheus, read at scrape time: `<prefix>_connections_open`,
+    `<prefix>_connections_pending` and `<prefix>_connections_refused_total{reason}`."""
+
+    def __init__(self, gate: Gate, prefix: str) -> None:
+        self.gate, self.prefix = gate, prefix
+
+    def collect(self) -> Iterator[Metric]:
+        p, gate = self.prefix, self.gate
+        yield GaugeMetricFamily(f"{p}_connections_open", "Connections open on the port.", value=gate.open)
+        yield GaugeMetricFamily(
+            f"{p}_connections_pending",
+            "Connections that have not yet sent a complete request head.",
+            value=sum(gate.pending.values()),
+        )
+        refused = CounterMetricFamily(
+            f"{p}_connections_refused",
+            "Connections reset or closed by the gate, by reason.",
+            labels=["reason"],
+        )
+        for reason in ("max_connections", "max_pending_per_address", "handshake", "header_timeout"):
+            refused.add_metric([reason], gate.refused[reason])
+        yield refused
 
 
 class _TlsLayer(sslproto.SSLProtocol):

@@ -22,7 +22,7 @@ from typing import Any
 
 import uvicorn
 
-from foundation.gate import Gate, serving_context
+from foundation.gate import Gate, GateCollector, serving_context
 from foundation.webserver import EmbeddedUvicorn, gated_server
 from guard.app import GuardState, build_apps
 from guard.audit import AuditSink
@@ -72,6 +72,7 @@ class GuardServer:
         # reaches the app, and idle or slow callers are bounded like on every port of ours.
         tls = serving_context(cfg.tls_cert, cfg.tls_key, client_ca=cfg.client_ca)
         self.gate = Gate(cfg.limits, tls, name="guard")
+        state.registry.register(GateCollector(self.gate, "guard"))
         self.review_server = gated_server(reviews, self.gate, timeout_graceful_shutdown=5)
         common: dict[str, Any] = {"log_config": None, "access_log": False, "lifespan": "off"}
         self.health_server = EmbeddedUvicorn(uvicorn.Config(health, timeout_graceful_shutdown=1, **common))

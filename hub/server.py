@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import uvicorn
+from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
 from foundation import pki
-from foundation.gate import Gate, serving_context
+from foundation.gate import Gate, GateCollector, serving_context
 from foundation.webserver import gated_server
 from hub.app import build_app
 from hub.config import HubConfig
@@ -56,9 +57,11 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def api_gate(config: HubConfig, tls: TlsFiles) -> Gate:
-    """The API port's admission: the hub's certificate, the configured limits."""
-    return Gate(config.limits, serving_context(tls.cert, tls.key), name="hub api")
+def api_gate(config: HubConfig, tls: TlsFiles, app: Starlette) -> Gate:
+    """The API port's admission: the hub's certificate, the configured limits, counts on /metrics."""
+    gate = Gate(config.limits, serving_context(tls.cert, tls.key), name="hub api")
+    app.state.registry.register(GateCollector(gate, "kubearc_hub"))
+    return gate
 
 
 def uvicorn_server(app: object, gate: Gate, embedded: bool = False) -> uvicorn.Server:
@@ -83,7 +86,7 @@ async def serve(
     try:
         tls = ensure_tls(config)
         app = build_app(hub, extra_routes(hub) if extra_routes else None)
-        server = uvicorn_server(app, api_gate(config, tls), embedded=stop is not None)
+        server = uvicorn_server(app, api_gate(config, tls, app), embedded=stop is not None)
         if on_ready:
             on_ready(hub, tls)
         async with asyncio.TaskGroup() as tasks:
@@ -134,7 +137,7 @@ class HubThread:
         try:
             self.tls = ensure_tls(self.config)
             app = build_app(hub, self.extra_routes(hub) if self.extra_routes else None)
-            self.gate = api_gate(self.config, self.tls)
+            self.gate = api_gate(self.config, self.tls, app)
             self._server = uvicorn_server(app, self.gate)
             self.hub = hub
             task = asyncio.create_task(self._server.serve(sockets=[self.sock]))

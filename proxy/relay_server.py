@@ -23,7 +23,7 @@ from prometheus_client import generate_latest
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
-from foundation.gate import Gate, Limits
+from foundation.gate import Gate, GateCollector, Limits
 from foundation.wire import RELAY_AGENT_PATH, RELAY_CLIENT_PATH
 from proxy.errors import HubUnavailable, RenewalRefused, Unauthorized
 from proxy.relay import Relay
@@ -49,6 +49,7 @@ class RelayServer:
     def __post_init__(self) -> None:
         # Admission and TLS for every connection (foundation.gate); websockets sees plain TCP.
         self.gate = Gate(self.limits, self.ssl_context, name="relay")
+        self.relay.metrics.registry.register(GateCollector(self.gate, "kubearc_relay"))
 
     async def _authenticate(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]

@@ -77,6 +77,10 @@ def test_idle_tls_connections_from_one_address_neither_starve_others_nor_stay(
         with from_other_address(hub, tokens.make_agent_token(cluster.identity, hub.url)) as agent:
             assert agent.post("/agent/v1/heartbeat", json={}).status_code == 200
         assert open_by_peer(idle.held) == PENDING  # still held: the first-request timeout is 3 s
+        with from_other_address(hub, hub.token(reader)) as scraper:
+            metrics = scraper.get("/metrics").text
+        refused = 'kubearc_hub_connections_refused_total{reason="max_pending_per_address"}'
+        assert f"{refused} {FLOOD - PENDING}.0" in metrics
 
         # Then the first-request timeout closes every one of them.
         assert wait_closed_by_peer(idle.held, within=15) == 0
@@ -133,6 +137,11 @@ async def test_the_relay_port_bounds_idle_connections_and_still_takes_agents(
                 assert ws.response is not None and ws.response.status_code == 101
             assert await asyncio.to_thread(wait_closed_by_peer, idle.held, 15) == 0
             assert server.gate.refused["header_timeout"] == PENDING
+            async with httpx.AsyncClient(verify=ssl.create_default_context(cafile=relay_ca)) as scraper:
+                metrics = (await scraper.get(f"https://localhost:{port}/metrics")).text
+            timed_out = 'kubearc_relay_connections_refused_total{reason="header_timeout"}'
+            assert f"{timed_out} {PENDING}.0" in metrics
+            assert "kubearc_relay_connections_pending 0.0" in metrics
         finally:
             idle.close()
     finally:
