@@ -11,6 +11,7 @@ import base64
 import datetime as dt
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -670,3 +671,45 @@ def test_agents_loop_until_sigterm(hub: RunningHub, standin: ApiServer, tmp_path
     assert (
         logs["metadata"].read_text().count("pushed cluster metadata") == 1
     )  # unchanged facts: heartbeats only
+
+
+def test_an_agent_answers_its_probes_while_it_runs_and_not_after(hub: RunningHub, tmp_path: Path) -> None:
+    """The chart's liveness and readiness probes (`--probes-listen`) reach the agent's own process."""
+    cluster = connect_cluster(hub, tmp_path)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cmd = agent_cmd(
+        "identity",
+        hub,
+        "--resource-id",
+        cluster.resource_id,
+        "--onboarding-key",
+        str(cluster.key_file),
+        "--store",
+        f"file:{tmp_path / 'identity'}",
+        "--probes-listen",
+        f"127.0.0.1:{port}",
+    )
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env()
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+                ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None and time.monotonic() < deadline, (
+                    proc.stderr.read() if proc.stderr else ""
+                )
+                time.sleep(0.1)
+        assert (health.status_code, ready.status_code) == (200, 200)
+        assert "python_info" in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)

@@ -52,15 +52,50 @@ LogLevelOpt = typer.Option("info", "--log-level", envvar="KUBEARC_LOG_LEVEL")
 LogFormatOpt = typer.Option("json", "--log-format", envvar="KUBEARC_LOG_FORMAT", help="json or text.")
 
 
-def _execute(agent: str, main: Coroutine[Any, Any, None]) -> None:
-    """Run an agent until done or SIGTERM; turn its errors into a message and an exit code."""
+ProbesOpt = typer.Option(
+    None,
+    "--probes-listen",
+    envvar="KUBEARC_PROBES_LISTEN",
+    help="HOST:PORT for /healthz, /readyz and /metrics in plain HTTP (the chart's probes; off by default).",
+)
+
+
+def _probes_address(value: str | None) -> tuple[str, int] | None:
+    if not value:
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise typer.BadParameter(f"expected HOST:PORT, got {value!r}", param_hint="--probes-listen")
+    return host or "0.0.0.0", int(port)
+
+
+def _execute(agent: str, main: Coroutine[Any, Any, None], probes: tuple[str, int] | None = None) -> None:
+    """Run an agent until done or SIGTERM; turn its errors into a message and an exit code.
+
+    With `probes`, the agent's process also answers /healthz, /readyz and /metrics there
+    for as long as the agent runs.
+    """
     from agents.errors import AgentError
     from foundation.identitystore import StoreConflict, StoreError
     from foundation.kube import KubeError
+    from foundation.metrics import serve_probes
     from foundation.retry import RetriesExhausted
 
+    async def with_probes() -> None:
+        if probes is None:
+            await main
+            return
+        from prometheus_client import REGISTRY
+
+        async with asyncio.TaskGroup() as tasks:
+            served = tasks.create_task(serve_probes(probes[0], probes[1], REGISTRY, lambda: None))
+            try:
+                await main
+            finally:
+                served.cancel()
+
     async def supervised() -> None:
-        task = asyncio.ensure_future(main)
+        task = asyncio.ensure_future(with_probes())
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)
@@ -111,6 +146,7 @@ def identity(
     retry_deadline: float = RetryDeadlineOpt,
     retry_max_delay: float = RetryMaxDelayOpt,
     now_offset_seconds: float = typer.Option(0.0, "--now-offset-seconds", hidden=True),
+    probes_listen: str | None = ProbesOpt,
     log_level: str = LogLevelOpt,
     log_format: str = LogFormatOpt,
 ) -> None:
@@ -130,7 +166,7 @@ def identity(
         now_offset=now_offset_seconds,
         retry=_retry(retry_deadline, retry_max_delay),
     )
-    _execute("identity", agent.run(settings))
+    _execute("identity", agent.run(settings), _probes_address(probes_listen))
 
 
 @app.command("metadata")
@@ -143,6 +179,7 @@ def metadata(
     interval: float = typer.Option(60.0, "--interval", min=1, help="Seconds between heartbeats."),
     retry_deadline: float = RetryDeadlineOpt,
     retry_max_delay: float = RetryMaxDelayOpt,
+    probes_listen: str | None = ProbesOpt,
     log_level: str = LogLevelOpt,
     log_format: str = LogFormatOpt,
 ) -> None:
@@ -159,7 +196,7 @@ def metadata(
         interval=interval,
         retry=_retry(retry_deadline, retry_max_delay),
     )
-    _execute("metadata", agent.run(settings))
+    _execute("metadata", agent.run(settings), _probes_address(probes_listen))
 
 
 @app.command("connect")
@@ -181,6 +218,7 @@ def connect(
     ),
     kubeconfig: Path = KubeconfigOpt,
     max_window: str = MaxWindowOpt,
+    probes_listen: str | None = ProbesOpt,
     log_level: str = LogLevelOpt,
     log_format: str = LogFormatOpt,
 ) -> None:
@@ -215,4 +253,4 @@ def connect(
         hub_url=hub,
         hub_ca=str(hub_ca) if hub_ca else None,
     )
-    _execute("connect", agent.run())
+    _execute("connect", agent.run(), _probes_address(probes_listen))
