@@ -58,8 +58,11 @@ def describe(exc: ApiException) -> str:
 
 
 class Kube:
-    def __init__(self, kubeconfig: Path | None = None, retry: RetryPolicy | None = None) -> None:
+    def __init__(
+        self, kubeconfig: Path | None = None, retry: RetryPolicy | None = None, context: str | None = None
+    ) -> None:
         self.kubeconfig = kubeconfig
+        self.context = context  # a kubeconfig context other than its current one
         self.retry = retry or RetryPolicy()
         self.in_cluster = kubeconfig is None and "KUBERNETES_SERVICE_HOST" in os.environ
         self._api: client.ApiClient | None = None
@@ -74,7 +77,7 @@ class Kube:
                     self._api = client.ApiClient(cfg)
                 else:
                     path = str(self.kubeconfig) if self.kubeconfig else None
-                    self._api = config.new_client_from_config(config_file=path)
+                    self._api = config.new_client_from_config(config_file=path, context=self.context)
             except (ConfigException, OSError, ValueError) as exc:
                 where = (
                     "in-cluster service account"

@@ -6,7 +6,20 @@ import sys
 
 import typer
 
-from kubearc.commands import aadproxy, admin, agent, cluster, demo, guard, hub, login, proxy, relay, role
+from kubearc.commands import (
+    aadproxy,
+    admin,
+    agent,
+    cluster,
+    connect,
+    demo,
+    guard,
+    hub,
+    login,
+    proxy,
+    relay,
+    role,
+)
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -15,6 +28,7 @@ app = typer.Typer(
 )
 app.command("hub")(hub.hub)
 app.command("login")(login.login)
+app.command("connect")(connect.connect)
 app.command("proxy")(proxy.proxy)
 app.command("relay")(relay.relay)
 app.command("demo")(demo.demo)

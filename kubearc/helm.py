@@ -1,0 +1,87 @@
+"""The real helm binary, as `kubearc connect` and `kubearc cluster delete` drive it.
+
+Values go to helm in a private temporary file, never on its command line; the
+kubeconfig and context are the ones the user chose for the whole command.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+RELEASE = "kubearc"
+NAMESPACE = "azure-arc"
+CHART = Path(__file__).resolve().parents[1] / "charts" / "kubearc-agents"
+
+
+class HelmError(Exception):
+    """helm could not be found or a helm command failed; the message is helm's own last line."""
+
+
+def find_helm(explicit: str | None = None) -> str:
+    """`--helm`, else helm on PATH, else beside this Python (a venv's bin)."""
+    candidates = [explicit] if explicit else [shutil.which("helm"), str(Path(sys.executable).parent / "helm")]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    if explicit:
+        raise HelmError(f"--helm {explicit}: no such executable")
+    raise HelmError("helm not found: install helm 3.8 or later, or pass --helm PATH")
+
+
+@dataclass
+class Helm:
+    binary: str
+    kubeconfig: Path | None = None
+    context: str | None = None
+    namespace: str = NAMESPACE
+
+    def _run(self, *args: str, timeout: float = 600) -> str:
+        cmd = [self.binary, *args, "--namespace", self.namespace]
+        if self.kubeconfig:
+            cmd += ["--kubeconfig", str(self.kubeconfig)]
+        if self.context:
+            cmd += ["--kube-context", self.context]
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            raise HelmError(f"helm {args[0]} did not finish within {timeout:.0f}s") from None
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise HelmError(f"helm {args[0]} failed: {last}")
+        return done.stdout
+
+    def version(self) -> str:
+        done = subprocess.run(
+            [self.binary, "version", "--short"], capture_output=True, text=True, check=False
+        )
+        if done.returncode != 0:
+            raise HelmError(f"{self.binary} does not run: {done.stderr.strip()[:200]}")
+        return done.stdout.strip()
+
+    def upgrade_install(self, chart: Path | str, values: dict[str, Any], timeout: float = 600) -> None:
+        with tempfile.TemporaryDirectory(prefix="kubearc-helm-") as tmp:  # mode 0700
+            path = Path(tmp) / "values.yaml"
+            path.write_text(yaml.safe_dump(values, sort_keys=False))
+            self._run("upgrade", "--install", RELEASE, str(chart), "--values", str(path), timeout=timeout)
+
+    def release(self) -> dict[str, Any] | None:
+        """The release as `helm list` reports it, or None when there is none."""
+        rows = json.loads(self._run("list", "--filter", f"^{RELEASE}$", "--output", "json") or "[]")
+        return rows[0] if rows else None
+
+    def uninstall(self) -> bool:
+        """Remove the release; False when there was none."""
+        if self.release() is None:
+            return False
+        self._run("uninstall", RELEASE)
+        return True

@@ -1,0 +1,129 @@
+"""`kubearc connect` as an admin runs it: a real hub, the apiserver stand-in, the real helm and the CLI.
+
+The checks come first: a failing one prints one line and leaves nothing behind,
+neither on the hub nor in the cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from hub import directory
+from kubearc.cli import app
+from tests.apiserver import ApiServer, NodeSpec
+from tests.apiserver.resources import NAMESPACES
+from tests.clusters import SUB
+from tests.conftest import RunningHub
+
+pytestmark = pytest.mark.sqlite_only
+
+PASSWORD = "correct horse battery"
+CC = "providers/Microsoft.Kubernetes/connectedClusters"
+
+
+@pytest.fixture
+def admin(hub: RunningHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    """The CLI signed in as an Owner of resource group rg1."""
+    monkeypatch.setattr(directory, "SCRYPT_N", 2**10)
+
+    async def setup() -> str:
+        async with hub.hub.sessions() as s:
+            return (await directory.create_user(s, "dana@kubearc.test", PASSWORD, "Dana")).id
+
+    hub.assign(hub.run(setup()), "Owner", f"/subscriptions/{SUB}/resourceGroups/rg1")
+    monkeypatch.setenv("KUBEARC_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("KUBEARC_SUBSCRIPTION", SUB)
+    runner = CliRunner()
+    signed = runner.invoke(
+        app,
+        ["login", "--hub", hub.url, "--ca-file", hub.ca, "-u", "dana@kubearc.test", "--password-stdin"],
+        input=PASSWORD + "\n",
+    )
+    assert signed.exit_code == 0, signed.output
+    return runner
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[tuple[ApiServer, Path]]:
+    nodes = [NodeSpec("node-1", cpu="4"), NodeSpec("node-2", cpu="3500m")]
+    with ApiServer(nodes=nodes, version="v1.35.2") as api:
+        yield api, api.kubeconfig(tmp_path / "kubeconfig")
+
+
+def resource(admin: CliRunner, name: str) -> dict[str, object] | None:
+    shown = admin.invoke(app, ["cluster", "show", "-n", name, "-g", "rg1"])
+    return json.loads(shown.stdout) if shown.exit_code == 0 else None
+
+
+def kubectl(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["kubectl", "--kubeconfig", str(kubeconfig), *args], capture_output=True, text=True)
+
+
+def test_a_cluster_connected_under_another_name_is_refused_and_nothing_is_created(
+    admin: CliRunner, cluster: tuple[ApiServer, Path]
+) -> None:
+    api, kubeconfig = cluster
+    api.store.create(NAMESPACES, None, {"metadata": {"name": "azure-arc"}})
+    other = f"/subscriptions/{SUB}/resourceGroups/rg1/{CC}/first"
+    made = kubectl(
+        kubeconfig,
+        "-n",
+        "azure-arc",
+        "create",
+        "configmap",
+        "azure-clusterconfig",
+        f"--from-literal=AZURE_RESOURCE_ID={other}",
+    )
+    assert made.returncode == 0, made.stderr
+    result = admin.invoke(app, ["connect", "-n", "second", "-g", "rg1", "--kube-config", str(kubeconfig)])
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: this cluster is already connected as {other}; "
+        "delete that connection first (kubearc cluster delete) or use its name"
+    )
+    assert resource(admin, "second") is None
+    assert kubectl(kubeconfig, "-n", "azure-arc", "get", "secret", "azure-arc-onboarding-key").returncode != 0
+
+
+def test_an_unreachable_apiserver_is_one_line_and_nothing_is_created(
+    admin: CliRunner, tmp_path: Path
+) -> None:
+    with ApiServer() as api:
+        kubeconfig = api.kubeconfig(tmp_path / "gone")
+    result = admin.invoke(app, ["connect", "-n", "c1", "-g", "rg1", "--kube-config", str(kubeconfig)])
+    assert result.exit_code == 1, (result.output, result.exception)
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith(
+        "error: cannot reach the cluster's apiserver (check --kube-config / --kube-context)"
+    )
+    assert "Traceback" not in result.output
+    assert resource(admin, "c1") is None
+
+
+def test_a_missing_helm_says_where_to_get_one_before_anything_is_created(
+    admin: CliRunner, cluster: tuple[ApiServer, Path], tmp_path: Path
+) -> None:
+    _, kubeconfig = cluster
+    args = [
+        "connect",
+        "-n",
+        "c1",
+        "-g",
+        "rg1",
+        "--kube-config",
+        str(kubeconfig),
+        "--helm",
+        str(tmp_path / "no-helm"),
+    ]
+    result = admin.invoke(app, args)
+    assert result.exit_code == 1
+    assert (
+        result.stderr.strip().splitlines()[-1] == f"error: --helm {tmp_path / 'no-helm'}: no such executable"
+    )
+    assert resource(admin, "c1") is None
