@@ -44,6 +44,11 @@ class HubConfig:
     renewal_after: dt.timedelta = dt.timedelta(days=45)
     relay_credential_ttl: dt.timedelta = dt.timedelta(minutes=15)
     access_token_ttl: dt.timedelta = dt.timedelta(hours=1)
+    # Device authorization grant (RFC 8628): how long a user code lives, how often clients may poll.
+    device_code_ttl: dt.timedelta = dt.timedelta(minutes=15)
+    device_code_interval: dt.timedelta = dt.timedelta(seconds=5)
+    # Authorization codes (sign-in page with PKCE): redeemable once, within this time.
+    authorization_code_ttl: dt.timedelta = dt.timedelta(minutes=10)
     # Where clients and agents reach the relay; default: the hub's host on `relay_port`.
     relay_url: str | None = None
     relay_port: int = 8444

@@ -43,6 +43,20 @@ class FakeClock:
         self.now += dt.timedelta(**delta)
 
 
+class MovingClock(FakeClock):
+    """Real time plus what the test advanced it by: for clients that poll on their own (msal's
+    device flow waits real seconds between polls, and the hub rate-limits by its clock)."""
+
+    def __init__(self) -> None:
+        self.offset = dt.timedelta()
+
+    def __call__(self) -> dt.datetime:
+        return dt.datetime.now(dt.UTC) + self.offset
+
+    def advance(self, **delta: float) -> None:
+        self.offset += dt.timedelta(**delta)
+
+
 def _pg(sql: str) -> None:
     async def run() -> None:
         conn = await asyncpg.connect(PG_ADMIN)

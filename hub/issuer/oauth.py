@@ -2,9 +2,14 @@
 
 Clients use msal unmodified (`oidc_authority=<issuer>`), so discovery, token
 responses and errors follow what msal reads from Entra: `client_info`, ID tokens,
-`error_codes` with AADSTS numbers. Only non-interactive grants exist here:
-`client_credentials` (service principals), `password` (users, through the
-built-in public client `kubearc-cli` or a service principal) and `refresh_token`.
+`error_codes` with AADSTS numbers. Grants: `client_credentials` (service
+principals), `password` (users, through the built-in public client `kubearc-cli`
+or a service principal), `refresh_token`, the device authorization grant
+(RFC 8628: `POST .../devicecode`, the verification page `/devicelogin`, then
+`urn:ietf:params:oauth:grant-type:device_code` at the token endpoint) and
+`authorization_code` with PKCE (the sign-in page at `.../authorize`, redirect
+URIs checked against the client's). Pending grants live in `grants.py`, the
+HTML in `pages.py`.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import datetime as dt
 import uuid
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, unquote_plus, urlsplit
+from urllib.parse import parse_qsl, unquote_plus, urlencode, urlsplit
 
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
@@ -25,12 +30,14 @@ from starlette.routing import BaseRoute, Route
 from hub import directory
 from hub.context import Hub, hub_of
 from hub.errors import HubError
-from hub.issuer import tokens
-from hub.store.models import DirectoryObject
+from hub.issuer import grants, pages, tokens
+from hub.store.models import AuthorizationGrant, DirectoryObject
 
 GRAPH_RESOURCE = "https://graph.microsoft.com"
 OIDC_SCOPES = frozenset({"openid", "profile", "offline_access", "email"})
-GRANTS = ("client_credentials", "password", "refresh_token")
+DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+GRANTS = ("authorization_code", "client_credentials", DEVICE_CODE_GRANT, "password", "refresh_token")
+VERIFICATION_PATH = "/devicelogin"
 MAX_FORM = 64 * 1024
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
@@ -97,6 +104,7 @@ def _endpoints(hub: Hub) -> dict[str, str]:
     return {
         "token_endpoint": f"{base}/oauth2/v2.0/token",
         "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
+        "device_authorization_endpoint": f"{base}/oauth2/v2.0/devicecode",
         "jwks_uri": f"{base}/discovery/v2.0/keys",
     }
 
@@ -113,7 +121,8 @@ async def openid_configuration(request: Request) -> Response:
         "token_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic"],
         "grant_types_supported": list(GRANTS),
         "response_types_supported": ["code"],
-        "response_modes_supported": ["query"],
+        "response_modes_supported": ["query", "form_post"],
+        "code_challenge_methods_supported": ["S256"],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["RS256"],
         "scopes_supported": sorted(OIDC_SCOPES),
@@ -149,20 +158,6 @@ async def jwks(request: Request) -> Response:
     except OAuthError as exc:
         return _error_response(hub, request, exc)
     return JSONResponse({"keys": [hub.issuer_jwk()]})
-
-
-async def authorize(request: Request) -> Response:
-    hub = hub_of(request)
-    return _error_response(
-        hub,
-        request,
-        OAuthError(
-            "unsupported_response_type",
-            70000,
-            "Interactive sign-in is not available on this hub's local issuer. Its token endpoint supports "
-            f"only the {', '.join(GRANTS)} grants (use `kubearc login --username ...`).",
-        ),
-    )
 
 
 async def user_realm(request: Request) -> Response:
@@ -386,6 +381,7 @@ async def _user_tokens(
     client: Client,
     scopes: ScopeRequest,
     refresh: bool,
+    nonce: str | None = None,
 ) -> dict:
     upn = user.login or user.id
     groups = await directory.member_groups(session, user.id)
@@ -418,7 +414,7 @@ async def _user_tokens(
         )
     if scopes.has("openid"):
         body["id_token"] = tokens.issue_id_token(
-            hub, oid=user.id, client_id=client.client_id, upn=upn, name=user.display_name
+            hub, oid=user.id, client_id=client.client_id, upn=upn, name=user.display_name, nonce=nonce
         )
     return body
 
@@ -475,7 +471,84 @@ async def _refresh(hub: Hub, session: AsyncSession, request: Request, form: dict
     return await _user_tokens(hub, session, user, client, scopes, refresh=True)
 
 
-_HANDLERS = {"client_credentials": _client_credentials, "password": _password, "refresh_token": _refresh}
+# AADSTS numbers for what a pending grant answers (RFC 8628 section 3.5, RFC 6749 section 5.2).
+_GRANT_ERRORS: dict[type[grants.GrantError], tuple[int, str]] = {
+    grants.AuthorizationPending: (
+        70016,
+        "The provided request has not yet been authorized by the user. The user must input their code.",
+    ),
+    grants.SlowDown: (70016, "Polling too fast; wait the interval, now 5 seconds longer, between polls."),
+    grants.AccessDenied: (70020, "The user declined the sign-in on the verification page."),
+    grants.ExpiredToken: (70019, "Verification code expired. Start the sign-in again."),
+    grants.AlreadyRedeemed: (54005, "The code was already redeemed. Start the sign-in again."),
+    grants.RedirectMismatch: (
+        50148,
+        "The redirect_uri does not match the one of the authorization request.",
+    ),
+    grants.PkceMismatch: (501481, "The code_verifier does not match the code_challenge of the request."),
+}
+
+
+def _grant_error(exc: grants.GrantError) -> OAuthError:
+    code, text = _GRANT_ERRORS.get(type(exc), (70000, f"Provided grant is invalid or malformed: {exc}."))
+    return OAuthError(exc.error, code, text)
+
+
+async def _approved_user(hub: Hub, session: AsyncSession, grant: AuthorizationGrant) -> DirectoryObject:
+    """The user who approved `grant`, unless their credential changed since (or they are gone)."""
+    user = await directory.get_object(session, grant.user_id or "", directory.USER)
+    if user is None or directory.credential_fingerprint(user) != grant.credential:
+        raise OAuthError(
+            "invalid_grant",
+            50173,
+            "The provided grant has expired due to it being revoked: the user changed their password "
+            "or was deleted. Sign in again.",
+        )
+    return user
+
+
+async def _device_code(hub: Hub, session: AsyncSession, request: Request, form: dict[str, str]) -> dict:
+    device_code = _required(form, "device_code")
+    client = await _authenticate_client(hub, session, request, form)
+    try:
+        grant = await grants.poll_device_code(session, hub.now(), device_code, client.client_id)
+    except grants.GrantError as exc:
+        raise _grant_error(exc) from None
+    user = await _approved_user(hub, session, grant)
+    scopes = _parse_scopes(" ".join(grant.scopes), _default_resource(hub), app=False)
+    return await _user_tokens(hub, session, user, client, scopes, refresh=False)
+
+
+async def _authorization_code(
+    hub: Hub, session: AsyncSession, request: Request, form: dict[str, str]
+) -> dict:
+    code = _required(form, "code")
+    redirect_uri = _required(form, "redirect_uri")
+    verifier = _required(form, "code_verifier")  # PKCE is not optional here
+    client = await _authenticate_client(hub, session, request, form)
+    try:
+        grant = await grants.redeem_code(
+            session,
+            hub.now(),
+            code=code,
+            client_id=client.client_id,
+            redirect_uri=redirect_uri,
+            code_verifier=verifier,
+        )
+    except grants.GrantError as exc:
+        raise _grant_error(exc) from None
+    user = await _approved_user(hub, session, grant)
+    scopes = _parse_scopes(" ".join(grant.scopes), _default_resource(hub), app=False)
+    return await _user_tokens(hub, session, user, client, scopes, refresh=False, nonce=grant.nonce)
+
+
+_HANDLERS = {
+    "authorization_code": _authorization_code,
+    "client_credentials": _client_credentials,
+    DEVICE_CODE_GRANT: _device_code,
+    "password": _password,
+    "refresh_token": _refresh,
+}
 
 
 async def token(request: Request) -> Response:
@@ -499,10 +572,196 @@ async def token(request: Request) -> Response:
     return JSONResponse(body, headers=NO_STORE)
 
 
+# ---------------------------------------------------------------- device authorization (RFC 8628)
+
+
+async def devicecode(request: Request) -> Response:
+    """`POST /{tenant}/oauth2/v2.0/devicecode`: a device code for the client, a user code for the person."""
+    hub = hub_of(request)
+    try:
+        _check_tenant(hub, request.path_params["tenant"])
+        form = await _read_form(request)
+        async with hub.sessions() as session:
+            client = await _authenticate_client(hub, session, request, form)
+            scopes = _parse_scopes(form.get("scope", ""), _default_resource(hub), app=False)
+            ttl = hub.config.device_code_ttl
+            interval = max(1, int(hub.config.device_code_interval.total_seconds()))
+            device_code, user_code = await grants.start_device_flow(
+                session,
+                hub.now(),
+                client_id=client.client_id,
+                scopes=scopes.requested,
+                ttl=ttl,
+                interval=interval,
+            )
+    except OAuthError as exc:
+        return _error_response(hub, request, exc)
+    uri = f"{hub.config.url}{VERIFICATION_PATH}"
+    shown = grants.display_user_code(user_code)
+    return JSONResponse(
+        {
+            "user_code": shown,
+            "device_code": device_code,
+            "verification_uri": uri,
+            "expires_in": int(ttl.total_seconds()),
+            "interval": interval,
+            "message": f"To sign in, use a web browser to open the page {uri} and enter the code {shown} "
+            "to authenticate.",
+        },
+        headers=NO_STORE,
+    )
+
+
+def _resource_of(scopes: list[str]) -> str:
+    """The resource a scope list asks for, as the pages show it."""
+    for scope in scopes:
+        if scope not in OIDC_SCOPES:
+            return scope.rpartition("/")[0] or GRAPH_RESOURCE
+    return "your account"
+
+
+async def _page_form(request: Request) -> dict[str, str] | None:
+    try:
+        return await _read_form(request)
+    except OAuthError:
+        return None
+
+
+async def devicelogin(request: Request) -> Response:
+    """The verification page: the user enters the code, signs in (local directory) and approves."""
+    hub = hub_of(request)
+    action = VERIFICATION_PATH
+    if not hub.config.local_issuer:
+        return pages.error("Not available", "This hub does not run a local issuer.", 404)
+    if request.method == "GET":
+        return pages.enter_code(action, code=request.query_params.get("code", "")[:32])
+    form = await _page_form(request)
+    if form is None:
+        return pages.enter_code(action, "The form could not be read; enter the code again.", 400)
+    typed = form.get("user_code", "")
+    async with hub.sessions() as session:
+        grant = await grants.pending_by_user_code(session, hub.now(), typed)
+        if grant is None:
+            return pages.enter_code(
+                action,
+                "That code is not valid or has expired. Check it, or start the sign-in on your device again.",
+                400,
+                typed[:32],
+            )
+        shown, resource = grants.display_user_code(grant.user_code or ""), _resource_of(grant.scopes)
+        if "username" not in form:  # the code step: show what is asked, then the sign-in form
+            return pages.approve_device(action, shown, grant.client_id, resource)
+        username, password = form.get("username", ""), form.get("password", "")
+        try:
+            user = await directory.check_user_password(session, username, password)
+        except directory.DirectoryError:
+            return pages.approve_device(
+                action,
+                shown,
+                grant.client_id,
+                resource,
+                "Wrong user name or password; try again.",
+                401,
+                username[:256],
+            )
+        approve = form.get("decision") == "approve"
+        credential = directory.credential_fingerprint(user)
+        if not await grants.decide(session, grant, user, credential, approve):
+            return pages.enter_code(action, "This sign-in was already answered.", 409)
+    return pages.device_done(approve, grant.client_id)
+
+
+# ---------------------------------------------------------------- authorization code with PKCE
+
+
+def _registered_redirects(client_id: str) -> tuple[str, ...]:
+    return tokens.CLI_REDIRECT_URIS if client_id == tokens.CLI_CLIENT_ID else ()
+
+
+def _redirect(redirect_uri: str, params: dict[str, str], mode: str = "query") -> Response:
+    if mode == "form_post":
+        return pages.form_post(redirect_uri, params)
+    sep = "&" if "?" in redirect_uri else "?"
+    location = f"{redirect_uri}{sep}{urlencode(params)}"
+    return Response(status_code=302, headers={"Location": location, **pages.HEADERS})
+
+
+async def authorize(request: Request) -> Response:
+    """The sign-in page of the authorization code flow (RFC 6749 section 4.1, PKCE required).
+
+    A bad client or redirect URI is shown on the page and never redirected to
+    (RFC 6749 section 4.1.2.1); other errors go back to the redirect URI with `state`.
+    """
+    hub = hub_of(request)
+    query = request.query_params
+    try:
+        _check_tenant(hub, request.path_params["tenant"])
+    except OAuthError as exc:
+        return pages.error("Sign-in failed", exc.description)
+    client_id, redirect_uri = query.get("client_id", ""), query.get("redirect_uri", "")
+    if not client_id:
+        return pages.error("Sign-in failed", "The request has no client_id.")
+    if not redirect_uri or not grants.redirect_allowed(_registered_redirects(client_id), redirect_uri):
+        return pages.error(
+            "Sign-in failed",
+            f"AADSTS50011: The redirect URI '{redirect_uri}' does not match the redirect URIs registered "
+            f"for the application '{client_id}'.",
+        )
+    state = {"state": query["state"]} if "state" in query else {}
+    mode = query.get("response_mode", "query")
+
+    def refuse(error: str, description: str) -> Response:
+        answer = {"error": error, "error_description": description, **state}
+        return _redirect(redirect_uri, answer, mode if mode == "form_post" else "query")
+
+    if query.get("response_type") != "code":
+        return refuse("unsupported_response_type", "This issuer supports response_type=code only.")
+    if mode not in ("query", "form_post"):
+        return refuse("invalid_request", "This issuer supports response_mode=query or form_post.")
+    challenge = query.get("code_challenge", "")
+    if query.get("code_challenge_method") != "S256" or not grants.valid_challenge(challenge):
+        return refuse("invalid_request", "PKCE is required: send a code_challenge with method S256.")
+    try:
+        scopes = _parse_scopes(query.get("scope", ""), _default_resource(hub), app=False)
+    except OAuthError as exc:
+        return refuse(exc.error, exc.description)
+    action = f"{request.url.path}?{request.url.query}"  # the form posts back with the same parameters
+    resource = _resource_of(scopes.requested)
+    if request.method == "GET":
+        return pages.sign_in(action, client_id, resource, username=query.get("login_hint", "")[:256])
+    form = await _page_form(request) or {}
+    username, password = form.get("username", ""), form.get("password", "")
+    async with hub.sessions() as session:
+        try:
+            user = await directory.check_user_password(session, username, password)
+        except directory.DirectoryError:
+            return pages.sign_in(
+                action, client_id, resource, "Wrong user name or password; try again.", 401, username[:256]
+            )
+        code = await grants.issue_code(
+            session,
+            hub.now(),
+            ttl=hub.config.authorization_code_ttl,
+            client_id=client_id,
+            user=user,
+            credential=directory.credential_fingerprint(user),
+            scopes=scopes.requested,
+            redirect_uri=redirect_uri,
+            code_challenge=challenge,
+            nonce=query.get("nonce") or None,
+        )
+    params = {"code": code, **state}
+    if query.get("client_info") == "1":
+        params["client_info"] = tokens.client_info(hub, user.id)
+    return _redirect(redirect_uri, params, mode)
+
+
 routes: list[BaseRoute] = [
     Route("/{tenant}/v2.0/.well-known/openid-configuration", openid_configuration, methods=["GET"]),
     Route("/{tenant}/discovery/v2.0/keys", jwks, methods=["GET"]),
     Route("/{tenant}/oauth2/v2.0/token", token, methods=["POST"]),
     Route("/{tenant}/oauth2/v2.0/authorize", authorize, methods=["GET", "POST"]),
+    Route("/{tenant}/oauth2/v2.0/devicecode", devicecode, methods=["POST"]),
+    Route(VERIFICATION_PATH, devicelogin, methods=["GET", "POST"]),
     Route("/common/userrealm/{username}", user_realm, methods=["GET"]),
 ]

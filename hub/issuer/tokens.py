@@ -27,6 +27,8 @@ from hub.secrets import SecretError
 
 # The built-in public client (`kubearc login`); the discovery document names it, tokens carry it in `azp`.
 CLI_CLIENT_ID = "kubearc-cli"
+# Where the sign-in page may send its codes for the built-in client: loopback, any port (RFC 8252).
+CLI_REDIRECT_URIS = ("http://localhost", "http://127.0.0.1")
 GROUP_OVERAGE_LIMIT = 200
 ID_TOKEN_TTL = dt.timedelta(hours=1)
 REFRESH_TOKEN_TTL = dt.timedelta(days=90)  # Entra's default for non-SPA clients
@@ -88,8 +90,11 @@ def issue_access_token(
     return token, exp - iat
 
 
-def issue_id_token(hub: Hub, *, oid: str, client_id: str, upn: str, name: str) -> str:
-    """An OpenID Connect ID token for the client (`aud` = client id), shaped like Entra's v2 ID tokens."""
+def issue_id_token(
+    hub: Hub, *, oid: str, client_id: str, upn: str, name: str, nonce: str | None = None
+) -> str:
+    """An OpenID Connect ID token for the client (`aud` = client id), shaped like Entra's v2 ID tokens;
+    `nonce` is the authorization request's, echoed for the client to check."""
     now = hub.now()
     iat = int(now.timestamp())
     claims: dict[str, Any] = {
@@ -106,6 +111,8 @@ def issue_id_token(hub: Hub, *, oid: str, client_id: str, upn: str, name: str) -
         "uti": uuid.uuid4().hex[:22],
         "ver": "2.0",
     }
+    if nonce:
+        claims["nonce"] = nonce
     return jwt.encode(claims, hub.issuer_key, algorithm="RS256", headers={"kid": hub.issuer_kid})
 
 

@@ -176,6 +176,31 @@ class GroupMember(Base):
     )
 
 
+class AuthorizationGrant(Base):
+    """A sign-in on its way to the token endpoint: a device code (RFC 8628) waiting for its user,
+    or an authorization code (RFC 6749 with PKCE) waiting to be redeemed. The key is the SHA-256
+    of the code the client holds, so the table holds nothing a client could redeem."""
+
+    __tablename__ = "authorization_grants"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # device | code
+    user_code: Mapped[str | None] = mapped_column(String(16), unique=True, nullable=True)  # device only
+    client_id: Mapped[str] = mapped_column(String(256))
+    scopes: Mapped[list[str]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16))  # pending | approved | denied | redeemed
+    user_id: Mapped[str | None] = mapped_column(
+        ForeignKey("directory_objects.id", ondelete="CASCADE"), nullable=True
+    )
+    credential: Mapped[str | None] = mapped_column(String(64), nullable=True)  # the user's, when approved
+    interval: Mapped[int] = mapped_column(Integer, default=0)  # device: seconds between polls
+    last_poll_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    redirect_uri: Mapped[str | None] = mapped_column(Text, nullable=True)  # code only
+    code_challenge: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    nonce: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    expires_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, index=True)
+
+
 class RoleDefinition(Base):
     """A custom role (built-in roles live in code, `hub/rbac/roles.py`)."""
 
