@@ -73,11 +73,13 @@ class ConnectOptions:
 Say = Callable[[str], None]
 
 
-def _kube_call(what: str, fn: Callable[[], Any]) -> Any:
+def kube_call(what: str, fn: Callable[[], Any]) -> Any:
     try:
         return fn()
     except ApiException as exc:
         raise ConnectError(f"{what}: {describe(exc)}") from None
+    except KubeError as exc:  # no usable kubeconfig
+        raise ConnectError(f"{exc}; check --kube-config and --kube-context") from None
     except (OSError, ValueError, urllib3.exceptions.HTTPError) as exc:  # unreachable, bad kubeconfig data
         reason = getattr(exc, "reason", None) or exc
         raise ConnectError(f"{what}: {reason}") from None
@@ -99,7 +101,7 @@ class Onboarding:
 
     def preflight(self) -> tuple[dict[str, Any] | None, int]:
         """The existing resource (None if new) and the cluster's vCPUs; raises before anything changes."""
-        version = _kube_call(
+        version = kube_call(
             "cannot reach the cluster's apiserver (check --kube-config / --kube-context)",
             lambda: self.version.get_code(),
         )
@@ -157,7 +159,7 @@ class Onboarding:
         return (config.data or {}).get("AZURE_RESOURCE_ID")
 
     def _vcpus(self) -> int:
-        nodes = _kube_call("cannot list the cluster's nodes", lambda: self.core.list_node())
+        nodes = kube_call("cannot list the cluster's nodes", lambda: self.core.list_node())
         total = 0.0
         for node in nodes.items:
             cpu = str(((node.status and node.status.capacity) or {}).get("cpu", "0"))
@@ -200,7 +202,7 @@ class Onboarding:
                 raise ConnectError(
                     f"cannot create Secret {NAMESPACE}/{ONBOARDING_SECRET}: {describe(exc)}"
                 ) from None
-            _kube_call(
+            kube_call(
                 f"cannot replace Secret {NAMESPACE}/{ONBOARDING_SECRET}",
                 lambda: self.core.replace_namespaced_secret(ONBOARDING_SECRET, NAMESPACE, secret),
             )

@@ -40,7 +40,7 @@ def signed_in(hub: RunningHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     return runner
 
 
-def test_list_show_delete(hub: RunningHub, signed_in: CliRunner) -> None:
+def test_list_show_delete(hub: RunningHub, signed_in: CliRunner, tmp_path: Path) -> None:
     a = connected(hub, "cli-a")
     connected(hub, "cli-b")
     assert a.heartbeat().status_code == 200
@@ -67,8 +67,16 @@ def test_list_show_delete(hub: RunningHub, signed_in: CliRunner) -> None:
     shown = signed_in.invoke(app, ["cluster", "show", "-n", "cli-a", "-g", "rg1"])
     assert json.loads(shown.output)["id"] == a.resource_id
 
-    gone = signed_in.invoke(app, ["cluster", "delete", "-n", "cli-a", "-g", "rg1", "--yes"])
+    # No cluster to reach here: without --force the delete stops before anything is removed.
+    nowhere = ["--kube-config", str(tmp_path / "no-kubeconfig")]
+    kept = signed_in.invoke(app, ["cluster", "delete", "-n", "cli-a", "-g", "rg1", "--yes", *nowhere])
+    assert kept.exit_code == 1 and kept.stderr.startswith("error: ") and "--force" in kept.stderr
+    assert a.heartbeat().status_code == 200
+    gone = signed_in.invoke(
+        app, ["cluster", "delete", "-n", "cli-a", "-g", "rg1", "--yes", "--force", *nowhere]
+    )
     assert gone.exit_code == 0, gone.output
+    assert "warning: the cluster side was not cleaned up" in gone.stderr
     missing = signed_in.invoke(app, ["cluster", "show", "-n", "cli-a", "-g", "rg1"])
     assert missing.exit_code == 1 and "404" in missing.output and "was not found" in missing.output
     assert a.heartbeat().status_code == 401  # its identity went with it

@@ -1,13 +1,14 @@
-"""`kubearc cluster list|show|delete`: connected-cluster resources through the hub API."""
+"""`kubearc cluster list|show|delete`: connected-cluster resources through the hub API, and their agents."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import typer
 
-from kubearc.commands.output import request_json, subscription_or_fail
+from kubearc.commands.output import fail, request_json, subscription_or_fail
 
 app = typer.Typer(no_args_is_help=True, help="Connected-cluster resources.")
 CC = "providers/Microsoft.Kubernetes/connectedClusters"
@@ -70,11 +71,41 @@ def delete(
     name: str = typer.Option(..., "--name", "-n"),
     resource_group: str = typer.Option(..., "--resource-group", "-g"),
     subscription: str = SubscriptionOpt,
+    kube_config: Path = typer.Option(
+        None, "--kube-config", help="kubeconfig of the cluster (default: $KUBECONFIG)."
+    ),
+    kube_context: str = typer.Option(None, "--kube-context", help="Its context (default: the current one)."),
+    helm: str = typer.Option(None, "--helm", help="helm binary (default: on PATH)."),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Remove what a failed install left; delete the resource even if the cluster is gone.",
+    ),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
 ) -> None:
-    """Delete a cluster resource; its agents' identity certificates are revoked at once."""
+    """Uninstall the agents from the kube context's cluster, remove their Secrets, then delete the resource.
+
+    The agents' identity certificates are revoked at once.
+    """
+    from foundation.kube import Kube
+    from kubearc.helm import Helm, HelmError, find_helm
+    from kubearc.offboard import delete_cluster
+    from kubearc.onboard import ConnectError
+    from kubearc.session import hub_client
+
     sub = subscription_or_fail(subscription)
+    resource_id = f"/subscriptions/{sub}/resourceGroups/{resource_group}/{CC}/{name}"
     if not yes:
-        typer.confirm(f"Delete connected cluster {resource_group}/{name}?", abort=True)
-    request_json("DELETE", f"/subscriptions/{sub}/resourceGroups/{resource_group}/{CC}/{name}")
-    typer.echo(f"deleted {resource_group}/{name}", err=True)
+        typer.confirm(f"Delete connected cluster {resource_group}/{name} and its agents?", abort=True)
+
+    def say(line: str) -> None:
+        typer.echo(line, err=True)
+
+    try:
+        binary = Helm(find_helm(helm), kube_config, kube_context)
+        with hub_client() as hub:
+            delete_cluster(resource_id, hub, Kube(kube_config, context=kube_context), binary, force, say)
+    except (ConnectError, HelmError) as exc:
+        fail(str(exc))
+    except RuntimeError as exc:  # not signed in
+        fail(str(exc))
