@@ -26,6 +26,7 @@ incident id (the hub runs with the wrong data key); `kubearc admin` prints an
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -74,24 +75,48 @@ def bad_request(message: str, code: str = "InvalidRequestContent") -> ApiError:
     return ApiError(400, code, message)
 
 
-async def api_error_handler(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ApiError)
-    headers = {"WWW-Authenticate": 'Bearer error="invalid_token"'} if exc.status == 401 else None
+def error_response(exc: ApiError, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    """The answer of an `ApiError`: ARM's shape, and a Bearer challenge with a 401."""
+    challenge = {"WWW-Authenticate": 'Bearer error="invalid_token"'} if exc.status == 401 else {}
     return JSONResponse(
-        {"error": {"code": exc.code, "message": exc.message}}, status_code=exc.status, headers=headers
+        {"error": {"code": exc.code, "message": exc.message}},
+        status_code=exc.status,
+        headers={**challenge, **(headers or {})} or None,
     )
 
 
+async def api_error_handler(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return error_response(exc)
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.partition(";")[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
 async def read_json(request: Request) -> Any:
+    """The JSON body every route that takes one reads: 413 too large, 400 empty or not JSON (or nested
+    past the parser's depth), 415 when it is not declared `application/json`."""
     body = await request.body()
     if len(body) > MAX_BODY:
         raise ApiError(413, "RequestTooLarge", f"request body exceeds {MAX_BODY} bytes")
     if not body:
         raise bad_request("request body is empty; a JSON object was expected")
+    content_type = request.headers.get("content-type", "")
+    if not _is_json(content_type):
+        raise ApiError(
+            415,
+            "UnsupportedMediaType",
+            f"the request body's media type {content_type or '(none)'!r} is not supported; "
+            "send it as application/json",
+        )
     try:
         return json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise bad_request(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:  # the parser's depth, not the hub's stack: bad input like any other
+        raise bad_request("request body is nested too deeply to be a request of this API") from None
 
 
 async def read_model(request: Request, model: type[M]) -> M:

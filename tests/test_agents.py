@@ -40,7 +40,7 @@ from tests.conftest import FakeClock, RunningHub
 pytestmark = pytest.mark.sqlite_only
 
 ROOT = Path(__file__).resolve().parent.parent
-SUB, RG = "sub1", "rg1"
+SUB, RG = "00000000-0000-0000-0000-0000000a9e17", "rg1"
 IDENTITY_SECRET = "secret:azure-arc/azure-identity-certificate"
 FAST_RETRY = ["--retry-max-delay", "0.5", "--retry-deadline", "60"]
 DAY = 86400

@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import RunningHub
 
 CC = "Microsoft.Kubernetes/connectedClusters"
-SUB = "sub-builtin"
+SUB = "00000000-0000-0000-0000-00000000b1d1"
 CLUSTER = f"/subscriptions/{SUB}/resourceGroups/rg1/providers/{CC}/table"
 NS1 = f"{CLUSTER}/namespaces/ns1"
 NS2 = f"{CLUSTER}/namespaces/ns2"

@@ -246,3 +246,93 @@ def test_a_user_token_claim_of_the_wrong_type_is_a_401(
         r = c.get(f"{CC}/x", headers={"Authorization": f"Bearer {bad}"})
     assert r.status_code == 401, r.text
     assert claim in r.json()["error"]["message"]
+
+
+def test_an_unknown_route_is_a_json_404(hub: RunningHub) -> None:
+    with hub.client(hub.token()) as c:
+        for path in ("/no/such/path", f"/subscriptions/{SUB}/nope", "/agent/v1/nope"):
+            r = c.get(path)
+            assert r.headers["content-type"] == "application/json" and error(r)[:2] == (404, "NotFound")
+            assert path in error(r)[2]
+        wrong_method = c.delete("/healthz")
+        assert error(wrong_method)[:2] == (405, "MethodNotAllowed") and "GET" in wrong_method.headers["allow"]
+
+
+def test_arm_path_segments_match_case_insensitively(hub: RunningHub) -> None:
+    owner = str(uuid.uuid4())
+    hub.assign(owner, "Owner", "/")
+    cluster = connected(hub, "any-case")
+    lower = f"/subscriptions/{SUB}/resourcegroups/rg1/providers/microsoft.kubernetes/connectedclusters"
+    upper = f"/SUBSCRIPTIONS/{SUB}/RESOURCEGROUPS/rg1/PROVIDERS/MICROSOFT.KUBERNETES/CONNECTEDCLUSTERS"
+    with hub.client(hub.token(owner)) as c:
+        canonical = c.get(cluster.resource_id)
+        assert canonical.status_code == 200, canonical.text
+        for base in (lower, upper):
+            r = c.get(f"{base}/any-case")
+            assert r.status_code == 200, r.text
+            assert r.json()["id"] == canonical.json()["id"] == cluster.resource_id
+            assert "any-case" in [x["name"] for x in c.get(base).json()["value"]]
+        roles = c.get(f"{lower}/any-case/providers/microsoft.authorization/roleassignments")
+        assert roles.status_code == 200, roles.text
+        assert c.delete(f"{lower}/any-case").status_code == 200
+        assert error(c.get(cluster.resource_id))[:2] == (404, "ResourceNotFound")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/subscriptions/my-subscription/resourceGroups/rg1/providers/Microsoft.Kubernetes/connectedClusters/c",
+        "/subscriptions/my-subscription/providers/Microsoft.Kubernetes/connectedClusters",
+        "/subscriptions/00000000-0000-0000-0000-00000000000/providers/Microsoft.Authorization/roleAssignments",
+        "/SUBSCRIPTIONS/not-a-guid/resourcegroups/rg1/providers/microsoft.kubernetes/connectedclusters",
+    ],
+)
+def test_a_subscription_id_that_is_not_a_guid_is_a_400(hub: RunningHub, path: str) -> None:
+    owner = str(uuid.uuid4())
+    hub.assign(owner, "Owner", "/")
+    with hub.client(hub.token(owner)) as c:
+        status, code, message = error(c.get(path))
+    assert (status, code) == (400, "InvalidSubscriptionId") and "GUID" in message, message
+
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
+def test_a_deeply_nested_json_body_is_a_400_not_a_500(hub: RunningHub) -> None:
+    owner = str(uuid.uuid4())
+    hub.assign(owner, "Owner", "/")
+    cluster = connected(hub, "deep")
+    json_type = {"content-type": "application/json"}
+    with hub.client(hub.token(owner)) as c:
+        for method, path in [
+            ("PUT", f"{CC}/deep-new"),
+            ("PATCH", cluster.resource_id),
+            ("POST", f"/subscriptions/{SUB}/providers/Microsoft.Authorization/checkAccess"),
+        ]:
+            status, code, message = error(c.request(method, path, content=DEEP, headers=json_type))
+            assert (status, code) == (400, "InvalidRequestContent") and "nested" in message, (path, message)
+        assert error(c.get(f"{CC}/deep-new"))[0] == 404  # nothing was created
+    with cluster.agent_client() as agent:
+        r = agent.put("/agent/v1/metadata", content=DEEP, headers=json_type)
+        assert error(r)[0] == 400
+        assert agent.post("/agent/v1/heartbeat", json={}).status_code == 200  # the hub is fine
+
+
+@pytest.mark.parametrize(
+    "content_type", [None, "text/plain", "application/x-www-form-urlencoded", "text/json"]
+)
+def test_a_body_that_is_not_declared_json_is_a_415(hub: RunningHub, content_type: str | None) -> None:
+    token = onboarder(hub)
+    body = json.dumps(
+        {"properties": {"agentPublicKeyCertificate": pki.public_key_der_b64(pki.new_key().public_key())}}
+    )
+    headers = {"content-type": content_type} if content_type else {}
+    with hub.client(token) as c:
+        r = c.put(f"{CC}/media", content=body.encode(), headers=headers)
+        status, code, message = error(r)
+        assert (status, code) == (415, "UnsupportedMediaType") and "application/json" in message, message
+        assert c.get(f"{CC}/media").status_code == 404  # nothing was created
+        declared = c.put(
+            f"{CC}/media", content=body.encode(), headers={"content-type": "application/json; charset=utf-8"}
+        )
+        assert declared.status_code == 201, declared.text

@@ -29,11 +29,13 @@ VIEWER_ID = "63f0a09d-1495-4db4-a681-037d84835eb4"
 WRITER_ID = "5b999177-9696-4545-85c7-50de3797e5a1"
 OWNER_ID = "8e3af657-a8ff-443c-a75c-2fe8c4bcb635"
 POD_READ = f"{CC}/pods/read"
+S1 = "11111111-1111-4111-8111-111111111111"  # a subscription no test assigns anything in
+JSON = {"content-type": "application/json"}
 
 
 @pytest.fixture
 def sub() -> str:
-    return f"sub-{uuid.uuid4().hex[:10]}"
+    return str(uuid.uuid4())  # ARM subscription ids are GUIDs (the hub refuses others)
 
 
 def cluster(sub: str, name: str = "c1", rg: str = "rg1") -> str:
@@ -177,10 +179,10 @@ def test_assignment_authorization(shared_hub: RunningHub, sub: str) -> None:
 @pytest.mark.parametrize(
     ("path_scope", "problem"),
     [
-        ("/subscriptions/s1/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm", "only"),
-        ("/subscriptions/s1/locations/westus", "resourceGroups"),
-        (f"/subscriptions/s1/resourceGroups/rg/providers/{CC}/c1/namespaces/Not_A_Label", "namespace"),
-        (f"/subscriptions/s1/resourceGroups/rg/providers/{CC}/c1/pods/p1", "namespaces"),
+        (f"/subscriptions/{S1}/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm", "only"),
+        (f"/subscriptions/{S1}/locations/westus", "resourceGroups"),
+        (f"/subscriptions/{S1}/resourceGroups/rg/providers/{CC}/c1/namespaces/Not_A_Label", "namespace"),
+        (f"/subscriptions/{S1}/resourceGroups/rg/providers/{CC}/c1/pods/p1", "namespaces"),
         ("/tenants/t1", "subscriptions"),
     ],
 )
@@ -204,7 +206,7 @@ def test_malformed_assignment_bodies(shared_hub: RunningHub, sub: str) -> None:
         )
         url = under(scope, f"roleAssignments/{oid()}")
         assert "properties" in error(c.put(url, json={"roleDefinitionId": VIEWER_ID}), 400)["message"]
-        assert "JSON" in error(c.put(url, content=b"{not json"), 400)["message"]
+        assert "JSON" in error(c.put(url, content=b"{not json", headers=JSON), 400)["message"]
         # Assignments by role name work too.
         assert put_assignment(c, scope, "Azure Arc Kubernetes Writer", oid()).status_code == 201
 
@@ -288,7 +290,8 @@ def test_custom_role_lifecycle_wildcards_and_not_actions(shared_hub: RunningHub,
         )
         assert [d["name"] for d in listed.json()["value"]] == [role_id]
         elsewhere = c.get(
-            under("/subscriptions/other-sub", "roleDefinitions"), params={"$filter": "type eq 'CustomRole'"}
+            under(f"/subscriptions/{uuid.uuid4()}", "roleDefinitions"),
+            params={"$filter": "type eq 'CustomRole'"},
         )
         assert role_id not in {d["name"] for d in elsewhere.json()["value"]}
 
@@ -315,7 +318,7 @@ def test_custom_role_lifecycle_wildcards_and_not_actions(shared_hub: RunningHub,
         assert put_assignment(c, ns, role_id, user).status_code == 201
         # Not assignable outside its assignable scopes.
         with owner_of(shared_hub, "/") as root:
-            err = error(put_assignment(root, cluster("other-sub"), role_id, oid()), 400)
+            err = error(put_assignment(root, cluster(str(uuid.uuid4())), role_id, oid()), 400)
             assert err["code"] == "RoleAssignmentScopeNotAssignableToRoleDefinition"
 
         actions = [
@@ -430,7 +433,7 @@ def test_checkaccess_limits_and_bad_bodies(shared_hub: RunningHub, sub: str) -> 
         assert "200" in err["message"]
         assert "Actions" in error(check(c, scope, user, []), 400)["message"]
         url = under(scope, "checkaccess")
-        assert "JSON" in error(c.post(url, content=b"Subject="), 400)["message"]
+        assert "JSON" in error(c.post(url, content=b"Subject=", headers=JSON), 400)["message"]
         assert "Subject" in error(c.post(url, json={"Actions": [{"Id": POD_READ}]}), 400)["message"]
         bad_oid = {"Subject": {"Attributes": {"ObjectId": "alice"}}, "Actions": [{"Id": POD_READ}]}
         assert "GUID" in error(c.post(url, json=bad_oid), 400)["message"]
@@ -626,12 +629,12 @@ def test_role_cli(shared_hub: RunningHub, sub: str, tmp_path: Path, monkeypatch:
         "--role",
         VIEWER_ID,
         "--scope",
-        "/subscriptions/x/nope",
+        f"/subscriptions/{S1}/nope",
     )
     assert "GUID" in fails(
         "role", "assignment", "create", "--assignee", "bob", "--role", VIEWER_ID, "--scope", scope
     )
-    denied = fails("role", "assignment", "list", "--scope", "/subscriptions/someone-else")
+    denied = fails("role", "assignment", "list", "--scope", f"/subscriptions/{uuid.uuid4()}")
     assert "403" in denied and "does not have authorization" in denied
     assert "neither a readable file nor valid JSON" in fails(
         "role", "definition", "create", "--role-definition", "{x"

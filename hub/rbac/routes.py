@@ -1,15 +1,13 @@
 """ARM's `Microsoft.Authorization` API on the hub: role definitions, role assignments, checkAccess.
 
 Every route sits under `{scope}/providers/Microsoft.Authorization/...` (matched
-case-insensitively, as ARM does), so none of them can shadow the cluster routes
+case-insensitively, as ARM does: `hub/app.py`), so none of them can shadow the cluster routes
 mounted after them. `api-version` is accepted and ignored.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import IntegrityError
@@ -38,14 +36,6 @@ from hub.resources import scope_key
 from hub.store.models import RoleAssignment
 
 AUTHZ = "/providers/Microsoft.Authorization"
-
-
-class ArmRoute(Route):
-    """A route whose path compares case-insensitively, like ARM's provider and type segments."""
-
-    def __init__(self, path: str, endpoint: Callable[[Request], Awaitable[Response]], **kw: Any) -> None:
-        super().__init__(path, endpoint, **kw)
-        self.path_regex = re.compile(self.path_regex.pattern, re.IGNORECASE)
 
 
 def _scope(request: Request) -> scopes.Scope:
@@ -300,7 +290,7 @@ def _routes() -> list[BaseRoute]:
     out: list[BaseRoute] = []
     for prefix in ("", "/{scope:path}"):
         for tail, endpoint, methods in table:
-            out.append(ArmRoute(f"{prefix}{AUTHZ}/{tail}", endpoint, methods=methods))
+            out.append(Route(f"{prefix}{AUTHZ}/{tail}", endpoint, methods=methods))
     return out
 
 
