@@ -43,6 +43,23 @@ app.add_typer(admin.app, name="admin", help="Bootstrap the hub's directory on th
 app.add_typer(agent.app, name="agent", help="In-cluster agents.")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from foundation import __version__
+
+        typer.echo(f"kubearc {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print kubearc's version and exit."
+    ),
+) -> None:
+    """The options of `kubearc` itself, before any command."""
+
+
 def main() -> None:
     """The console script: a usage error is one line that names the problem and where to look."""
     try:
