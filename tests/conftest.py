@@ -170,9 +170,8 @@ def start_hub(tmp_path: Path, database_url: str, clock: FakeClock) -> Iterator[C
     started: list[RunningHub] = []
 
     def start(**overrides: Any) -> RunningHub:
-        config = HubConfig(
-            state_dir=tmp_path / "state", port=0, database_url=database_url, clock=clock, **overrides
-        )
+        settings: dict[str, Any] = {"port": 0, "database_url": database_url, "clock": clock, **overrides}
+        config = HubConfig(state_dir=tmp_path / "state", **settings)
         running = RunningHub(config)
         started.append(running)
         return running

@@ -1,0 +1,328 @@
+"""A node for the apiserver stand-in: runs the Deployments it holds as local processes, one pod each.
+
+What helm applied is what runs: each container's command and args (the image's
+entrypoint is `kubearc`), its env (`value`, `fieldRef`, `configMapKeyRef`,
+`secretKeyRef` resolved against the stand-in), its ConfigMap, Secret and
+emptyDir volumes mounted at their mount paths, and the service account token
+projected at the standard path; `KUBERNETES_SERVICE_HOST`/`PORT` point at the
+stand-in. Each pod gets its own network namespace on a bridge (so every agent
+may listen on the chart's probe port, as in a cluster) and a private mount
+namespace (so the paths are exact). Readiness probes are run from the node and
+reported in the Deployment's status, as the kubelet and the controller would.
+
+Needs root and iproute2; `available()` says whether this machine has them.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import secrets
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.apiserver import ApiServer
+from tests.apiserver.resources import SECRETS
+from tests.apiserver.workloads import CONFIGMAPS, DEPLOYMENTS
+
+BRIDGE = "kubearc0"
+SA_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+def available() -> str | None:
+    """None when pods can run here, else why not."""
+    if os.geteuid() != 0:
+        return "the node emulator needs root (network and mount namespaces)"
+    for tool in ("ip", "unshare"):
+        if shutil.which(tool) is None:
+            return f"the node emulator needs {tool} (iproute2, util-linux)"
+    probe = subprocess.run(["ip", "netns", "add", "kubearc-probe"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        return f"network namespaces are unavailable: {probe.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", "kubearc-probe"], capture_output=True)
+    return None
+
+
+def sh(*cmd: str) -> None:
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)}: {done.stderr.strip()}")
+
+
+@dataclass
+class Pod:
+    namespace: str
+    deployment: str
+    generation: int
+    index: int
+    ip: str
+    process: subprocess.Popen[bytes]
+    directory: Path
+    probe: tuple[str, int] | None  # readinessProbe httpGet path and port
+    log: Path
+    made_dirs: list[Path] = field(default_factory=list)
+
+    @property
+    def netns(self) -> str:
+        return f"kpod{self.index}"
+
+
+class NodeEmulator:
+    """Keeps one process per Deployment of the stand-in running, restarted when the Deployment changes."""
+
+    def __init__(self, api: ApiServer, node_ip: str, subnet: str = "10.77.0") -> None:
+        self.api, self.node_ip, self.subnet = api, node_ip, subnet
+        self.pods: dict[tuple[str, str], Pod] = {}
+        self.root = Path(tempfile.mkdtemp(prefix="kubearc-node-"))
+        self._free = list(range(10, 250))  # pod addresses (and veth numbers) not in use
+        self.restarts: dict[tuple[str, str], int] = {}
+        self._restart_at: dict[tuple[str, str], float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="node-emulator", daemon=True)
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> NodeEmulator:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(15)
+        for key in list(self.pods):
+            self._kill(key)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.5):
+            try:
+                self.sync()
+            except Exception as exc:  # keep the node alive; the test sees what the pods did
+                print(f"node emulator: {exc}", file=sys.stderr)
+
+    def sync(self) -> None:
+        wanted: dict[tuple[str, str], dict[str, Any]] = {}
+        for obj in self.api.store.list_all("apps", "deployments"):
+            meta = obj["metadata"]
+            if (obj.get("spec") or {}).get("replicas", 1) >= 1:
+                wanted[(meta["namespace"], meta["name"])] = obj
+        for key in list(self.pods):
+            changed = wanted.get(key)
+            if changed is None or changed["metadata"].get("generation", 1) != self.pods[key].generation:
+                self._kill(key)
+        now = time.monotonic()
+        for key, obj in wanted.items():
+            pod = self.pods.get(key)
+            if pod is not None and pod.process.poll() is not None:  # exited: restart with a backoff
+                self._kill(key)
+                self.restarts[key] = self.restarts.get(key, 0) + 1
+                self._restart_at[key] = now + min(10.0, 0.5 * 2 ** self.restarts[key])
+                pod = None
+            if pod is None and now >= self._restart_at.get(key, 0):
+                self.pods[key] = self._run(obj)
+            if key in self.pods:
+                self._report(key, obj)
+
+    def logs(self, deployment: str, namespace: str = "azure-arc") -> str:
+        """Everything the deployment's containers printed, restarts included."""
+        log = self.root / "logs" / f"{namespace}_{deployment}.log"
+        return log.read_text(errors="replace") if log.exists() else ""
+
+    # ---- one pod --------------------------------------------------------------------------------
+
+    def _network(self, index: int) -> str:
+        ip = f"{self.subnet}.{index}"
+        ns, host_end = f"kpod{index}", f"kv{index}"
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        sh("ip", "netns", "add", ns)
+        sh("ip", "link", "add", host_end, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        sh("ip", "link", "set", host_end, "master", BRIDGE, "up")
+        sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", "eth0")
+        sh("ip", "-n", ns, "link", "set", "eth0", "up")
+        sh("ip", "-n", ns, "link", "set", "lo", "up")
+        sh("ip", "-n", ns, "route", "add", "default", "via", self.node_ip)
+        return ip
+
+    def _value(self, namespace: str, source: dict[str, Any], pod: dict[str, str]) -> str | None:
+        if "fieldRef" in source:
+            return pod.get(source["fieldRef"]["fieldPath"])
+        for kind, rt, decode in (("configMapKeyRef", CONFIGMAPS, False), ("secretKeyRef", SECRETS, True)):
+            if kind in source:
+                ref = source[kind]
+                obj = self.api.store.find(rt.group, rt.plural, namespace, ref["name"]) or {}
+                raw = (obj.get("data") or {}).get(ref["key"])
+                if raw is None:
+                    return None
+                return base64.b64decode(raw).decode() if decode else str(raw)
+        return None
+
+    def _volume(self, namespace: str, volume: dict[str, Any], into: Path) -> None:
+        into.mkdir(parents=True, exist_ok=True)
+        for kind, rt, decode, name_key in (
+            ("configMap", CONFIGMAPS, False, "name"),
+            ("secret", SECRETS, True, "secretName"),
+        ):
+            if kind in volume:
+                obj = self.api.store.find(rt.group, rt.plural, namespace, volume[kind][name_key]) or {}
+                for key, value in (obj.get("data") or {}).items():
+                    data = base64.b64decode(value) if decode else str(value).encode()
+                    (into / key).write_bytes(data)
+        os.chmod(into, 0o777 if "emptyDir" in volume else 0o755)
+
+    def _run(self, deployment: dict[str, Any]) -> Pod:
+        meta, template = deployment["metadata"], deployment["spec"]["template"]
+        namespace, spec = meta["namespace"], template["spec"]
+        container = spec["containers"][0]
+        index = self._free.pop(0)
+        ip = self._network(index)
+        directory = self.root / f"{meta['name']}-{index}"
+        sa = spec.get("serviceAccountName", "default")
+        token = secrets.token_urlsafe(32)
+        self.api.add_token(token, f"system:serviceaccount:{namespace}:{sa}")
+        (directory / "sa").mkdir(parents=True)
+        (directory / "sa" / "token").write_text(token)
+        (directory / "sa" / "ca.crt").write_bytes(self.api.ca_pem)
+        (directory / "sa" / "namespace").write_text(namespace)
+        pod_fields = {
+            "metadata.namespace": namespace,
+            "metadata.name": f"{meta['name']}-{index}",
+            "spec.serviceAccountName": sa,
+            "status.podIP": ip,
+        }
+        env = {"PATH": os.environ["PATH"], "HOME": "/tmp", "PYTHONDONTWRITEBYTECODE": "1"}
+        env |= {"KUBERNETES_SERVICE_HOST": self.node_ip, "KUBERNETES_SERVICE_PORT": str(self.api.port)}
+        for item in container.get("env") or []:
+            value = (
+                item.get("value")
+                if "value" in item
+                else self._value(namespace, item["valueFrom"], pod_fields)
+            )
+            if value is not None:
+                env[item["name"]] = value
+        mounts = [(directory / "sa", SA_PATH)]
+        volumes = {v["name"]: v for v in spec.get("volumes") or []}
+        made: list[Path] = []
+        for mount in container.get("volumeMounts") or []:
+            source = directory / "volumes" / mount["name"]
+            self._volume(namespace, volumes[mount["name"]], source)
+            target = Path(mount["mountPath"])
+            if not target.exists():
+                target.mkdir(parents=True)
+                made.append(target)
+            mounts.append((source, str(target)))
+        command = container.get("command") or [sys.executable, "-m", "kubearc.cli"]
+        if command == ["kubearc"]:
+            command = [sys.executable, "-m", "kubearc.cli"]
+        argv = [*command, *(container.get("args") or [])]
+        script = ["mkdir -p /var/run/secrets", "mount -t tmpfs tmpfs /var/run/secrets", f"mkdir -p {SA_PATH}"]
+        script += [f"mount --bind {shlex.quote(str(s))} {shlex.quote(t)}" for s, t in mounts]
+        script.append('exec "$@"')
+        log = self.root / "logs" / f"{namespace}_{meta['name']}.log"
+        log.parent.mkdir(exist_ok=True)
+        root = Path(__file__).resolve().parents[1]
+        process = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                f"kpod{index}",
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "--",
+                "sh",
+                "-c",
+                " && ".join(script),
+                "pod",
+                *argv,
+            ],
+            cwd=root,
+            env=env,
+            stdout=log.open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        probe = None
+        readiness = (container.get("readinessProbe") or {}).get("httpGet")
+        if readiness:
+            port = readiness["port"]
+            if isinstance(port, str):
+                port = next(p["containerPort"] for p in container.get("ports") or [] if p.get("name") == port)
+            probe = (readiness.get("path", "/"), int(port))
+        return Pod(
+            namespace,
+            meta["name"],
+            meta.get("generation", 1),
+            index,
+            ip,
+            process,
+            directory,
+            probe,
+            log,
+            made,
+        )
+
+    def _report(self, key: tuple[str, str], deployment: dict[str, Any]) -> None:
+        pod = self.pods[key]
+        ready = pod.process.poll() is None
+        if ready and pod.probe is not None:
+            try:
+                ready = (
+                    httpx.get(f"http://{pod.ip}:{pod.probe[1]}{pod.probe[0]}", timeout=1).status_code < 400
+                )
+            except httpx.HTTPError:
+                ready = False
+        status = {
+            "observedGeneration": pod.generation,
+            "replicas": 1,
+            "updatedReplicas": 1,
+            "readyReplicas": 1 if ready else 0,
+            "availableReplicas": 1 if ready else 0,
+        }
+        if (deployment.get("status") or {}) != status:
+            current = self.api.store.find("apps", "deployments", key[0], key[1])
+            if current is not None:
+                self.api.store.replace(
+                    DEPLOYMENTS, key[0], key[1], {**current, "status": status}, subresource="status"
+                )
+
+    def _kill(self, key: tuple[str, str]) -> None:
+        pod = self.pods.pop(key)
+        if pod.process.poll() is None:
+            os.killpg(pod.process.pid, 15)
+            try:
+                pod.process.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(pod.process.pid, 9)
+                pod.process.wait(5)
+        subprocess.run(["ip", "netns", "del", pod.netns], capture_output=True)
+        subprocess.run(["ip", "link", "del", f"kv{pod.index}"], capture_output=True)
+        shutil.rmtree(pod.directory, ignore_errors=True)
+        self._free.append(pod.index)
+        for made in reversed(pod.made_dirs):
+            with contextlib.suppress(OSError):
+                made.rmdir()
+
+
+def bridge(node_ip: str) -> None:
+    """The node's bridge, with the node's address: pods reach the stand-in and the hub through it."""
+    subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
+    sh("ip", "link", "add", BRIDGE, "type", "bridge")
+    sh("ip", "addr", "add", f"{node_ip}/24", "dev", BRIDGE)
+    sh("ip", "link", "set", BRIDGE, "up")
+
+
+def remove_bridge() -> None:
+    subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
