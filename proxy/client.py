@@ -94,8 +94,19 @@ class ClientProxy:
     async def run(
         self, ready: Callable[[int], None] | None = None, stop: asyncio.Event | None = None
     ) -> None:
-        """Listen on loopback and keep a relay session until `stop`."""
-        stop = stop or asyncio.Event()
+        """Listen on loopback and keep a relay session until `stop`.
+
+        What stops it is raised as itself, not in an `ExceptionGroup`: the port in use
+        (`OSError`), or whatever `ready` raised (the kubeconfig could not be written).
+        """
+        try:
+            await self._run(ready, stop or asyncio.Event())
+        except BaseExceptionGroup as group:
+            if len(group.exceptions) != 1:
+                raise
+            raise group.exceptions[0] from None
+
+    async def _run(self, ready: Callable[[int], None] | None, stop: asyncio.Event) -> None:
         self.dialler.credential = await self.credentials()  # fails early: the kubeconfig needs it
         loop = asyncio.get_running_loop()
         openers: set[asyncio.Task[None]] = set()

@@ -97,6 +97,6 @@ def _write_kubeconfig(
         return
     try:
         kubeconfig.write_merged(target, doc)
-    except kubeconfig.KubeconfigError as exc:
-        fail(str(exc))
+    except kubeconfig.KubeconfigError as exc:  # the file is left as it was; YAML's messages span lines
+        fail(f"{' '.join(str(exc).split())}: fix it, or name another file with -f FILE (-f - prints it)")
     typer.echo(f"Context '{name}' written to {target}.", err=True)
