@@ -79,6 +79,10 @@ class Helm:
         rows = json.loads(self._run("list", "--filter", f"^{RELEASE}$", "--output", "json") or "[]")
         return rows[0] if rows else None
 
+    def values_json(self) -> str:
+        """The values the release was installed with (user-supplied), as JSON."""
+        return self._run("get", "values", RELEASE, "--output", "json")
+
     def uninstall(self) -> bool:
         """Remove the release; False when there was none."""
         if self.release() is None:

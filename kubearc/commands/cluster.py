@@ -1,4 +1,4 @@
-"""`kubearc cluster list|show|delete`: connected-cluster resources through the hub API, and their agents."""
+"""`kubearc cluster list|show|delete|troubleshoot`: connected-cluster resources and their agents."""
 
 from __future__ import annotations
 
@@ -109,3 +109,49 @@ def delete(
         fail(str(exc))
     except RuntimeError as exc:  # not signed in
         fail(str(exc))
+
+
+@app.command("troubleshoot")
+def troubleshoot(
+    name: str = typer.Option(..., "--name", "-n"),
+    resource_group: str = typer.Option(..., "--resource-group", "-g"),
+    subscription: str = SubscriptionOpt,
+    kube_config: Path = typer.Option(
+        None, "--kube-config", help="kubeconfig of the cluster (default: $KUBECONFIG)."
+    ),
+    kube_context: str = typer.Option(None, "--kube-context", help="Its context (default: the current one)."),
+    helm: str = typer.Option(None, "--helm", help="helm binary (default: on PATH)."),
+    bundle: Path = typer.Option(
+        Path("kubearc-troubleshoot.tar.gz"), "--bundle", help="Where to write the support bundle."
+    ),
+    output: str = typer.Option("text", "--output", "-o", help="text or json"),
+) -> None:
+    """Check a connected cluster's agents, identity, release, clock and proxy; write a support bundle.
+
+    Exits 0 when every check passes, 1 when one names a problem.
+    """
+    from foundation.kube import Kube
+    from kubearc.helm import Helm, HelmError, find_helm
+    from kubearc.onboard import ConnectError
+    from kubearc.session import hub_client
+    from kubearc.troubleshoot import troubleshoot as run
+
+    sub = subscription_or_fail(subscription)
+    resource_id = f"/subscriptions/{sub}/resourceGroups/{resource_group}/{CC}/{name}"
+    try:
+        binary = Helm(find_helm(helm), kube_config, kube_context)
+        with hub_client() as hub:
+            report = run(resource_id, hub, Kube(kube_config, context=kube_context), binary)
+    except (ConnectError, HelmError) as exc:
+        fail(str(exc))
+    except RuntimeError as exc:  # not signed in
+        fail(str(exc))
+    report.write(bundle)
+    if output == "json":
+        typer.echo(json.dumps([f.__dict__ for f in report.findings], indent=2))
+    else:
+        for finding in report.findings:
+            typer.echo(finding.line())
+    typer.echo(f"support bundle: {bundle}", err=True)
+    if not report.healthy:
+        raise typer.Exit(1)
