@@ -1,4 +1,4 @@
-"""`kubearc cluster list|show|delete|troubleshoot`: connected-cluster resources and their agents."""
+"""`kubearc cluster ...`: connected-cluster resources, and the agents on the cluster of a kube context."""
 
 from __future__ import annotations
 
@@ -155,3 +155,156 @@ def troubleshoot(
     typer.echo(f"support bundle: {bundle}", err=True)
     if not report.healthy:
         raise typer.Exit(1)
+
+
+KubeConfigOpt = typer.Option(None, "--kube-config", help="kubeconfig of the cluster (default: $KUBECONFIG).")
+KubeContextOpt = typer.Option(None, "--kube-context", help="Its context (default: the current one).")
+HelmOpt = typer.Option(None, "--helm", help="helm binary (default: on PATH).")
+ChartOpt = typer.Option(None, "--chart", help="The agents' chart (default: the one of this kubearc).")
+
+
+def _reconfigure(
+    name: str,
+    resource_group: str,
+    subscription: str | None,
+    kube_config: Path | None,
+    kube_context: str | None,
+    helm: str | None,
+    chart: str | None,
+    edit: Any,
+) -> None:
+    from foundation.kube import Kube
+    from kubearc.helm import CHART, Helm, HelmError, find_helm
+    from kubearc.onboard import ConnectError
+    from kubearc.reconfigure import change
+
+    sub = subscription_or_fail(subscription)
+    resource_id = f"/subscriptions/{sub}/resourceGroups/{resource_group}/{CC}/{name}"
+    try:
+        binary = Helm(find_helm(helm), kube_config, kube_context)
+        done = change(resource_id, Kube(kube_config, context=kube_context), binary, chart or CHART, edit)
+    except (ConnectError, HelmError) as exc:
+        fail(str(exc))
+    typer.echo(f"{resource_group}/{name}: {done}", err=True)
+
+
+@app.command("enable-features")
+def enable_features(
+    name: str = typer.Option(..., "--name", "-n"),
+    resource_group: str = typer.Option(..., "--resource-group", "-g"),
+    features: list[str] = typer.Option(..., "--features", help="cluster-connect, azure-rbac (repeatable)."),
+    azure_rbac_mode: str = typer.Option(None, "--azure-rbac-mode", help="webhook or impersonation."),
+    subscription: str = SubscriptionOpt,
+    kube_config: Path = KubeConfigOpt,
+    kube_context: str = KubeContextOpt,
+    helm: str = HelmOpt,
+    chart: str = ChartOpt,
+) -> None:
+    """Turn agents' features on (helm upgrade of the release)."""
+    from kubearc.reconfigure import features as edit
+
+    _check_features(features, azure_rbac_mode)
+    _reconfigure(
+        name,
+        resource_group,
+        subscription,
+        kube_config,
+        kube_context,
+        helm,
+        chart,
+        edit(features, [], azure_rbac_mode),
+    )
+
+
+@app.command("disable-features")
+def disable_features(
+    name: str = typer.Option(..., "--name", "-n"),
+    resource_group: str = typer.Option(..., "--resource-group", "-g"),
+    features: list[str] = typer.Option(..., "--features", help="cluster-connect, azure-rbac (repeatable)."),
+    subscription: str = SubscriptionOpt,
+    kube_config: Path = KubeConfigOpt,
+    kube_context: str = KubeContextOpt,
+    helm: str = HelmOpt,
+    chart: str = ChartOpt,
+) -> None:
+    """Turn agents' features off (helm upgrade of the release)."""
+    from kubearc.reconfigure import features as edit
+
+    _check_features(features, None)
+    _reconfigure(
+        name, resource_group, subscription, kube_config, kube_context, helm, chart, edit([], features, None)
+    )
+
+
+def _check_features(features: list[str], mode: str | None) -> None:
+    from kubearc.onboard import FEATURES
+
+    for feature in features:
+        if feature not in FEATURES:
+            raise typer.BadParameter(
+                f"{feature!r}: choose from {', '.join(FEATURES)}", param_hint="--features"
+            )
+    if mode not in (None, "webhook", "impersonation"):
+        raise typer.BadParameter("webhook or impersonation", param_hint="--azure-rbac-mode")
+
+
+@app.command("upgrade")
+def upgrade(
+    name: str = typer.Option(..., "--name", "-n"),
+    resource_group: str = typer.Option(..., "--resource-group", "-g"),
+    agent_version: str = typer.Option(..., "--agent-version", help="The agents' image tag to run."),
+    subscription: str = SubscriptionOpt,
+    kube_config: Path = KubeConfigOpt,
+    kube_context: str = KubeContextOpt,
+    helm: str = HelmOpt,
+    chart: str = ChartOpt,
+) -> None:
+    """Run another version of the agents; refused while auto-upgrade is on."""
+    from kubearc.reconfigure import upgrade as edit
+
+    _reconfigure(
+        name, resource_group, subscription, kube_config, kube_context, helm, chart, edit(agent_version)
+    )
+
+
+@app.command("update")
+def update(
+    name: str = typer.Option(..., "--name", "-n"),
+    resource_group: str = typer.Option(..., "--resource-group", "-g"),
+    proxy_https: str = typer.Option(None, "--proxy-https", help="Egress proxy URL ('' turns it off)."),
+    proxy_skip_range: str = typer.Option(None, "--proxy-skip-range", help="no_proxy for the agents."),
+    proxy_cert: Path = typer.Option(None, "--proxy-cert", help="CA of a TLS-inspecting proxy (PEM)."),
+    auto_upgrade: bool = typer.Option(
+        None, "--auto-upgrade/--no-auto-upgrade", help="Let the hub upgrade the agents."
+    ),
+    tags: list[str] = typer.Option(
+        [], "--tags", help="KEY=VALUE on the resource (repeatable; replaces them)."
+    ),
+    subscription: str = SubscriptionOpt,
+    kube_config: Path = KubeConfigOpt,
+    kube_context: str = KubeContextOpt,
+    helm: str = HelmOpt,
+    chart: str = ChartOpt,
+) -> None:
+    """Change the agents' proxy and auto-upgrade settings (helm upgrade) and the resource's tags."""
+    from kubearc.reconfigure import settings
+
+    if proxy_cert is not None and not proxy_cert.is_file():
+        raise typer.BadParameter(f"{proxy_cert}: no such file", param_hint="--proxy-cert")
+    parsed = {}
+    for tag in tags:
+        key, sep, value = tag.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"expected KEY=VALUE, got {tag!r}", param_hint="--tags")
+        parsed[key] = value
+    if tags:
+        sub = subscription_or_fail(subscription)
+        request_json(
+            "PATCH",
+            f"/subscriptions/{sub}/resourceGroups/{resource_group}/{CC}/{name}",
+            json={"tags": parsed},
+        )
+        typer.echo(f"{resource_group}/{name}: tags set", err=True)
+    if any(v is not None for v in (proxy_https, proxy_skip_range, proxy_cert, auto_upgrade)):
+        edit = settings(proxy_https, proxy_skip_range, proxy_cert, auto_upgrade)
+        _reconfigure(name, resource_group, subscription, kube_config, kube_context, helm, chart, edit)

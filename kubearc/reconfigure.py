@@ -1,0 +1,114 @@
+"""`kubearc cluster update|upgrade|enable-features|disable-features`: change a connected cluster's agents.
+
+Each reads the release's values, changes what was asked and runs `helm upgrade`
+with the same chart, on the kube context whose `azure-clusterconfig` names the
+resource (any other cluster is refused). `upgrade` is refused while the agents
+upgrade themselves (`autoUpgrade`), as Arc refuses it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import urllib3
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from foundation.kube import Kube, KubeError, describe
+from kubearc.helm import NAMESPACE, Helm, HelmError
+from kubearc.onboard import CLUSTER_CONFIG, ConnectError
+
+Values = dict[str, Any]
+
+
+def _check_cluster(resource_id: str, kube: Kube) -> dict[str, str]:
+    try:
+        data = client.CoreV1Api(kube.api).read_namespaced_config_map(CLUSTER_CONFIG, NAMESPACE).data or {}
+    except KubeError as exc:
+        raise ConnectError(f"{exc}; check --kube-config and --kube-context") from None
+    except ApiException as exc:
+        where = f"{NAMESPACE}/{CLUSTER_CONFIG}"
+        raise ConnectError(
+            f"the kube context's cluster has no kubearc agents ({where}: {describe(exc)}); "
+            "run `kubearc connect` first"
+        ) from None
+    except (OSError, urllib3.exceptions.HTTPError) as exc:
+        raise ConnectError(
+            f"cannot reach the cluster's apiserver (check --kube-config / --kube-context): {exc}"
+        ) from None
+    belongs = data.get("AZURE_RESOURCE_ID", "")
+    if belongs.lower() != resource_id.lower():
+        raise ConnectError(f"the kube context's cluster is connected as {belongs}, not {resource_id}")
+    return data
+
+
+def change(
+    resource_id: str, kube: Kube, helm: Helm, chart: Path | str, edit: Callable[[Values, dict[str, str]], str]
+) -> str:
+    """Apply `edit` to the release's values (it returns what it did) and upgrade the release."""
+    config = _check_cluster(resource_id, kube)
+    try:
+        values: Values = json.loads(helm.values_json() or "{}") or {}
+    except (HelmError, ValueError) as exc:
+        raise ConnectError(f"cannot read the agents' release: {exc}; run `kubearc connect` again") from None
+    what = edit(values, config)
+    helm.upgrade_install(chart, values)
+    return what
+
+
+def features(
+    enable: list[str], disable: list[str], authn_mode: str | None
+) -> Callable[[Values, dict[str, str]], str]:
+    def edit(values: Values, _: dict[str, str]) -> str:
+        chosen = values.setdefault("features", {})
+        for name, on in [*((f, True) for f in enable), *((f, False) for f in disable)]:
+            chosen["clusterConnect" if name == "cluster-connect" else "azureRbac"] = on
+        if authn_mode:
+            chosen["authnMode"] = authn_mode
+        return (
+            ", ".join([*(f"enabled {f}" for f in enable), *(f"disabled {f}" for f in disable)]) or "no change"
+        )
+
+    return edit
+
+
+def upgrade(version: str) -> Callable[[Values, dict[str, str]], str]:
+    def edit(values: Values, config: dict[str, str]) -> str:
+        if config.get("AZURE_ARC_AUTOUPDATE", "true") == "true":
+            raise ConnectError(
+                "the agents upgrade themselves (auto-upgrade is on); "
+                "turn it off first: kubearc cluster update --auto-upgrade false"
+            )
+        values.setdefault("image", {})["tag"] = version
+        return f"agents set to version {version}"
+
+    return edit
+
+
+def settings(
+    proxy_https: str | None,
+    proxy_skip_range: str | None,
+    proxy_cert: Path | None,
+    auto_upgrade: bool | None,
+) -> Callable[[Values, dict[str, str]], str]:
+    def edit(values: Values, _: dict[str, str]) -> str:
+        done = []
+        proxy = values.setdefault("proxy", {})
+        if proxy_https is not None:
+            proxy["https"] = proxy_https
+            done.append(f"proxy {proxy_https or 'off'}")
+        if proxy_skip_range is not None:
+            proxy["noProxy"] = proxy_skip_range
+            done.append("no_proxy")
+        if proxy_cert is not None:
+            proxy["caCert"] = proxy_cert.read_text()
+            done.append("proxy CA")
+        if auto_upgrade is not None:
+            values["autoUpgrade"] = auto_upgrade
+            done.append(f"auto-upgrade {'on' if auto_upgrade else 'off'}")
+        return ", ".join(done) or "no change"
+
+    return edit
