@@ -558,3 +558,42 @@ def test_credentials_only_with_a_cluster() -> None:
     args = list(SERVE_ARGS)
     result = CliRunner().invoke(app, [*args, "--audience", "a", "--identity", "file:/x"])
     assert result.exit_code == 2 and "--cluster-resource-id" in result.output
+
+
+# (flag, what it is given, what the one line must say): each file `guard serve` reads at start.
+BAD_FILES = [
+    ("--tls-cert", "missing.crt", "cannot read"),
+    ("--tls-key", "missing.key", "cannot read"),
+    ("--client-ca", "missing-ca.crt", "cannot read"),
+    ("--token-file", "missing.csv", "cannot read"),
+    ("--tls-cert", "tls.key", "no PEM certificate"),
+    ("--tls-key", "tls.crt", "not a PEM private key"),
+    ("--tls-key", "c.key", "is not the key of"),
+    ("--client-ca", "tls.key", "no PEM certificate"),
+    ("--token-file", ".", "cannot read"),  # a directory
+]
+
+
+@pytest.mark.parametrize(("flag", "given", "message"), BAD_FILES, ids=[f"{f}={g}" for f, g, _ in BAD_FILES])
+def test_guard_serve_names_a_missing_or_unusable_file_before_it_serves(
+    tmp_path: Path, flag: str, given: str, message: str
+) -> None:
+    write_tls(tmp_path)
+    (tmp_path / "tokens.csv").write_text(f"{uuid.uuid4().hex},deployer,1001\n")
+    files = {
+        "--tls-cert": "tls.crt",
+        "--tls-key": "tls.key",
+        "--client-ca": "client-ca.crt",
+        "--token-file": "tokens.csv",
+        flag: given,
+    }
+    cmd = [sys.executable, "-m", "kubearc.cli", "guard", "serve", "--port", "0", "--health-port", "0"]
+    for name, file in files.items():
+        cmd += [name, str(tmp_path / file)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert done.stderr.startswith("error: ") and "reviews on" not in done.stdout + done.stderr
+    assert flag in done.stderr and str(tmp_path / given) in done.stderr and message in done.stderr, (
+        done.stderr
+    )

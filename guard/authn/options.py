@@ -44,6 +44,8 @@ class AuthnOptions:
             raise OptionsError("--issuer", "give --entra-tenant, --issuer or --token-file")
         if self.graph_client_id and not self.graph_client_secret:
             raise OptionsError("--graph-client-id", f"set ${GRAPH_SECRET_ENV}")
+        if self.issuer_ca is not None and not Path(self.issuer_ca).is_file():
+            raise OptionsError("--issuer-ca", f"{self.issuer_ca} is not a readable file")
 
     def build(self) -> AuthnChain:
         graph = self._graph()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 from pathlib import Path
 
 from guard.errors import AuthenticationError, OptionsError
@@ -27,18 +28,23 @@ class StaticTokens:
     @classmethod
     def load(cls, path: Path) -> StaticTokens:
         """The file's tokens; an `OptionsError` of `--token-file` names a bad line."""
+        try:
+            text = path.read_bytes().decode()
+        except OSError as exc:
+            raise OptionsError("--token-file", f"cannot read {path}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise OptionsError("--token-file", f"{path} is not UTF-8 text") from None
         users: dict[str, UserInfo] = {}
-        with path.open(newline="") as f:
-            for number, row in enumerate(csv.reader(f), 1):
-                if not row or not row[0].strip() or row[0].lstrip().startswith("#"):
-                    continue
-                if len(row) < 3:
-                    raise OptionsError("--token-file", f'{path}:{number}: want token,user,uid[,"groups"]')
-                token, user, uid = (v.strip() for v in row[:3])
-                if not user:
-                    raise OptionsError("--token-file", f"{path}:{number}: the user name is empty")
-                groups = [g.strip() for g in row[3].split(",") if g.strip()] if len(row) > 3 else []
-                users[digest(token)] = UserInfo(username=user, uid=uid, groups=groups)
+        for number, row in enumerate(csv.reader(io.StringIO(text, newline="")), 1):
+            if not row or not row[0].strip() or row[0].lstrip().startswith("#"):
+                continue
+            if len(row) < 3:
+                raise OptionsError("--token-file", f'{path}:{number}: want token,user,uid[,"groups"]')
+            token, user, uid = (v.strip() for v in row[:3])
+            if not user:
+                raise OptionsError("--token-file", f"{path}:{number}: the user name is empty")
+            groups = [g.strip() for g in row[3].split(",") if g.strip()] if len(row) > 3 else []
+            users[digest(token)] = UserInfo(username=user, uid=uid, groups=groups)
         return cls(users)
 
     def __len__(self) -> int:

@@ -266,8 +266,9 @@ def guard(
         )
         authn.validate()
         authz.validate()
+        config.validate()  # the serving pair and client CA, before anything listens
         setup_logging(log_level, log_format)
-        chain = authn.build()
+        chain = authn.build()  # reads the token file
     audit = StreamAudit(sys.stderr, log_format)  # the log's format, one write per loop turn
     with contextlib.suppress(KeyboardInterrupt):
         aio.run(serve_webhook(config, chain, authz, audit, lambda line: typer.echo(line, err=True)))
