@@ -114,7 +114,8 @@ _ids = itertools.count(1)
 
 
 def _request_id(request: Request) -> str:
-    # The apiserver sends its audit id; keep it so a decision can be matched to the apiserver's audit log.
+    # A caller may send an Audit-ID (a real kube-apiserver v1.36 does not: tests/captures/); when one
+    # comes, keep it so a decision can be matched to that caller's audit log.
     for name, value in request.scope["headers"]:  # ASGI lower-cases names; no Headers object built
         if name == b"audit-id" and value:
             return value.decode("latin-1")

@@ -321,8 +321,9 @@ def test_guard_process_answers_reviews_from_hub_rbac(
             }
         assert sar("v1", users["alice"], DELETE_NODES)["allowed"] is False
 
-        # The apiserver's Audit-ID becomes the audit line's request id; a body over 1 MiB (sent in
-        # chunks) is refused with a 400 that says so; a body split in chunks is read whole.
+        # An Audit-ID header, when a caller sends one (a real apiserver does not), becomes the audit
+        # line's request id; a body over 1 MiB (sent in chunks) is refused with a 400 that says so;
+        # a body split in chunks is read whole.
         audit_id = str(uuid.uuid4())
         body = json.dumps(access_review("v1", users["alice"], GET_PODS_DEV)).encode()
         chunked = client.post(
