@@ -27,7 +27,20 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from tests.apiserver import discovery, errors, fields, logs, openapi, patch, protobuf, tables, upgrades, watch
+from tests.apiserver import (
+    discovery,
+    errors,
+    fields,
+    logs,
+    managed,
+    openapi,
+    openapi_v2,
+    patch,
+    protobuf,
+    tables,
+    upgrades,
+    watch,
+)
 from tests.apiserver.audit import RequestLog, audited
 from tests.apiserver.resources import Registry, ResourceType
 from tests.apiserver.store import ObjectStore
@@ -82,7 +95,8 @@ def _json(doc: Any, status: int = 200, media_type: str = "application/json") -> 
 
 
 def _not_found() -> errors.StatusError:
-    return errors.StatusError(404, "NotFound", "the server could not find the requested resource")
+    message = "the server could not find the requested resource"
+    return errors.StatusError(404, "NotFound", message, empty_details=True)
 
 
 def _target(state: ApiServerState, group: str, version: str, rest: list[str]) -> Target | dict[str, Any]:
@@ -159,6 +173,28 @@ def _validated(request: Request, rt: ResourceType, obj: Any, warnings: list[str]
     return obj
 
 
+def _write_options(request: Request, verb: str, is_apply: bool) -> tuple[str, bool]:
+    """A write's field manager and `force`, checked as the apiserver checks Create/Update/PatchOptions."""
+    query = request.query_params
+    manager = query.get("fieldManager", "")
+    force = query.get("force")
+    problems: list[tuple[str, str]] = []
+    if is_apply and not manager:
+        problems.append(("fieldManager", "Required value: is required for apply patch"))
+    if force is not None and not is_apply:
+        problems.append(("force", "Forbidden: may not be specified for non-apply patch"))
+    if len(manager) > 128:
+        problems.append(("fieldManager", "Too long: may not be more than 128 bytes"))
+    if any(not c.isprintable() for c in manager):
+        problems.append(
+            ("fieldManager", f'Invalid value: "{manager}": must only contain printable characters')
+        )
+    if problems:
+        options = {"create": "CreateOptions", "update": "UpdateOptions"}.get(verb, "PatchOptions")
+        raise errors.invalid(options, "", problems, group="meta.k8s.io")
+    return managed.manager_for(manager, request.headers.get("user-agent", "")), force in ("true", "1")
+
+
 def _limit(value: str | None) -> int:
     try:
         limit = int(value or 0)
@@ -190,18 +226,32 @@ async def _serve_subresource(request: Request, state: ApiServerState, t: Target)
     if sub in upgrades.STREAMING:
         store.get(rt, t.namespace, t.name)
         raise errors.bad_request(upgrades.UPGRADE_REQUIRED)
+    manager = managed.manager_for(
+        request.query_params.get("fieldManager"), request.headers.get("user-agent", "")
+    )
     if sub == "status":
         if method == "GET":
             return _json(store.get(rt, t.namespace, t.name))
         if method == "PUT":
             body = await _body(request)
-            return _json(store.replace(rt, t.namespace, t.name, body, subresource="status", dry_run=dry_run))
+            return _json(
+                store.replace(
+                    rt, t.namespace, t.name, body, subresource="status", dry_run=dry_run, manager=manager
+                )
+            )
         if method == "PATCH":
             content_type = request.headers.get("content-type", "")
             body = await _body(request)
             return _json(
                 store.patch(
-                    rt, t.namespace, t.name, content_type, body, subresource="status", dry_run=dry_run
+                    rt,
+                    t.namespace,
+                    t.name,
+                    content_type,
+                    body,
+                    subresource="status",
+                    dry_run=dry_run,
+                    manager=manager,
                 )
             )
     if sub == "scale":
@@ -219,7 +269,16 @@ async def _serve_subresource(request: Request, state: ApiServerState, t: Target)
                 )
             wanted_rv = (body.get("metadata") or {}).get("resourceVersion") if method == "PUT" else None
             merge = {"spec": {"replicas": replicas}, "metadata": {"resourceVersion": wanted_rv}}
-            updated = store.patch(rt, t.namespace, t.name, patch.MERGE, merge, dry_run=dry_run)
+            updated = store.patch(
+                rt,
+                t.namespace,
+                t.name,
+                patch.MERGE,
+                merge,
+                subresource="scale",
+                dry_run=dry_run,
+                manager=manager,
+            )
             return _json(scale_of(updated))
     raise errors.method_not_allowed(f"{method} is not allowed on {rt.plural}/{sub}")
 
@@ -271,21 +330,30 @@ async def _serve_resource(request: Request, state: ApiServerState, t: Target) ->
             return _json(tables.table(rt, [obj], {}, _now(state), include), media_type=tables.TABLE_MEDIA)
         return _json(obj)
     if verb == "create":
+        manager, _ = _write_options(request, verb, False)
         body = _validated(request, rt, await _body(request), warnings)
-        return _json_with(store.create(rt, t.namespace, body, dry_run=dry_run), warnings, status=201)
+        created = store.create(rt, t.namespace, body, dry_run=dry_run, manager=manager)
+        return _json_with(created, warnings, status=201)
     assert t.name is not None
     if verb == "update":
+        manager, _ = _write_options(request, verb, False)
         body = _validated(request, rt, await _body(request), warnings)
-        return _json_with(store.replace(rt, t.namespace, t.name, body, dry_run=dry_run), warnings)
+        replaced = store.replace(rt, t.namespace, t.name, body, dry_run=dry_run, manager=manager)
+        return _json_with(replaced, warnings)
     if verb == "patch":
         content_type = request.headers.get("content-type", "")
+        is_apply = content_type.split(";", 1)[0].strip() == patch.APPLY
+        manager, force = _write_options(request, verb, is_apply)
         body = await _body(request)
         if isinstance(body, dict):
             _validated(request, rt, body, warnings)
-        if content_type.split(";", 1)[0].strip() == patch.APPLY:
-            obj, created = store.apply(rt, t.namespace, t.name, body, dry_run=dry_run)
-            return _json_with(obj, warnings, status=201 if created else 200)
-        return _json_with(store.patch(rt, t.namespace, t.name, content_type, body, dry_run=dry_run), warnings)
+        if is_apply:
+            applied, was_created = store.apply(
+                rt, t.namespace, t.name, body, manager=manager, force=force, dry_run=dry_run
+            )
+            return _json_with(applied, warnings, status=201 if was_created else 200)
+        patched = store.patch(rt, t.namespace, t.name, content_type, body, dry_run=dry_run, manager=manager)
+        return _json_with(patched, warnings)
     if verb == "delete":
         options = await _body(request) if int(request.headers.get("content-length") or 0) else None
         options = options if isinstance(options, dict) else {}
@@ -307,6 +375,11 @@ async def _route(request: Request, state: ApiServerState) -> Response:
         return _json(discovery.api_versions(state.server_address))
     if parts == ["apis"]:
         return _json(discovery.group_list(state.registry))
+    if parts == ["openapi", "v2"]:
+        swagger = openapi_v2.document(state.registry)
+        if openapi_v2.MEDIA_PROTOBUF in request.headers.get("accept", ""):
+            return Response(openapi_v2.encode(swagger), media_type=openapi_v2.RETURNED_PROTOBUF)
+        return _json(swagger)
     if parts == ["openapi", "v3"]:
         return _json(openapi.index(state.registry))
     if parts[:2] == ["openapi", "v3"] and len(parts) in (4, 5):

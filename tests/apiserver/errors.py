@@ -21,12 +21,14 @@ class StatusError(Exception):
         kind: str | None = None,
         group: str = "",
         causes: list[dict[str, str]] | None = None,
+        empty_details: bool = False,
     ) -> None:
         super().__init__(message)
         self.code = code
         self.reason = reason
         self.message = message
         self.details: dict[str, Any] = {}
+        self.empty_details = empty_details  # `"details": {}`, as go-restful's 404 for an unknown path has
         if name is not None:
             self.details["name"] = name
         if group:
@@ -46,7 +48,7 @@ class StatusError(Exception):
             "reason": self.reason,
             "code": self.code,
         }
-        if self.details:
+        if self.details or self.empty_details:
             doc["details"] = self.details
         return doc
 
@@ -95,10 +97,12 @@ def conflict(plural: str, name: str, group: str = "") -> StatusError:
 def invalid(kind: str, name: str, problems: list[tuple[str, str]], group: str = "") -> StatusError:
     """422 with one cause per bad field, worded like the apiserver's field errors."""
     text = ", ".join(f"{field}: {msg}" for field, msg in problems)
+    if len(problems) > 1:
+        text = f"[{text}]"  # the apiserver's aggregate of several field errors
     return StatusError(
         422,
         "Invalid",
-        f'{kind} "{name}" is invalid: {text}',
+        f'{_qualified(kind, group)} "{name}" is invalid: {text}',
         name=name,
         kind=kind,
         group=group,

@@ -12,12 +12,23 @@ from __future__ import annotations
 from typing import Any
 
 ANY = None
-Shape = dict[str, Any] | None
+Shape = dict[str, Any] | list[Any] | None  # a list: a list of objects of the one shape it holds
 
 _META_FIELDS = (
     "name generateName namespace selfLink uid resourceVersion generation creationTimestamp "
     "deletionTimestamp deletionGracePeriodSeconds labels annotations ownerReferences finalizers managedFields"
 )
+_SERVICE_SPEC_FIELDS = (
+    "ports selector clusterIP clusterIPs type externalIPs sessionAffinity loadBalancerIP "
+    "loadBalancerSourceRanges externalName externalTrafficPolicy healthCheckNodePort "
+    "publishNotReadyAddresses sessionAffinityConfig ipFamilies ipFamilyPolicy allocateLoadBalancerNodePorts "
+    "loadBalancerClass "
+    "internalTrafficPolicy trafficDistribution"
+)
+_SERVICE_PORT = dict.fromkeys(["name", "protocol", "appProtocol", "port", "targetPort", "nodePort"], ANY)
+_RULE = dict.fromkeys(["verbs", "apiGroups", "resources", "resourceNames", "nonResourceURLs"], ANY)
+_SUBJECT = dict.fromkeys(["kind", "apiGroup", "name", "namespace"], ANY)
+_ROLE_REF = dict.fromkeys(["apiGroup", "kind", "name"], ANY)
 _DEPLOYMENT_SPEC_FIELDS = (
     "replicas selector strategy minReadySeconds revisionHistoryLimit paused progressDeadlineSeconds"
 )
@@ -34,6 +45,14 @@ SHAPES: dict[str, dict[str, Any]] = {
     "Namespace": _top(spec=ANY, status=ANY),
     "Node": _top(spec=ANY, status=ANY),
     "Pod": _top(spec=ANY, status=ANY),
+    "ServiceAccount": _top(secrets=ANY, imagePullSecrets=ANY, automountServiceAccountToken=ANY),
+    "Service": _top(
+        spec=dict.fromkeys(_SERVICE_SPEC_FIELDS.split(), ANY) | {"ports": [_SERVICE_PORT]}, status=ANY
+    ),
+    "Role": _top(rules=[_RULE]),
+    "ClusterRole": _top(rules=[_RULE], aggregationRule=ANY),
+    "RoleBinding": _top(subjects=[_SUBJECT], roleRef=_ROLE_REF),
+    "ClusterRoleBinding": _top(subjects=[_SUBJECT], roleRef=_ROLE_REF),
     "Deployment": _top(
         spec=dict.fromkeys(_DEPLOYMENT_SPEC_FIELDS.split(), ANY)
         | {"template": {"metadata": OBJECT_META, "spec": ANY}},
@@ -47,6 +66,10 @@ def unknown_fields(kind: str, obj: Any) -> list[str]:
     found: list[str] = []
 
     def walk(node: Any, shape: Shape, path: str) -> None:
+        if isinstance(shape, list):  # a list of objects: each item has the one shape
+            for i, item in enumerate(node if isinstance(node, list) else []):
+                walk(item, shape[0], f"{path}[{i}]")
+            return
         if shape is ANY or not isinstance(node, dict):
             return
         for key, value in node.items():
@@ -67,6 +90,10 @@ def prune(obj: Any, paths: list[str]) -> None:
         *parents, last = path.split(".")
         node = obj
         for part in parents:
-            node = node.get(part, {}) if isinstance(node, dict) else {}
+            name, _, index = part.partition("[")
+            node = node.get(name, {}) if isinstance(node, dict) else {}
+            if index:  # "ports[0]"
+                items = node if isinstance(node, list) else []
+                node = items[int(index[:-1])] if int(index[:-1]) < len(items) else {}
         if isinstance(node, dict):
             node.pop(last, None)

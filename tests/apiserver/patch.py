@@ -6,9 +6,9 @@ types: maps merge, and lists of objects merge by their patch merge key
 instead of being replaced; the directives `$patch` (replace/delete/merge),
 `$setElementOrder/<list>`, `$deleteFromPrimitiveList/<list>` and `$retainKeys`
 are honoured. The merge keys come from a table keyed by field name, which is
-right for the types served here. Server-side apply (`apply-patch+yaml`) is
-approximated by a strategic merge of the applied configuration: there is no
-field ownership, so fields dropped from a manifest are not removed.
+right for the types served here. Server-side apply (`apply-patch+yaml`) merges
+the applied configuration the same way; which fields it then removes, and whose
+fields it may not change, is field ownership (`managed.py`).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ MERGE_KEYS = {
 MERGED_PRIMITIVE_LISTS = {"finalizers"}  # patchStrategy "merge" on a list of strings
 
 
-def _merge_key(field: str, items: list[Any]) -> str | None:
+def merge_key(field: str, items: list[Any]) -> str | None:
     if field == "ports":  # container ports merge on containerPort, service ports on port
         sample = next((i for i in items if isinstance(i, dict)), {})
         return "containerPort" if "containerPort" in sample else "port"
@@ -66,7 +66,7 @@ def _merge_list(field: str, current: Any, patch: list[Any]) -> list[Any]:
     current = list(current) if isinstance(current, list) else []
     if field in MERGED_PRIMITIVE_LISTS and all(not isinstance(i, dict) for i in patch):
         return current + [i for i in patch if i not in current]
-    key = _merge_key(field, current + patch)
+    key = merge_key(field, current + patch)
     if key is None or not all(isinstance(i, dict) for i in patch):
         return [strategic_merge(None, i) for i in patch]
     if any(isinstance(i, dict) and i.get("$patch") == "replace" for i in patch):
@@ -128,7 +128,7 @@ def strategic_merge(target: Any, patch: Any) -> Any:
                 result[key] = merged
     for field, order in orders.items():
         if isinstance(result.get(field), list):
-            result[field] = _order(result[field], order, _merge_key(field, result[field]))
+            result[field] = _order(result[field], order, merge_key(field, result[field]))
     if isinstance(patch.get("$retainKeys"), list):
         result = {k: v for k, v in result.items() if k in patch["$retainKeys"]}
     return result

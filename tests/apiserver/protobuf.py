@@ -167,10 +167,28 @@ SCHEMAS: dict[str, dict[int, str]] = {
     "DeploymentStrategy": {1: "type:s", 2: "rollingUpdate:RollingUpdateDeployment"},
     "RollingUpdateDeployment": {1: "maxUnavailable:intstr", 2: "maxSurge:intstr"},
     "IntOrString": {1: "type:i", 2: "intVal:i", 3: "strVal:s"},
+    # meta/v1 DeleteOptions: what typed clients (helm's release storage among them) send with a DELETE.
+    "DeleteOptions": {
+        1: "gracePeriodSeconds:*i",
+        2: "preconditions:Preconditions",
+        3: "orphanDependents:*b",
+        4: "propagationPolicy:*s",
+        5: "dryRun:[]s",
+        6: "ignoreStoreReadErrorWithClusterBreakingPotential:*b",
+    },
+    "Preconditions": {1: "uid:*s", 2: "resourceVersion:*s"},
     "Time": {1: "seconds:i", 2: "nanos:i"},
     "Quantity": {1: "string:s"},
 }
-KINDS = {("v1", "ConfigMap"), ("v1", "Secret"), ("v1", "Namespace"), ("v1", "Pod"), ("apps/v1", "Deployment")}
+KINDS = {
+    ("v1", "ConfigMap"),
+    ("v1", "Secret"),
+    ("v1", "Namespace"),
+    ("v1", "Pod"),
+    ("apps/v1", "Deployment"),
+    ("v1", "DeleteOptions"),
+    ("meta.k8s.io/v1", "DeleteOptions"),
+}
 
 
 class DecodeError(Exception):

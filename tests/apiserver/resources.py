@@ -22,6 +22,7 @@ ALL_VERBS = ("create", "delete", "get", "list", "patch", "update")
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 CONFIG_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+MAX_SECRET_BYTES = 1024 * 1024  # of decoded data, as for ConfigMaps
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class ResourceType:
     subresources: tuple[str, ...] = ()  # served under .../{name}/{subresource}
     generation: bool = False  # metadata.generation counts spec changes
     categories: tuple[str, ...] = ()  # e.g. "all", for `kubectl get all`
+    path_segment_names: bool = False  # RBAC: any name that is a URL path segment, not a DNS subdomain
 
     @property
     def group_version(self) -> str:
@@ -222,6 +224,24 @@ def _validate_secret(obj: Obj) -> list[tuple[str, str]]:
     for key in SECRET_TYPES_REQUIRED_KEYS.get(obj.get("type", ""), ()):
         if key not in data:
             problems.append((f"data[{key}]", "Required value"))
+    size = sum(len(k) + len(str(v)) * 3 // 4 for k, v in data.items())
+    if size > MAX_SECRET_BYTES:
+        problems.append(("data", f"Too long: must have at most {MAX_SECRET_BYTES} bytes"))
+    return problems
+
+
+def validate_immutable(old: Obj, new: Obj, fields: tuple[str, ...]) -> list[tuple[str, str]]:
+    """ConfigMaps and Secrets marked `immutable: true` keep their data and the mark."""
+    if not old.get("immutable"):
+        return []
+    forbidden = "Forbidden: field is immutable when `immutable` is set"
+    return [(f, forbidden) for f in ("immutable", *fields) if old.get(f) != new.get(f)]
+
+
+def _validate_secret_update(old: Obj, new: Obj) -> list[tuple[str, str]]:
+    problems = validate_immutable(old, new, ("data",))
+    if old.get("type") != new.get("type"):
+        problems.append(("type", f'Invalid value: "{new.get("type")}": field is immutable'))
     return problems
 
 
@@ -234,6 +254,7 @@ SECRETS = ResourceType(
     namespaced=True,
     default=_default_secret,
     validate=_validate_secret,
+    validate_update=_validate_secret_update,
     columns=(
         NAME,
         Column("Type", lambda o, _: o.get("type", "")),
@@ -244,18 +265,46 @@ SECRETS = ResourceType(
 
 
 def default_registry() -> Registry:
+    from tests.apiserver.rbac import RBAC_TYPES, SERVICEACCOUNTS
+    from tests.apiserver.services import SERVICES
     from tests.apiserver.workloads import CONFIGMAPS, DEPLOYMENTS, PODS
 
     registry = Registry()
-    for rt in (NAMESPACES, NODES, PODS, CONFIGMAPS, SECRETS, DEPLOYMENTS):
+    for rt in (
+        NAMESPACES,
+        NODES,
+        PODS,
+        CONFIGMAPS,
+        SECRETS,
+        SERVICEACCOUNTS,
+        SERVICES,
+        DEPLOYMENTS,
+        *RBAC_TYPES,
+    ):
         registry.add(rt)
     return registry
+
+
+def path_segment_problem(name: str) -> str | None:
+    """`path.IsValidPathSegmentName`: what RBAC object names must be."""
+    if name in (".", ".."):
+        return f"may not be '{name}'"
+    for bad in ("/", "%"):
+        if bad in name:
+            return f"may not contain '{bad}'"
+    return None
 
 
 def check_name(rt: ResourceType, name: object) -> None:
     if not isinstance(name, str) or not name:
         problem = ("metadata.name", "Required value: name or generateName is required")
         raise errors.invalid(rt.kind, "", [problem], group=rt.group)
+    if rt.path_segment_names:
+        if (bad := path_segment_problem(name)) is not None:
+            raise errors.invalid(
+                rt.kind, name, [("metadata.name", f'Invalid value: "{name}": {bad}')], rt.group
+            )
+        return
     limit = 63 if rt.name_pattern is DNS_LABEL else 253
     if len(name) > limit or not rt.name_pattern.match(name):
         message = (

@@ -31,7 +31,9 @@ from tests.apiserver.app import ApiServerState, Seen, build_app
 from tests.apiserver.front import ALPN, front_protocol
 from tests.apiserver.kubeconfig import write_kubeconfig
 from tests.apiserver.kubelet import Kubelet
+from tests.apiserver.rbac import default_service_accounts
 from tests.apiserver.resources import NAMESPACES, NODES, Obj, default_registry
+from tests.apiserver.services import SERVICES, allocator, kubernetes_service
 from tests.apiserver.store import ObjectStore, timestamp, utcnow
 from tests.apiserver.workloads import PODS
 
@@ -182,8 +184,11 @@ class ApiServer:
             tokens={self.token: "admin"},
             kubelet=self.kubelet,
         )
+        self.store.mutators.append(allocator(self.store))
+        default_service_accounts(self.store)
         for ns in SYSTEM_NAMESPACES:
             self.store.create(NAMESPACES, None, {"metadata": {"name": ns}})
+        self.store.create(SERVICES, "default", kubernetes_service())
         for i, spec in enumerate(nodes if nodes is not None else [NodeSpec("node-1")]):
             self.store.create(NODES, None, node_object(spec, version, i))
 

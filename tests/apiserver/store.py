@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from tests.apiserver import errors, patch
+from tests.apiserver import errors, managed, patch
 from tests.apiserver.resources import Obj, ResourceType, check_name
 
 Key = tuple[str, str, str, str]  # group, plural, namespace ("" when cluster-scoped), name
@@ -220,7 +220,7 @@ class ObjectStore:
             raise errors.bad_request("metadata must be an object")
         return out
 
-    def _admit(self, rt: ResourceType, obj: Obj, old: Obj | None = None) -> None:
+    def _admit(self, rt: ResourceType, obj: Obj, old: Obj | None, owner: Owner) -> None:
         if rt.generation:
             generation = (old or {}).get("metadata", {}).get("generation", 0)
             changed = old is None or old.get("spec") != obj.get("spec")
@@ -231,10 +231,29 @@ class ObjectStore:
             problems = rt.validate_update(old, obj)
         if problems:
             raise errors.invalid(rt.kind, obj["metadata"].get("name", ""), problems, group=rt.group)
+        meta = obj["metadata"]
+        if owner.entries is not None:  # an apply worked out ownership itself
+            meta["managedFields"] = owner.entries
+        elif owner.manager:
+            now = timestamp(self.clock())
+            meta["managedFields"] = managed.update(rt, old, obj, owner.manager, now, owner.subresource)
+        elif old is not None and old["metadata"].get("managedFields"):
+            meta["managedFields"] = copy.deepcopy(old["metadata"]["managedFields"])
+        if not meta.get("managedFields"):
+            meta.pop("managedFields", None)
         for mutate in self.mutators:
             mutate(rt, obj, old)
 
-    def create(self, rt: ResourceType, namespace: str | None, obj: Obj, *, dry_run: bool = False) -> Obj:
+    def create(
+        self,
+        rt: ResourceType,
+        namespace: str | None,
+        obj: Obj,
+        *,
+        dry_run: bool = False,
+        manager: str = "",
+        managed_fields: list[Obj] | None = None,
+    ) -> Obj:
         obj = self._check_type(rt, obj)
         meta = obj["metadata"]
         with self._lock:
@@ -255,7 +274,7 @@ class ObjectStore:
             meta["creationTimestamp"] = timestamp(self.clock())
             for transient in ("deletionTimestamp", "generateName", "resourceVersion", "managedFields"):
                 meta.pop(transient, None)
-            self._admit(rt, obj)
+            self._admit(rt, obj, None, Owner(manager, managed_fields))
             if dry_run:
                 return copy.deepcopy(obj)
             meta["resourceVersion"] = self._next_rv()
@@ -313,7 +332,13 @@ class ObjectStore:
             return copy.deepcopy(items), meta
 
     def _update(
-        self, rt: ResourceType, current: Obj, new: Obj, subresource: str | None = None, dry_run: bool = False
+        self,
+        rt: ResourceType,
+        current: Obj,
+        new: Obj,
+        subresource: str | None = None,
+        dry_run: bool = False,
+        owner: Owner | None = None,
     ) -> Obj:
         meta, old_meta = new["metadata"], current["metadata"]
         wanted_rv = meta.get("resourceVersion")
@@ -328,7 +353,8 @@ class ObjectStore:
             if fixed in old_meta:
                 meta[fixed] = old_meta[fixed]
         meta.pop("managedFields", None)
-        self._admit(rt, new, current)
+        owner = owner or Owner()
+        self._admit(rt, new, current, Owner(owner.manager, owner.entries, subresource or ""))
         if {**new, "metadata": {**meta, "resourceVersion": old_meta["resourceVersion"]}} == current:
             return copy.deepcopy(current)  # a no-op write keeps its resourceVersion, as the apiserver does
         if dry_run:
@@ -347,6 +373,7 @@ class ObjectStore:
         *,
         subresource: str | None = None,
         dry_run: bool = False,
+        manager: str = "",
     ) -> Obj:
         obj = self._check_type(rt, obj)
         if obj["metadata"].get("name") not in (None, name):
@@ -357,7 +384,7 @@ class ObjectStore:
             current = self._objects.get(self._key(rt, namespace, name))
             if current is None:
                 raise errors.not_found(rt.plural, name, rt.group)
-            return self._update(rt, current, obj, subresource, dry_run)
+            return self._update(rt, current, obj, subresource, dry_run, Owner(manager))
 
     def patch(
         self,
@@ -369,6 +396,7 @@ class ObjectStore:
         *,
         subresource: str | None = None,
         dry_run: bool = False,
+        manager: str = "",
     ) -> Obj:
         with self._lock:
             current = self._objects.get(self._key(rt, namespace, name))
@@ -378,20 +406,38 @@ class ObjectStore:
             # Only an explicit, different resourceVersion in the patch is a precondition.
             if patched["metadata"].get("resourceVersion") == current["metadata"]["resourceVersion"]:
                 patched["metadata"].pop("resourceVersion")
-            return self._update(rt, current, patched, subresource, dry_run)
+            return self._update(rt, current, patched, subresource, dry_run, Owner(manager))
 
     def apply(
-        self, rt: ResourceType, namespace: str | None, name: str, body: Any, *, dry_run: bool = False
+        self,
+        rt: ResourceType,
+        namespace: str | None,
+        name: str,
+        body: Any,
+        *,
+        manager: str,
+        force: bool = False,
+        dry_run: bool = False,
     ) -> tuple[Obj, bool]:
-        """Server-side apply, simplified: create when missing, else merge (no field ownership)."""
+        """Server-side apply (`managed.py`): create when missing, else merge; True when it created."""
+        if not isinstance(body, dict):
+            raise errors.bad_request("the apply patch must be an object")
+        config = self._check_type(rt, body)
+        if config["metadata"].get("name") not in (None, name):
+            found = config["metadata"]["name"]
+            raise errors.bad_request(
+                f"the name of the object ({found}) does not match the name on the URL ({name})"
+            )
         with self._lock:
-            if self._key(rt, namespace, name) not in self._objects:
-                if not isinstance(body, dict):
-                    raise errors.bad_request("the apply patch must be an object")
-                body = copy.deepcopy(body)
-                body.setdefault("metadata", {}).setdefault("name", name)
-                return self.create(rt, namespace, body, dry_run=dry_run), True
-            return self.patch(rt, namespace, name, patch.APPLY, body, dry_run=dry_run), False
+            current = self._objects.get(self._key(rt, namespace, name))
+            now = timestamp(self.clock())
+            merged, entries = managed.apply(rt, current, config, manager, force, now)
+            if current is None:
+                merged["metadata"]["name"] = name
+                return self.create(rt, namespace, merged, dry_run=dry_run, managed_fields=entries), True
+            if merged["metadata"].get("resourceVersion") == current["metadata"]["resourceVersion"]:
+                merged["metadata"].pop("resourceVersion")
+            return self._update(rt, current, merged, None, dry_run, Owner(manager, entries)), False
 
     def delete(
         self,
@@ -427,6 +473,16 @@ class ObjectStore:
                 owner = rt if k == key else _Plural(k[0], k[1])
                 self._emit(owner, "DELETED", copy.deepcopy(gone), copy.deepcopy(gone))  # type: ignore[arg-type]
             return copy.deepcopy(obj)
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who makes a write: its field manager ("" for the stand-in's own writes, which own nothing),
+    or the managedFields an apply already worked out, and the subresource written."""
+
+    manager: str = ""
+    entries: list[Obj] | None = None
+    subresource: str = ""
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from tests.apiserver.resources import (
     Column,
     Obj,
     ResourceType,
+    validate_immutable,
 )
 
 MAX_CONFIGMAP_BYTES = 1024 * 1024
@@ -74,6 +75,7 @@ CONFIGMAPS = ResourceType(
     namespaced=True,
     short_names=("cm",),
     validate=_validate_configmap,
+    validate_update=lambda old, new: validate_immutable(old, new, ("data", "binaryData")),
     columns=(
         NAME,
         Column(
