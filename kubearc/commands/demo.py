@@ -11,11 +11,14 @@ clone (the README's quickstart), not from an installed wheel.
 
 from __future__ import annotations
 
+import shutil
 import signal
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -41,38 +44,63 @@ def demo(
         sys.path.insert(0, str(root))
     from tests.apiserver import ApiServer
     from tests.apiserver.kubectl import kubectl
+    from tests.clusters import SUB
     from tests.tunnel_stack import TunnelStack, free_port
 
     work = Path(tempfile.mkdtemp(prefix="kubearc-demo-"))
-    typer.echo(f"kubearc demo: working in {work}")
+    typer.echo(f"kubearc demo: working in {work} (removed on exit)")
     typer.echo("SANDBOX: the cluster is an apiserver stand-in running in this process, not a real cluster.")
-    with ApiServer(directory=work / "apiserver") as apiserver:
-        apiserver.add_pod("hello", "default", containers=["app"])
-        stack = TunnelStack(work, apiserver, name="sandbox", group="demo")
-        try:
-            typer.echo(
-                "starting the hub and its relay, onboarding the sandbox cluster, starting its agents ..."
-            )
-            stack.up()
-            config = work / "kubeconfig"
-            port = free_port()
-            stack.start_proxy(port, config, apiserver.token)
-            typer.echo(f"client proxy on 127.0.0.1:{port}; kubectl verifies the apiserver end to end\n")
-            for args in (
-                ("version",),
-                ("get", "nodes"),
-                ("get", "pods", "-A"),
-                ("get", "pods", "hello", "-o", "wide"),
-            ):
-                done = kubectl(config, *args)
-                typer.echo(f"$ kubectl {' '.join(args)}\n{done.stdout or done.stderr}")
-            typer.echo(f"Keep using it:  export KUBECONFIG={config}")
-            if keep:
-                typer.echo("Press Ctrl-C to stop.")
-                stopped = threading.Event()
-                signal.signal(signal.SIGINT, lambda *_: stopped.set())
-                signal.signal(signal.SIGTERM, lambda *_: stopped.set())
-                stopped.wait()
-        finally:
-            typer.echo("stopping ...")
-            stack.stop()
+    stopped = threading.Event()
+    try:
+        with ApiServer(directory=work / "apiserver") as apiserver:
+            apiserver.add_pod("hello", "default", containers=["app"])
+            # The sandbox pod writes a line every second: `kubectl logs -f hello` follows them.
+            writer = threading.Thread(target=_write_logs, args=(apiserver, stopped), daemon=True)
+            writer.start()
+            stack = TunnelStack(work, apiserver, name="sandbox", group="demo", keep_heartbeating=True)
+            try:
+                typer.echo(
+                    "starting the hub and its relay, onboarding the sandbox cluster, starting its agents ..."
+                )
+                stack.up()
+                config = work / "kubeconfig"
+                port = free_port()
+                stack.start_proxy(port, config, apiserver.token)
+                typer.echo(f"client proxy on 127.0.0.1:{port}; kubectl verifies the apiserver end to end\n")
+                for args in (
+                    ("version",),
+                    ("get", "nodes"),
+                    ("get", "pods", "-A"),
+                    ("get", "pods", "hello", "-o", "wide"),
+                ):
+                    done = kubectl(config, *args)
+                    typer.echo(f"$ kubectl {' '.join(args)}\n{done.stdout or done.stderr}")
+                typer.echo(
+                    "Keep using it:\n"
+                    f"  export KUBECONFIG={config}\n"
+                    "  kubectl logs -f hello            # the sandbox pod's log, followed\n"
+                    "  kubectl exec -it hello -- sh     # a shell in the sandbox (Ctrl-D ends it)\n"
+                    f"The hub: {stack.hub_url} (CA file {stack.hub_ca}); as its signed-in owner:\n"
+                    f"  KUBEARC_CONFIG_DIR={work / 'user'} kubearc cluster list --subscription {SUB}\n"
+                    f"Logs of every process: {work}/*.log"
+                )
+                if keep:
+                    typer.echo("Press Ctrl-C to stop.")
+                    signal.signal(signal.SIGINT, lambda *_: stopped.set())
+                    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+                    stopped.wait()
+            finally:
+                stopped.set()
+                typer.echo("stopping ...")
+                stack.stop()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _write_logs(apiserver: Any, stopped: threading.Event) -> None:  # a tests.apiserver.ApiServer
+    n = 0
+    while not stopped.wait(1.0):
+        n += 1
+        apiserver.append_log(
+            "default", "hello", f"{time.strftime('%H:%M:%S')} hello from the sandbox, line {n}\n"
+        )
