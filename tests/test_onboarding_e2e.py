@@ -1,0 +1,226 @@
+"""From zero to Connected: `kubearc connect` with the real helm, the chart's own manifests driving the agents.
+
+The cluster is the apiserver stand-in plus the node emulator, which runs the
+Deployments helm applied as processes in their own network and mount
+namespaces; the hub is reached over the node's bridge, as from a data center.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from hub import directory
+from kubearc.cli import app
+from tests import node_emulator
+from tests.apiserver import ApiServer, NodeSpec
+from tests.clusters import SUB
+from tests.conftest import RunningHub
+
+pytestmark = pytest.mark.sqlite_only
+
+NODE_IP = "10.77.0.1"
+PASSWORD = "correct horse battery"
+CC = "providers/Microsoft.Kubernetes/connectedClusters"
+WHY_NOT = node_emulator.available()
+
+
+@dataclass
+class Site:
+    hub: RunningHub
+    api: ApiServer
+    node: node_emulator.NodeEmulator
+    kubeconfig: Path
+    admin: CliRunner
+
+    def cli(self, *args: str) -> tuple[int, str, str]:
+        result = self.admin.invoke(app, list(args))
+        return result.exit_code, result.stdout, result.stderr
+
+    def helm(self, *args: str) -> subprocess.CompletedProcess[str]:
+        helm = str(Path(sys.executable).parent / "helm")
+        return subprocess.run(
+            [helm, *args, "-n", "azure-arc", "--kubeconfig", str(self.kubeconfig)],
+            capture_output=True,
+            text=True,
+        )
+
+    def resource(self, name: str) -> dict[str, object] | None:
+        code, out, _ = self.cli("cluster", "show", "-n", name, "-g", "rg1")
+        return json.loads(out) if code == 0 else None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def site(start_hub: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Site]:
+    if WHY_NOT:
+        pytest.skip(WHY_NOT)
+    monkeypatch.setattr(directory, "SCRYPT_N", 2**10)
+    node_emulator.bridge(NODE_IP)
+    port = free_port()
+    hub: RunningHub = start_hub(host="0.0.0.0", port=port, public_url=f"https://{NODE_IP}:{port}")  # type: ignore[operator]
+
+    async def setup() -> str:
+        async with hub.hub.sessions() as s:
+            return (await directory.create_user(s, "erin@kubearc.test", PASSWORD, "Erin")).id
+
+    hub.assign(hub.run(setup()), "Owner", f"/subscriptions/{SUB}/resourceGroups/rg1")
+    monkeypatch.setenv("KUBEARC_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("KUBEARC_SUBSCRIPTION", SUB)
+    admin = CliRunner()
+    signed = admin.invoke(
+        app,
+        ["login", "--hub", hub.url, "--ca-file", hub.ca, "-u", "erin@kubearc.test", "--password-stdin"],
+        input=PASSWORD + "\n",
+    )
+    assert signed.exit_code == 0, signed.output
+    api = ApiServer(nodes=[NodeSpec("node-1", cpu="4"), NodeSpec("node-2", cpu="2")], host=NODE_IP).start()
+    node = node_emulator.NodeEmulator(api, NODE_IP).start()
+    try:
+        yield Site(hub, api, node, api.kubeconfig(tmp_path / "kubeconfig"), admin)
+    finally:
+        node.stop()
+        api.stop()
+        node_emulator.remove_bridge()
+
+
+def test_connect_brings_the_cluster_to_connected_is_idempotent_and_delete_leaves_nothing(site: Site) -> None:
+    code, _out, err = site.cli(
+        "connect",
+        "-n",
+        "c1",
+        "-g",
+        "rg1",
+        "--kube-config",
+        str(site.kubeconfig),
+        "--distribution",
+        "k3s",
+        "--timeout",
+        "3m",
+    )
+    assert code == 0, err + "\n" + site.node.logs("kubearc-identity") + site.node.logs("kubearc-metadata")
+    assert "ok  the identity certificate (identity agent)" in err
+    assert "ok  the first heartbeat (metadata agent)" in err
+    resource = site.resource("c1")
+    assert resource is not None
+    props = resource["properties"]
+    assert isinstance(props, dict)
+    assert props["connectivityStatus"] == "Connected" and props["distribution"] == "k3s"
+    assert props["totalCoreCount"] == 6
+
+    code, out, err = site.cli(
+        "cluster",
+        "troubleshoot",
+        "-n",
+        "c1",
+        "-g",
+        "rg1",
+        "--kube-config",
+        str(site.kubeconfig),
+        "--bundle",
+        str(site.kubeconfig.parent / "healthy.tar.gz"),
+    )
+    assert code == 0, out + err
+    assert all(line.startswith("ok") for line in out.splitlines()), out
+    assert {"agent identity", "agent metadata", "agent connect", "identity", "hub", "helm", "clock"} <= {
+        line.split(None, 1)[1].split(":", 1)[0] for line in out.splitlines()
+    }
+
+    again = site.cli(
+        "connect", "-n", "c1", "-g", "rg1", "--kube-config", str(site.kubeconfig), "--timeout", "3m"
+    )
+    assert again[0] == 0, again[2]
+    assert "is this cluster's: upgrading its agents" in again[2]
+    history = json.loads(site.helm("history", "kubearc", "-o", "json").stdout)
+    assert [h["revision"] for h in history] == [1, 2]
+
+    # Day two: versions, settings and features, each a helm upgrade of the same release.
+    where = ["-n", "c1", "-g", "rg1", "--kube-config", str(site.kubeconfig)]
+    code, _, err = site.cli("cluster", "upgrade", *where, "--agent-version", "0.2.0")
+    assert code == 1 and "auto-upgrade is on" in err
+    assert site.cli("cluster", "update", *where, "--no-auto-upgrade", "--tags", "team=platform")[0] == 0
+    assert site.cli("cluster", "upgrade", *where, "--agent-version", "0.2.0")[0] == 0
+    identity = site.api.store.find("apps", "deployments", "azure-arc", "kubearc-identity")
+    assert identity is not None
+    assert identity["spec"]["template"]["spec"]["containers"][0]["image"].endswith(":0.2.0")
+    shown = site.resource("c1")
+    assert shown is not None and shown["tags"] == {"team": "platform"}
+    rbac = ["--features", "azure-rbac", "--azure-rbac-mode", "impersonation"]
+    assert site.cli("cluster", "enable-features", *where, *rbac)[0] == 0
+    assert site.api.store.find("apps", "deployments", "azure-arc", "kubearc-aad-proxy") is not None
+    assert site.cli("cluster", "disable-features", *where, "--features", "azure-rbac")[0] == 0
+    assert site.api.store.find("apps", "deployments", "azure-arc", "kubearc-aad-proxy") is None
+    revisions = [h["revision"] for h in json.loads(site.helm("history", "kubearc", "-o", "json").stdout)]
+    assert revisions == [1, 2, 3, 4, 5, 6]
+
+    # Break two things: the connect agent stops, the identity Secret is gone.
+    for change in (
+        ["scale", "deploy/kubearc-connect", "--replicas=0"],
+        ["delete", "secret", "azure-identity-certificate"],
+    ):
+        done = subprocess.run(
+            ["kubectl", "--kubeconfig", str(site.kubeconfig), "-n", "azure-arc", *change],
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, done.stderr
+    bundle = site.kubeconfig.parent / "broken.tar.gz"
+    args = ["-n", "c1", "-g", "rg1", "--kube-config", str(site.kubeconfig), "--bundle", str(bundle)]
+    code, out, err = site.cli("cluster", "troubleshoot", *args)
+    assert code == 1
+    problems = [
+        line.split(None, 1)[1].split(":", 1)[0] for line in out.splitlines() if line.startswith("problem")
+    ]
+    assert problems == ["agent connect", "identity"], out
+    with tarfile.open(bundle) as tar:
+        names = set(tar.getnames())
+        contents = b"".join(f.read() for m in tar.getmembers() if (f := tar.extractfile(m)) is not None)
+    assert {"kubearc-troubleshoot/summary.txt", "kubearc-troubleshoot/hub-resource.json"} <= names
+    assert b"PRIVATE KEY" not in contents  # Secrets appear by name and expiry only
+
+    code, _, err = site.cli(
+        "cluster", "delete", "-n", "c1", "-g", "rg1", "--yes", "--kube-config", str(site.kubeconfig)
+    )
+    assert code == 0, err
+    assert site.resource("c1") is None
+    assert site.helm("list", "-o", "json").stdout.strip() in ("[]", "")
+    secrets = site.api.store.list_all("", "secrets")
+    assert not [s for s in secrets if s["metadata"].get("namespace") == "azure-arc"]
+
+
+def test_a_connect_whose_agents_cannot_reach_the_hub_stops_at_the_timeout_naming_the_step(site: Site) -> None:
+    # The agents' egress proxy refuses every connection: they run, but never reach the hub.
+    code, _, err = site.cli(
+        "connect",
+        "-n",
+        "c2",
+        "-g",
+        "rg1",
+        "--kube-config",
+        str(site.kubeconfig),
+        "--proxy-https",
+        f"http://{NODE_IP}:1",
+        "--timeout",
+        "40s",
+    )
+    assert code == 1
+    assert "ok  agent identity running" in err
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .startswith("error: timed out after 40s waiting for the identity certificate (identity agent); ")
+    )
