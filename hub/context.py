@@ -64,12 +64,16 @@ async def open_hub(config: HubConfig) -> Hub:
     """Create the state directory, migrate the database and load the hub-wide keys."""
     config.state_dir.mkdir(parents=True, exist_ok=True)
     engine = db.create_engine(config.database)
-    await db.migrate(engine)
-    sessions = db.sessionmaker(engine)
-    box = secrets.SecretBox.from_state_dir(config.state_dir)
-    ca = await secrets.load_cluster_ca(sessions, box)
-    key = await secrets.load_issuer_key(sessions, box)
-    tenant = await secrets.load_tenant_id(sessions, box)
+    try:
+        await db.migrate(engine)
+        sessions = db.sessionmaker(engine)
+        box = secrets.SecretBox.from_state_dir(config.state_dir)
+        ca = await secrets.load_cluster_ca(sessions, box)
+        key = await secrets.load_issuer_key(sessions, box)
+        tenant = await secrets.load_tenant_id(sessions, box)
+    except BaseException:  # a failed or cancelled start (Ctrl-C) leaves no pool behind
+        await engine.dispose()
+        raise
     return Hub(config, engine, sessions, box, ca, key, _kid(key), tenant)
 
 

@@ -47,7 +47,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _start(state: Path, port: int, database_url: str) -> subprocess.Popen[bytes]:
+def _start(
+    state: Path, port: int, database_url: str, relay_port: int | None = None
+) -> subprocess.Popen[bytes]:
+    """`kubearc hub` in its own process; its relay too when given a port."""
+    relay = ["--relay-port", str(relay_port)] if relay_port else ["--no-relay"]
     return subprocess.Popen(
         [
             sys.executable,
@@ -58,7 +62,7 @@ def _start(state: Path, port: int, database_url: str) -> subprocess.Popen[bytes]
             str(state),
             "--port",
             str(port),
-            "--no-relay",
+            *relay,
             "--database-url",
             database_url,
             "--log-level",
@@ -84,10 +88,8 @@ def _wait_ready(url: str, ca: Path, proc: subprocess.Popen[bytes]) -> None:
     raise TimeoutError("hub did not become ready")
 
 
-def test_sigkill_loses_no_acknowledged_heartbeat(tmp_path: Path, database_url: str) -> None:
-    port = _free_port()
-    url = f"https://localhost:{port}"
-    state = tmp_path / "state"
+def _owner_token(state: Path, port: int, database_url: str) -> str:
+    """A token of a new Owner of the test subscription, made in the hub's state before it starts."""
     user = str(uuid.uuid4())
 
     async def bootstrap() -> str:
@@ -106,7 +108,14 @@ def test_sigkill_loses_no_acknowledged_heartbeat(tmp_path: Path, database_url: s
         finally:
             await hub.close()
 
-    token = asyncio.run(bootstrap())
+    return asyncio.run(bootstrap())
+
+
+def test_sigkill_loses_no_acknowledged_heartbeat(tmp_path: Path, database_url: str) -> None:
+    port = _free_port()
+    url = f"https://localhost:{port}"
+    state = tmp_path / "state"
+    token = _owner_token(state, port, database_url)
     proc = _start(state, port, database_url)
     try:
         ca = state / "tls" / "ca.crt"
@@ -126,6 +135,48 @@ def test_sigkill_loses_no_acknowledged_heartbeat(tmp_path: Path, database_url: s
     finally:
         proc.kill()
         proc.wait(10)
+
+
+def test_ctrl_c_stops_a_busy_hub_without_a_traceback(tmp_path: Path, database_url: str) -> None:
+    """SIGINT, as Ctrl-C sends it, while agents use the database: the relay drains, the API stops,
+    the pool closes, exit 0 and nothing on stderr that looks like a crash."""
+    port = _free_port()
+    state = tmp_path / "state"
+    token = _owner_token(state, port, database_url)
+    proc = _start(state, port, database_url, relay_port=_free_port())
+    try:
+        _wait_ready(f"https://localhost:{port}", state / "tls" / "ca.crt", proc)
+        running = _External(f"https://localhost:{port}", str(state / "tls" / "ca.crt"))
+        clusters = [connected(running, f"ctrl-c-{i}", token) for i in range(3)]  # type: ignore[arg-type]
+        assert all(c.heartbeat().status_code == 200 for c in clusters)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait(10)
+    assert proc.returncode == 0, err.decode()
+    assert b"Traceback" not in err and b"Error" not in err, err.decode()
+
+
+def test_ctrl_c_while_the_database_does_not_answer_stops_the_hub_at_once(tmp_path: Path) -> None:
+    """A PostgreSQL address that accepts and never answers keeps the hub's start-up waiting (its
+    driver's timeout is a minute); Ctrl-C ends the wait at once, and the hub with it."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        silent.settimeout(30)
+        database = f"postgresql://kubearc@127.0.0.1:{silent.getsockname()[1]}/hub"
+        proc = _start(tmp_path / "state", _free_port(), database, relay_port=_free_port())
+        try:
+            connection, _ = silent.accept()  # the hub is connecting to its database now
+            with connection:
+                proc.send_signal(signal.SIGINT)
+                _, err = proc.communicate(timeout=10)
+        finally:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 0, err.decode()
+    assert b"Traceback" not in err, err.decode()
 
 
 class _External:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -143,10 +143,13 @@ def hub(
     try:
         aio.run_until_signalled(lambda stop: _run(config, tunnel, grace if relay else None, stop))
     except ExceptionGroup as group:
-        failed = group.subgroup(OSError)
+        from hub.errors import HubError
+
+        failed = group.subgroup((OSError, HubError))
         if failed is None:
             raise
-        typer.echo(f"error: cannot start the hub: {failed.exceptions[0]}", err=True)
+        first = failed.exceptions[0]
+        typer.echo(f"error: cannot start the hub: {str(first) or type(first).__name__}", err=True)
         raise typer.Exit(1) from None
 
 
@@ -165,9 +168,18 @@ async def _run(config: HubConfig, tunnel: Settings, drain: float | None, stop: a
 
     hub_stop = asyncio.Event()
     async with asyncio.TaskGroup() as tasks:
-        tasks.create_task(serve(config, on_ready=ready, stop=hub_stop))
+        serving = tasks.create_task(serve(config, on_ready=ready, stop=hub_stop))
+        # Ctrl-C or SIGTERM while the hub starts (a database that does not answer keeps it there for a
+        # minute) stops it at once: the start-up is cancelled and what it opened is closed.
+        stopped = tasks.create_task(stop.wait())
+        either: list[asyncio.Future[Any]] = [started, stopped]
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        if not started.done():
+            serving.cancel()
+            return
+        stopped.cancel()
         if drain is not None:
-            server = _relay_server(config, await started, tunnel, drain)
+            server = _relay_server(config, started.result(), tunnel, drain)
             typer.echo(f"  cluster-connect relay: {config.relay}", err=True)
             await server.serve(stop)
         else:
