@@ -422,6 +422,11 @@ class ObjectStore:
         """Server-side apply (`managed.py`): create when missing, else merge; True when it created."""
         if not isinstance(body, dict):
             raise errors.bad_request("the apply patch must be an object")
+        if body.get("apiVersion") != rt.group_version:
+            raise errors.bad_request(
+                "Incorrect version specified in apply patch. "
+                f"Specified patch version: {body.get('apiVersion') or ''}, expected: {rt.group_version}"
+            )
         config = self._check_type(rt, body)
         if config["metadata"].get("name") not in (None, name):
             found = config["metadata"]["name"]
