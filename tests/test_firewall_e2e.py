@@ -1,0 +1,344 @@
+"""A cluster behind a real firewall: onboarded from inside, used from outside through the tunnel only.
+
+The data center is this machine's network namespace: the apiserver stand-in on
+the node's bridge and the agents the node emulator runs from the chart helm
+applied. The internet is another namespace (`kinet`) holding the hub with its
+relay and the remote user. nftables on the data center's side drops every new
+connection arriving from the internet; only connections the data center opens
+(the agents dialling out) carry traffic back. The admin runs `kubearc connect`
+inside the data center; the user, outside, runs `kubearc proxy` and kubectl.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from kubearc.cli import app
+from tests import node_emulator
+from tests.apiserver import ApiServer, NodeSpec
+from tests.apiserver.kubectl import kubectl_binary
+from tests.clusters import SUB
+
+pytestmark = pytest.mark.sqlite_only
+
+NODE_IP, GATEWAY, OUTSIDE = "10.77.0.1", "10.88.0.1", "10.88.0.2"
+PASSWORD = "correct horse battery"
+RULES = """
+table inet kubearc_firewall {
+  chain input {
+    type filter hook input priority 0; policy accept;
+    iifname "kx0" ct state established,related accept
+    iifname "kx0" drop
+  }
+  chain forward {
+    type filter hook forward priority 0; policy accept;
+    iifname "kx0" ct state established,related accept
+    iifname "kx0" drop
+  }
+}
+"""
+
+
+def why_not() -> str | None:
+    reason = node_emulator.available()
+    if reason:
+        return reason
+    if shutil.which("nft") is None:
+        return "nftables is not installed (.ci/run installs it: apt-get install nftables)"
+    if kubectl_binary() is None:
+        return "kubectl is not installed"
+    return None
+
+
+def sh(*cmd: str) -> None:
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, f"{' '.join(cmd)}: {done.stderr}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", 0))
+        return int(s.getsockname()[1])
+
+
+def outside(*cmd: str, **kwargs: object) -> subprocess.Popen[bytes]:
+    """A process on the internet side."""
+    return subprocess.Popen(["ip", "netns", "exec", "kinet", *cmd], **kwargs)  # type: ignore[call-overload]
+
+
+def internet() -> None:
+    subprocess.run(["ip", "netns", "del", "kinet"], capture_output=True)
+    subprocess.run(["ip", "link", "del", "kx0"], capture_output=True)
+    sh("ip", "netns", "add", "kinet")
+    sh("ip", "link", "add", "kx0", "type", "veth", "peer", "name", "eth0", "netns", "kinet")
+    sh("ip", "addr", "add", f"{GATEWAY}/30", "dev", "kx0")
+    sh("ip", "link", "set", "kx0", "up")
+    sh("ip", "-n", "kinet", "addr", "add", f"{OUTSIDE}/30", "dev", "eth0")
+    sh("ip", "-n", "kinet", "link", "set", "eth0", "up")
+    sh("ip", "-n", "kinet", "link", "set", "lo", "up")
+    sh("ip", "-n", "kinet", "route", "add", "10.77.0.0/24", "via", GATEWAY)  # replies reach the agents
+    sh("sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+    done = subprocess.run(["nft", "-f", "-"], input=RULES, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def teardown_internet() -> None:
+    subprocess.run(["nft", "delete", "table", "inet", "kubearc_firewall"], capture_output=True)
+    subprocess.run(["ip", "link", "del", "kx0"], capture_output=True)
+    subprocess.run(["ip", "netns", "del", "kinet"], capture_output=True)
+
+
+@dataclass
+class World:
+    root: Path
+    api: ApiServer
+    hub_url: str
+    hub_ca: Path
+    admin: CliRunner
+    env: dict[str, str]
+
+
+def wait_for_file(path: Path, process: subprocess.Popen[bytes], log: Path, within: float = 60) -> None:
+    deadline = time.monotonic() + within
+    while not path.exists():
+        assert process.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    reason = why_not()
+    if reason:
+        pytest.skip(reason)
+    node_emulator.bridge(NODE_IP)
+    internet()
+    processes: list[subprocess.Popen[bytes]] = []
+    api = ApiServer(nodes=[NodeSpec("node-1", cpu="4")], host=NODE_IP).start()
+    node = node_emulator.NodeEmulator(api, NODE_IP).start()
+    try:
+        port, relay_port = free_port(), free_port()
+        state = tmp_path / "hub"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KUBEARC_")}
+        env |= {
+            "KUBEARC_CONFIG_DIR": str(tmp_path / "config"),
+            "KUBEARC_SUBSCRIPTION": SUB,
+            "PYTHONUNBUFFERED": "1",
+        }
+        log = tmp_path / "hub.log"
+        hub = outside(
+            sys.executable,
+            "-m",
+            "kubearc.cli",
+            "hub",
+            "--state-dir",
+            str(state),
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(port),
+            "--relay-port",
+            str(relay_port),
+            "--public-url",
+            f"https://{OUTSIDE}:{port}",
+            "--relay-url",
+            f"wss://{OUTSIDE}:{relay_port}",
+            env=env,
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        processes.append(hub)
+        ca = state / "tls" / "ca.crt"
+        wait_for_file(ca, hub, log)
+        deadline = time.monotonic() + 60
+        while "cluster-connect relay" not in log.read_text(errors="replace"):
+            assert hub.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")
+            time.sleep(0.2)
+        user = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "kubearc.cli",
+                "admin",
+                "user",
+                "create",
+                "frank@kubearc.test",
+                "--state-dir",
+                str(state),
+                "--password-stdin",
+            ],
+            input=PASSWORD,
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        assert user.returncode == 0, user.stderr
+        granted = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "kubearc.cli",
+                "admin",
+                "role-assignment",
+                "create",
+                "--assignee",
+                "frank@kubearc.test",
+                "--role",
+                "Owner",
+                "--scope",
+                f"/subscriptions/{SUB}",
+                "--state-dir",
+                str(state),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        assert granted.returncode == 0, granted.stderr
+        monkeypatch.setenv("KUBEARC_CONFIG_DIR", env["KUBEARC_CONFIG_DIR"])
+        monkeypatch.setenv("KUBEARC_SUBSCRIPTION", SUB)
+        admin = CliRunner()
+        hub_url = f"https://{OUTSIDE}:{port}"
+        signed = admin.invoke(
+            app,
+            ["login", "--hub", hub_url, "--ca-file", str(ca), "-u", "frank@kubearc.test", "--password-stdin"],
+            input=PASSWORD + "\n",
+        )
+        assert signed.exit_code == 0, signed.output
+        yield World(tmp_path, api, hub_url, ca, admin, env)
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(30)
+        node.stop()
+        api.stop()
+        teardown_internet()
+        node_emulator.remove_bridge()
+
+
+def test_a_cluster_behind_a_firewall_is_reached_through_the_tunnel_and_nothing_else(world: World) -> None:
+    kubeconfig = world.api.kubeconfig(world.root / "admin.kubeconfig")
+    world.api.add_pod("hello", "default", containers=["app"])
+    world.api.append_log("default", "hello", "started")
+
+    # The admin, inside the data center, onboards the cluster: the agents dial out.
+    done = world.admin.invoke(
+        app, ["connect", "-n", "dc1", "-g", "rg1", "--kube-config", str(kubeconfig), "--timeout", "3m"]
+    )
+    assert done.exit_code == 0, done.stderr
+
+    # Outside, a direct connection to the apiserver is dropped by the firewall.
+    probe = outside(
+        sys.executable,
+        "-c",
+        f"import socket; socket.create_connection(('{NODE_IP}', {world.api.port}), timeout=3)",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    _, err = probe.communicate(timeout=30)
+    assert probe.returncode != 0 and b"timed out" in err
+
+    # The remote user: kubearc proxy outside, kubectl through it.
+    user_kubeconfig = world.root / "user.kubeconfig"
+    log = world.root / "proxy.log"
+    proxy_port = free_port()
+    proxy = outside(
+        sys.executable,
+        "-m",
+        "kubearc.cli",
+        "proxy",
+        "-n",
+        "dc1",
+        "-g",
+        "rg1",
+        "--port",
+        str(proxy_port),
+        "-f",
+        str(user_kubeconfig),
+        env={**world.env, "KUBEARC_PROXY_TOKEN": world.api.token},
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while "Proxy is listening" not in log.read_text(errors="replace"):
+            assert proxy.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")
+            time.sleep(0.2)
+
+        def kubectl(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+            cmd = [
+                "ip",
+                "netns",
+                "exec",
+                "kinet",
+                kubectl_binary() or "kubectl",
+                "--kubeconfig",
+                str(user_kubeconfig),
+            ]
+            return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=timeout)
+
+        pods = kubectl("get", "pods", "-n", "default", "-o", "name")
+        assert pods.returncode == 0 and "pod/hello" in pods.stdout, pods.stderr
+        logs = kubectl("logs", "hello", "-n", "default")
+        assert logs.returncode == 0 and "started" in logs.stdout, logs.stderr
+        execd = kubectl("exec", "hello", "-n", "default", "--", "echo", "through", "the", "tunnel")
+        assert execd.returncode == 0 and execd.stdout == "through the tunnel\n", execd.stderr
+
+        # logs -f: a line the pod writes now arrives while kubectl follows.
+        base = [
+            "ip",
+            "netns",
+            "exec",
+            "kinet",
+            kubectl_binary() or "kubectl",
+            "--kubeconfig",
+            str(user_kubeconfig),
+        ]
+        follow = subprocess.Popen(
+            [*base, "logs", "-f", "hello", "-n", "default"], stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert follow.stdout is not None
+            assert follow.stdout.readline() == "started\n"
+            world.api.append_log("default", "hello", "written while followed")
+            assert follow.stdout.readline() == "written while followed\n"
+        finally:
+            follow.terminate()
+            follow.wait(30)
+
+        # port-forward: bytes to a pod port and back, through the tunnel.
+        world.api.add_pod("echo", "default", containers=["app"], ports=[7000])
+        world.api.set_port_forward_target("default", "echo", 7000, None)  # the pod's built-in echo
+        local = free_port()
+        forward = subprocess.Popen(
+            [*base, "port-forward", "pod/echo", f"{local}:7000", "-n", "default"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert forward.stdout is not None and "Forwarding from" in forward.stdout.readline()
+            client = outside(
+                sys.executable,
+                "-c",
+                f"import socket,sys; s=socket.create_connection(('127.0.0.1', {local}), timeout=10); "
+                "s.sendall(b'ping through the firewall'); sys.stdout.write(s.recv(100).decode())",
+                stdout=subprocess.PIPE,
+            )
+            echoed, _ = client.communicate(timeout=60)
+            assert echoed == b"ping through the firewall"
+        finally:
+            forward.terminate()
+            forward.wait(30)
+    finally:
+        proxy.terminate()
+        proxy.wait(30)
