@@ -382,3 +382,36 @@ def test_kubectl_apply_server_side_removes_a_key_dropped_from_the_manifest(
     assert [(e["manager"], e["operation"]) for e in shown["metadata"]["managedFields"]] == [
         ("kubectl", "Apply")
     ]
+
+
+def test_an_apply_replaces_a_services_selector_whole(c: httpx.Client, ns: str) -> None:
+    path = f"/api/v1/namespaces/{ns}/services/web"
+    service = {**_service("web"), "metadata": {"name": "web", "namespace": ns}}
+    _apply(c, path, {**service, "spec": {**service["spec"], "selector": {"app": "web", "tier": "front"}}})
+    narrowed = _apply(c, path, {**service, "spec": {**service["spec"], "selector": {"app": "web"}}}).json()
+    assert narrowed["spec"]["selector"] == {"app": "web"}  # `+mapType=atomic`: not merged key by key
+    [entry] = narrowed["metadata"]["managedFields"]
+    assert entry["fieldsV1"]["f:spec"]["f:selector"] == {}
+
+
+@needs_kubectl
+def test_kubectl_create_sends_the_new_kinds_as_protobuf(api: ApiServer, ns: str, tmp_path: Path) -> None:
+    kc = api.kubeconfig(tmp_path / "kubeconfig")
+    api.state.audit.clear()
+    for args in (
+        ("serviceaccount", "robot"),
+        ("role", "reader", "--verb=get,list", "--resource=pods"),
+        ("rolebinding", "readers", "--role=reader", f"--serviceaccount={ns}:robot", "--user=alice"),
+        ("service", "clusterip", "web", "--tcp=80:8080"),
+    ):
+        done = kubectl(kc, "create", *args, "-n", ns)
+        assert done.returncode == 0, done.stderr
+    posted = {r.header("content-type")[0] for r in api.state.audit if r.method == "POST"}
+    assert posted == {"application/vnd.kubernetes.protobuf"}
+    binding = json.loads(kubectl(kc, "get", "rolebinding", "readers", "-n", ns, "-o", "json").stdout)
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "reader"}
+    assert {s["kind"] for s in binding["subjects"]} == {"ServiceAccount", "User"}
+    service = json.loads(kubectl(kc, "get", "service", "web", "-n", ns, "-o", "json").stdout)
+    assert service["spec"]["ports"] == [
+        {"name": "80-8080", "port": 80, "protocol": "TCP", "targetPort": 8080}
+    ]

@@ -9,7 +9,8 @@ leaves out now is removed (unless another manager owns it too), and a field anot
 manager owns with a different value is a 409 conflict unless the apply says `force=true`,
 which takes the field over. Fields are named as in `fieldsV1` (`f:name`, `k:{"name":"x"}`
 for items of keyed lists, `v:"x"` for set members); keyed lists are those patch.py merges
-by key (ports by port or containerPort and protocol), other lists are atomic.
+by key (ports by port or containerPort and protocol), other lists are atomic, as are
+selectors and a binding's roleRef (replaced whole by an apply, never merged).
 `apiVersion`, `kind`, the server-set metadata and `status` (owned by status writes) are
 nobody's. A write that changes no ownership keeps the entries and their times, so a
 no-op apply is a no-op.
@@ -27,6 +28,8 @@ from tests.apiserver.resources import Obj, ResourceType
 
 Path = tuple[str, ...]
 ITEM = object()  # the value of a keyed list's item: owned as a whole, compared by its fields
+# Maps and structs owned as one value (`+mapType=atomic`, `+structType=atomic` in k8s.io/api).
+ATOMIC_MAPS = frozenset({"selector", "nodeSelector", "roleRef"})
 SERVER_META = {
     "name",
     "namespace",
@@ -64,7 +67,7 @@ def _item_key(item: Obj, fields: tuple[str, ...]) -> str:
 
 
 def _walk(node: Any, name: str, path: Path, out: dict[Path, Any]) -> None:
-    if isinstance(node, dict) and node:
+    if isinstance(node, dict) and node and name not in ATOMIC_MAPS:
         for key, value in node.items():
             _walk(value, key, (*path, f"f:{key}"), out)
         return
@@ -236,6 +239,14 @@ def _remove(obj: Any, path: Path) -> None:
         node[:] = [i for i in node if not _matches(i, last)]
 
 
+def _set(obj: Any, path: Path, value: Any) -> None:
+    node = obj
+    for element in path[:-1]:
+        node = _child(node, element)
+    if isinstance(node, dict):
+        node[path[-1][2:]] = copy.deepcopy(value)
+
+
 def _matches(item: Any, element: str) -> bool:
     kind, _, rest = element.partition(":")
     wanted = json.loads(rest)
@@ -293,6 +304,9 @@ def apply(
     for e, p in conflicts:
         e.paths.discard(p)
     merged = patch.strategic_merge(copy.deepcopy(live), config) if live is not None else copy.deepcopy(config)
+    for path, value in applied.items():  # an atomic map is replaced, not merged
+        if path[-1][2:] in ATOMIC_MAPS and isinstance(value, dict):
+            _set(merged, path, value)
     others = [p for e in entries if e is not mine and not e.of_status for p in e.paths]
     dropped = (mine.paths if mine else set()) - set(applied)
     for path in sorted(dropped, key=len):  # an item before its fields: once it is gone, they are too

@@ -1,7 +1,8 @@
 """Request bodies in `application/vnd.kubernetes.protobuf`, decoded to the JSON form the store keeps.
 
-kubectl's typed clients (`create configmap`, `create secret`, `create namespace`,
-`create deployment`, `run`) send protobuf. A body is the magic `k8s\\x00` then a
+kubectl's typed clients (`create configmap|secret|namespace|deployment|serviceaccount|
+service|role|rolebinding|clusterrole|clusterrolebinding`, `run`) send protobuf, and so
+does helm's release storage (its Secrets, and the DeleteOptions of a DELETE). A body is the magic `k8s\\x00` then a
 `runtime.Unknown` (1: typeMeta {1: apiVersion, 2: kind}, 2: raw, 3:
 contentEncoding, 4: contentType) whose `raw` is the object's own message.
 
@@ -166,6 +167,72 @@ SCHEMAS: dict[str, dict[int, str]] = {
     "PodTemplateSpec": {1: "metadata:ObjectMeta", 2: "spec:PodSpec"},
     "DeploymentStrategy": {1: "type:s", 2: "rollingUpdate:RollingUpdateDeployment"},
     "RollingUpdateDeployment": {1: "maxUnavailable:intstr", 2: "maxSurge:intstr"},
+    "ServiceAccount": {
+        1: "metadata:ObjectMeta",
+        2: "secrets:[]ObjectReference",
+        3: "imagePullSecrets:[]LocalObjectReference",
+        4: "automountServiceAccountToken:*b",
+    },
+    "ObjectReference": {
+        1: "kind:s",
+        2: "namespace:s",
+        3: "name:s",
+        4: "uid:s",
+        5: "apiVersion:s",
+        6: "resourceVersion:s",
+        7: "fieldPath:s",
+    },
+    "Service": {1: "metadata:ObjectMeta", 2: "spec:ServiceSpec", 3: "status:ServiceStatus"},
+    "ServiceSpec": {
+        1: "ports:[]ServicePort",
+        2: "selector:{}s",
+        3: "clusterIP:s",
+        4: "type:s",
+        5: "externalIPs:[]s",
+        7: "sessionAffinity:s",
+        8: "loadBalancerIP:s",
+        9: "loadBalancerSourceRanges:[]s",
+        10: "externalName:s",
+        11: "externalTrafficPolicy:s",
+        12: "healthCheckNodePort:i",
+        13: "publishNotReadyAddresses:b",
+        14: "sessionAffinityConfig:SessionAffinityConfig",
+        17: "ipFamilyPolicy:*s",
+        18: "clusterIPs:[]s",
+        19: "ipFamilies:[]s",
+        20: "allocateLoadBalancerNodePorts:*b",
+        21: "loadBalancerClass:*s",
+        22: "internalTrafficPolicy:*s",
+        23: "trafficDistribution:*s",
+    },
+    "ServicePort": {
+        1: "name:s",
+        2: "protocol:s",
+        3: "port:i",
+        4: "targetPort:intstr",
+        5: "nodePort:i",
+        6: "appProtocol:*s",
+    },
+    "SessionAffinityConfig": {1: "clientIP:ClientIPConfig"},
+    "ClientIPConfig": {1: "timeoutSeconds:*i"},
+    "ServiceStatus": {1: "loadBalancer:LoadBalancerStatus"},
+    "LoadBalancerStatus": {1: "ingress:[]LoadBalancerIngress"},
+    "LoadBalancerIngress": {1: "ip:s", 2: "hostname:s"},
+    # rbac.authorization.k8s.io/v1 (k8s.io/api rbac/v1/generated.proto)
+    "Role": {1: "metadata:ObjectMeta", 2: "rules:[]PolicyRule"},
+    "ClusterRole": {1: "metadata:ObjectMeta", 2: "rules:[]PolicyRule", 3: "aggregationRule:AggregationRule"},
+    "PolicyRule": {
+        1: "verbs:[]s",
+        2: "apiGroups:[]s",
+        3: "resources:[]s",
+        4: "resourceNames:[]s",
+        5: "nonResourceURLs:[]s",
+    },
+    "AggregationRule": {1: "clusterRoleSelectors:[]LabelSelector"},
+    "RoleBinding": {1: "metadata:ObjectMeta", 2: "subjects:[]Subject", 3: "roleRef:RoleRef"},
+    "ClusterRoleBinding": {1: "metadata:ObjectMeta", 2: "subjects:[]Subject", 3: "roleRef:RoleRef"},
+    "Subject": {1: "kind:s", 2: "apiGroup:s", 3: "name:s", 4: "namespace:s"},
+    "RoleRef": {1: "apiGroup:s", 2: "kind:s", 3: "name:s"},
     "IntOrString": {1: "type:i", 2: "intVal:i", 3: "strVal:s"},
     # meta/v1 DeleteOptions: what typed clients (helm's release storage among them) send with a DELETE.
     "DeleteOptions": {
@@ -186,6 +253,12 @@ KINDS = {
     ("v1", "Namespace"),
     ("v1", "Pod"),
     ("apps/v1", "Deployment"),
+    ("v1", "ServiceAccount"),
+    ("v1", "Service"),
+    *(
+        ("rbac.authorization.k8s.io/v1", k)
+        for k in ("Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding")
+    ),
     ("v1", "DeleteOptions"),
     ("meta.k8s.io/v1", "DeleteOptions"),
 }
