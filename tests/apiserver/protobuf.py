@@ -1,8 +1,8 @@
 """Request bodies in `application/vnd.kubernetes.protobuf`, decoded to the JSON form the store keeps.
 
-kubectl's typed clients (`create configmap|secret|namespace|deployment|serviceaccount|
-service|role|rolebinding|clusterrole|clusterrolebinding`, `run`) send protobuf, and so
-does helm's release storage (its Secrets, and the DeleteOptions of a DELETE). A body is the magic `k8s\\x00` then a
+kubectl's typed clients (`create` of configmaps, secrets, namespaces, deployments,
+serviceaccounts, services and the RBAC kinds, `run`) send protobuf, and so does helm's
+release storage (its Secrets, and the DeleteOptions of a DELETE). A body is the magic `k8s\\x00` then a
 `runtime.Unknown` (1: typeMeta {1: apiVersion, 2: kind}, 2: raw, 3:
 contentEncoding, 4: contentType) whose `raw` is the object's own message.
 
