@@ -9,7 +9,6 @@ with the refresh token (users) or the saved client secret (service principals).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import ssl
@@ -57,8 +56,8 @@ class ClientSettings:
     def load(cls) -> ClientSettings:
         try:
             saved = load_client_config()
-        except ValueError as exc:
-            raise SessionError(str(exc)) from None
+        except ValueError as exc:  # garbage in the saved session: signing in again rewrites it
+            raise SessionError(f"{exc}: sign in again with `kubearc login --hub URL`") from None
         if not saved.get("hub_url") or not saved.get("authority"):
             raise SessionError("not signed in to a hub: run `kubearc login --hub URL`")
         return cls(
@@ -123,11 +122,20 @@ def cache_path() -> Path:
 
 
 def load_cache() -> msal.SerializableTokenCache:
+    """msal's token cache as `kubearc login` left it; one that is unreadable, not JSON or not shaped
+    like msal's (kinds of credentials, each a mapping of entries) is empty: it only means signing in
+    again. (An entry msal cannot use is `Session.access_token`'s to report.)"""
     cache = msal.SerializableTokenCache()
-    path = cache_path()
-    if path.exists():
-        with contextlib.suppress(ValueError):  # a corrupt cache only means signing in again
-            cache.deserialize(path.read_text())
+    try:
+        text = cache_path().read_text()
+        doc = json.loads(text) if text.strip() else {}
+    except (OSError, ValueError):
+        return cache
+    if isinstance(doc, dict) and all(
+        isinstance(kind, dict) and all(isinstance(entry, dict) for entry in kind.values())
+        for kind in doc.values()
+    ):
+        cache.deserialize(text)
     return cache
 
 
@@ -322,6 +330,11 @@ class Session:
                 )
         except OSError as exc:
             raise SessionError(f"cannot reach the issuer {s.authority}: {exc}") from None
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:  # msal on entries it did not write
+            raise SessionError(
+                f"the saved sign-in in {cache_path()} cannot be read ({type(exc).__name__}): "
+                f"run `kubearc login --hub {s.hub_url}` again"
+            ) from None
         finally:
             save_cache(self.cache)
         if not result or "access_token" not in result:

@@ -7,11 +7,14 @@ its stderr, so that is what is asserted.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -120,3 +123,50 @@ def test_kubearc_proxy_with_a_malformed_kubeconfig_is_one_line_and_leaves_it_alo
     one_line_error(done, str(kubeconfig), "-f")
     assert kubeconfig.read_bytes() == content and kubeconfig.stat().st_mtime_ns == before.st_mtime_ns
     assert [p.name for p in kubeconfig.parent.iterdir()] == ["config"]  # no temporary file left
+
+
+def _entries(doc: dict[str, Any], kind: str, **changes: Any) -> dict[str, Any]:
+    """The cache `doc` with every entry of `kind` changed (None: the key removed)."""
+    entries = {k: {f: v for f, v in {**e, **changes}.items() if v is not None} for k, e in doc[kind].items()}
+    return {**doc, kind: entries}
+
+
+# What a cache file may hold after a crash, an editor or a bad merge; each must end in one line
+# telling the user to sign in again.
+GARBAGE: dict[str, Callable[[dict[str, Any]], str]] = {
+    "not-json": lambda doc: "garbage{{{",
+    "a-list": lambda doc: "[]",
+    "null": lambda doc: "null",
+    "entries-not-mappings": lambda doc: json.dumps({**doc, "AccessToken": {"k": "garbage"}}),
+    "accounts-a-list": lambda doc: json.dumps({**doc, "Account": [1]}),
+    "no-expiry": lambda doc: json.dumps(_entries(doc, "AccessToken", expires_on=None)),
+    "expiry-not-a-number": lambda doc: json.dumps(_entries(doc, "AccessToken", expires_on="soon")),
+    "token-not-a-jwt": lambda doc: json.dumps(_entries(doc, "AccessToken", secret="garbage")),
+}
+
+
+@pytest.mark.parametrize("garbage", list(GARBAGE))
+def test_a_garbage_token_cache_says_to_sign_in_again(
+    hub: RunningHub, signed_in: dict[str, str], garbage: str
+) -> None:
+    cache = Path(signed_in["KUBEARC_CONFIG_DIR"]) / "msal_token_cache.json"
+    cache.write_text(GARBAGE[garbage](json.loads(cache.read_text())))
+    for command in (["cluster", "list"], ["role", "assignment", "list", "--scope", f"/subscriptions/{SUB}"]):
+        one_line_error(kubearc(*command, env=signed_in), "kubearc login")
+    login = ["login", "--hub", hub.url, "-u", "dana@kubearc.test", "--password-stdin"]
+    assert CliRunner().invoke(app, login, input=PASSWORD + "\n").exit_code == 0  # and signing in again works
+    assert kubearc("cluster", "list", env=signed_in).returncode == 0
+
+
+@pytest.mark.parametrize("garbage", ["garbage{{{", "[]"])
+def test_a_garbage_saved_session_says_to_sign_in_again(
+    hub: RunningHub, signed_in: dict[str, str], garbage: str
+) -> None:
+    config = Path(signed_in["KUBEARC_CONFIG_DIR"]) / "config.json"
+    config.write_text(garbage)
+    without_subscription = {**signed_in, "KUBEARC_SUBSCRIPTION": ""}  # read from the saved session
+    for env in (signed_in, without_subscription):
+        one_line_error(kubearc("cluster", "list", env=env), str(config), "kubearc login")
+    login = ["login", "--hub", hub.url, "--ca-file", hub.ca, "-u", "dana@kubearc.test", "--password-stdin"]
+    assert CliRunner().invoke(app, login, input=PASSWORD + "\n").exit_code == 0
+    assert kubearc("cluster", "list", env=signed_in).returncode == 0

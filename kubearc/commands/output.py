@@ -30,6 +30,8 @@ def request_json(method: str, path: str, **kwargs: Any) -> Any:
             message = response.json()["error"]["message"]
         except (ValueError, KeyError, TypeError):
             message = response.text[:500]
+        if response.status_code == 401:  # the hub refuses the saved token (garbage, or another hub's)
+            fail(f"401: {message}: sign in again with `kubearc login`")
         fail(f"{response.status_code}: {message}")
     return response.json() if response.content else None
 
@@ -40,7 +42,10 @@ def subscription_or_fail(value: str | None) -> str:
         return value
     from foundation.settings import load_client_config
 
-    sub = load_client_config().get("subscription")
+    try:
+        sub = load_client_config().get("subscription")
+    except ValueError as exc:  # garbage in the saved session: signing in again rewrites it
+        fail(f"{exc}: sign in again with `kubearc login --hub URL`")
     if not sub:
         fail("no subscription: pass --subscription or set KUBEARC_SUBSCRIPTION")
     return sub

@@ -65,7 +65,8 @@ def _call(
             message = f"{err['code']}: {err['message']}"
         except (ValueError, KeyError, TypeError):
             message = response.text[:500] or response.reason_phrase
-        _fail(f"{method} {path} failed ({response.status_code}) {message}")
+        again = ": sign in again with `kubearc login`" if response.status_code == 401 else ""
+        _fail(f"{method} {path} failed ({response.status_code}) {message}{again}")
     return response.json() if response.content else None
 
 
