@@ -108,7 +108,10 @@ async def cluster_item(request: Request) -> Response:
         async with hub.sessions() as session:
             result = await session.execute(delete(Cluster).where(Cluster.resource_key == scope_key(rid)))
             await session.commit()
-        # Certificates cascade with the row: the agents' identity is revoked with it.
+        # Certificates cascade with the row: the agents' identity is revoked with it, and the
+        # cluster's tunnel sessions end now, not when their credentials next renew.
+        if result.rowcount:  # type: ignore[attr-defined]
+            hub.cluster_deleted(rid)
         return Response(status_code=200 if result.rowcount else 204)  # type: ignore[attr-defined]
     if method == "PATCH":
         return await _patch(request, hub, rid)

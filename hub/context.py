@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -30,6 +31,16 @@ class Hub:
     issuer_key: rsa.RSAPrivateKey
     issuer_kid: str
     tenant_id: str
+    # Called with a cluster's resource id once its deletion is committed: whoever holds live
+    # connections of that cluster (the relay in this process) ends them at once.
+    on_cluster_deleted: list[Callable[[str], object]] = field(default_factory=list)
+
+    def cluster_deleted(self, resource_id: str) -> None:
+        for listener in self.on_cluster_deleted:
+            try:
+                listener(resource_id)
+            except Exception:  # a listener's failure must not fail the delete that already happened
+                log.exception("a cluster-deleted listener failed", extra={"cluster": resource_id})
 
     @property
     def issuer(self) -> str:

@@ -132,6 +132,7 @@ class Relay:
         self.metrics = RelayMetrics()
         self._agents: dict[str, list[_AgentSession]] = {}
         self.client_muxes: set[Mux] = set()  # live client sessions (introspection, leak checks)
+        self._client_cluster: dict[Mux, str] = {}  # the cluster each client session reaches
         self._rr = itertools.count()
         # (bytes received, bytes sent, credit stalls, windows grown) of sessions that ended, by side
         self.retired: dict[str, list[int]] = {"agent": [0, 0, 0, 0], "client": [0, 0, 0, 0]}
@@ -184,6 +185,18 @@ class Relay:
         self.metrics.streams.dec()
         if not self._pipes:
             self._no_pipes.set()
+
+    def drop_cluster(self, cluster: str, reason: str = "the cluster was deleted") -> int:
+        """End every session of `cluster`, agents' and clients', at once; how many ended."""
+        wanted = cluster.lower()
+        muxes = [s.mux for key, entries in self._agents.items() if key.lower() == wanted for s in entries]
+        muxes += [m for m, c in self._client_cluster.items() if c.lower() == wanted]
+        for mux in muxes:
+            mux.goaway(ErrorCode.UNAUTHORIZED, reason)
+            mux.spawn(mux.close())
+        if muxes:
+            log.info("cluster's sessions dropped", extra={"cluster": cluster, "sessions": len(muxes)})
+        return len(muxes)
 
     def connected_clusters(self) -> list[str]:
         return sorted(k for k, v in self._agents.items() if v)
@@ -267,12 +280,14 @@ class Relay:
             mux.goaway(ErrorCode.NO_ERROR, "relay shutting down")
         self.metrics.sessions.labels("client").inc()
         self.client_muxes.add(mux)
+        self._client_cluster[mux] = cluster
         log.info("client session up", extra={"cluster": cluster, "user": user})
         try:
             await mux.run()
         finally:
             self._retire("client", mux)
             self.client_muxes.discard(mux)
+            self._client_cluster.pop(mux, None)
             self.metrics.sessions.labels("client").dec()
             log.info("client session down", extra={"cluster": cluster, "user": user})
 

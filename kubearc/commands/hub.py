@@ -157,14 +157,14 @@ async def _run(config: HubConfig, tunnel: Settings, drain: float | None, stop: a
     """The hub, and (unless `drain` is None) its relay; on `stop` the relay drains first."""
     from hub.server import serve
 
-    started: asyncio.Future[TlsFiles] = asyncio.get_running_loop().create_future()
+    started: asyncio.Future[tuple[Hub, TlsFiles]] = asyncio.get_running_loop().create_future()
 
     def ready(h: Hub, tls: TlsFiles) -> None:
         typer.echo(f"kubearc hub listening on {config.url} (state: {config.state_dir})", err=True)
         if tls.ca:
             typer.echo(f"  clients trust the hub with CA file: {tls.ca}", err=True)
         typer.echo(f"  local issuer: {h.issuer}", err=True)
-        started.set_result(tls)
+        started.set_result((h, tls))
 
     hub_stop = asyncio.Event()
     async with asyncio.TaskGroup() as tasks:
@@ -179,7 +179,9 @@ async def _run(config: HubConfig, tunnel: Settings, drain: float | None, stop: a
             return
         stopped.cancel()
         if drain is not None:
-            server = _relay_server(config, started.result(), tunnel, drain)
+            running, tls = started.result()
+            server = _relay_server(config, tls, tunnel, drain)
+            running.on_cluster_deleted.append(server.relay.drop_cluster)  # its streams end at once
             typer.echo(f"  cluster-connect relay: {config.relay}", err=True)
             await server.serve(stop)
         else:
