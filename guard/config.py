@@ -29,7 +29,7 @@ class GuardConfig:
     # The apiserver calls the webhook; 127.0.0.1 suits an apiserver on the same host (static pod,
     # host network). In a cluster, listen on the pod IP or 0.0.0.0 behind a Service.
     host: str = "127.0.0.1"
-    port: int = 8443
+    port: int = 8445  # not the hub's 8443: both may run on one machine
     health_host: str = "127.0.0.1"
     health_port: int = 8080
     # One deadline per review, well under the apiserver's webhook timeout (default 30 s, and what the

@@ -47,7 +47,7 @@ def aad_proxy(
         DEFAULT_IDENTITY, "--identity", envvar="KUBEARC_IDENTITY_STORE", help="file:DIR or secret:NS/NAME."
     ),
     listen: str = typer.Option(
-        "127.0.0.1:8443",
+        "127.0.0.1:8446",
         "--listen",
         envvar="KUBEARC_AAD_PROXY_LISTEN",
         help="HOST:PORT to serve on (in a cluster 0.0.0.0:PORT behind a Service).",

@@ -109,7 +109,9 @@ def guard(
     host: str = typer.Option(
         "127.0.0.1", envvar="KUBEARC_GUARD_HOST", help="Review address (the apiserver must reach it)."
     ),
-    port: int = typer.Option(8443, envvar="KUBEARC_GUARD_PORT", help="Review port (mutual TLS)."),
+    port: int = typer.Option(
+        8445, envvar="KUBEARC_GUARD_PORT", help="Review port (mutual TLS; not the hub's 8443)."
+    ),
     health_host: str = typer.Option("127.0.0.1", envvar="KUBEARC_GUARD_HEALTH_HOST", help="Probe address."),
     health_port: int = typer.Option(
         8080, envvar="KUBEARC_GUARD_HEALTH_PORT", help="Plain HTTP port for /healthz, /readyz, /metrics."
@@ -327,7 +329,7 @@ def authorization_config(
 
 def guard_kubeconfig(
     server: str = typer.Option(
-        ..., help="Guard's review URL as the apiserver reaches it, e.g. https://10.0.0.5:8443."
+        ..., help="Guard's review URL as the apiserver reaches it, e.g. https://10.0.0.5:8445."
     ),
     ca_file: Path = typer.Option(..., help="CA that signed guard's serving certificate."),
     client_cert: Path = typer.Option(..., help="The apiserver's client certificate for guard (PEM)."),
