@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import click
+from typing import Any
+
 import typer.main
 
 from kubearc.cli import app
 
 
 def defaults(*path: str) -> dict[str, object]:
-    command: click.Command = typer.main.get_command(app)
+    command: Any = typer.main.get_command(app)
     for name in path:
-        assert isinstance(command, click.Group)
-        command = command.commands[name]
+        command = command.commands[name]  # a group's subcommands (typer carries its own click)
     return {p.name or "": p.default for p in command.params}
 
 
