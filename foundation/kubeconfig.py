@@ -40,6 +40,28 @@ def context_config(
     }
 
 
+EXEC_API_VERSION = "client.authentication.k8s.io/v1"
+
+
+def exec_user(command: str, args: list[str], install_hint: str | None = None) -> dict[str, Any]:
+    """A kubeconfig user whose token comes from a client-go exec credential plugin.
+
+    kubectl runs `command args` when it needs a token (and again after it expires or the server
+    answers 401), reads an `ExecCredential` from its stdout and lets it talk to the person on
+    stderr; stdin only when kubectl itself has a terminal (`IfAvailable`).
+    """
+    plugin: dict[str, Any] = {
+        "apiVersion": EXEC_API_VERSION,
+        "command": command,
+        "args": list(args),
+        "interactiveMode": "IfAvailable",
+        "provideClusterInfo": False,
+    }
+    if install_hint:
+        plugin["installHint"] = install_hint
+    return {"exec": plugin}
+
+
 def load(path: Path) -> dict[str, Any]:
     if not path.exists() or path.stat().st_size == 0:
         return {"apiVersion": "v1", "kind": "Config", "clusters": [], "users": [], "contexts": []}

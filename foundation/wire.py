@@ -25,6 +25,10 @@ RELAY_CLIENT_PATH = "/relay/v1/client"
 # Relay credentials (`listClusterUserCredential`): a JWT of the hub's issuer for the relay only.
 RELAY_AUDIENCE = "kubearc-relay"
 RELAY_TOKEN_TYPE = "kubearc-relay+jwt"
+# The audience users' tokens for a cluster's apiserver carry by default (`kubearc get-token
+# --server-id`, what `kubearc proxy` writes): guard's or kube-aad-proxy's `--audience`. Not the hub's
+# audience, so a cluster that sees a user's token cannot use it at the hub.
+CLUSTER_AUDIENCE = "api://kubearc-cluster"
 # Agent tokens: signed with the cluster identity key, the certificate in `x5c`.
 AGENT_TOKEN_TYPE = "kubearc-agent+jwt"
 

@@ -13,6 +13,7 @@ from kubearc.commands import (
     cluster,
     connect,
     demo,
+    gettoken,
     guard,
     hub,
     login,
@@ -28,6 +29,7 @@ app = typer.Typer(
 )
 app.command("hub")(hub.hub)
 app.command("login")(login.login)
+app.command("get-token")(gettoken.get_token)
 app.command("connect")(connect.connect)
 app.command("proxy")(proxy.proxy)
 app.command("relay")(relay.relay)

@@ -32,6 +32,9 @@ SECRET_ENV = "KUBEARC_CLIENT_SECRET"
 # Azure CLI's public client id: preauthorized in every Entra tenant, as kubelogin uses it.
 ENTRA_CLI_CLIENT_ID = "04b07795-8ddb-461a-bbee-02f9e1bf7b46"
 USER, SERVICE_PRINCIPAL = "user", "servicePrincipal"
+# How `kubearc get-token` signs in when the cache has nothing usable (kubelogin's `--login` names).
+DEVICE_CODE, ROPC, SPN = "devicecode", "ropc", "spn"
+LOGINS = (DEVICE_CODE, ROPC, SPN)
 _KEYS = ("hub_url", "ca_file", "auth_mode", "authority", "oidc_authority", "client_id", "scope", "username")
 
 
@@ -298,6 +301,80 @@ def sign_in_user(
     forget_client_secret()
     signed_in.save()
     return signed_in
+
+
+def _cached_account(
+    app: Any, where: str, username: str | None, preferred: str | None
+) -> dict[str, Any] | None:
+    """The cached account to refresh: the one named, else the saved login's, else the only one."""
+    if username:
+        named = app.get_accounts(username=username)
+        return named[0] if named else None
+    accounts = app.get_accounts()
+    if preferred:
+        for account in accounts:
+            if str(account.get("username", "")).lower() == preferred.lower():
+                return dict(account)
+    if len(accounts) > 1:
+        names = ", ".join(sorted(str(a.get("username")) for a in accounts))
+        raise SessionError(f"several accounts are signed in at {where} ({names}): pass --username")
+    return dict(accounts[0]) if accounts else None
+
+
+def acquire_token(
+    settings: ClientSettings,
+    login: str,
+    *,
+    username: str | None = None,
+    password: Callable[[], str] | None = None,
+    preferred_username: str | None = None,
+    show: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """A token for `settings.scope`: from msal's token cache (refreshed silently) when it can, else
+    by signing in with `login` (device code: `show` gets the message for the person; ropc: the
+    password; spn: the client secret of `settings`). The cache is saved either way."""
+    cache = load_cache()
+    app = msal_app(settings, cache)
+    scopes = [settings.scope]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # msal discourages ROPC for public clients
+            if login == SPN:
+                result = app.acquire_token_for_client(scopes)  # the cache first, since msal 1.23
+            else:
+                account = _cached_account(app, settings.authority, username, preferred_username)
+                result = app.acquire_token_silent(scopes, account=account) if account else None
+                if not result or "access_token" not in result:
+                    result = _interactive(app, login, scopes, username, password, show)
+    except OSError as exc:
+        raise SessionError(f"cannot reach the issuer {settings.authority}: {exc}") from None
+    finally:
+        save_cache(cache)
+        app.http_client.close()
+    if not result or "access_token" not in result:
+        raise SessionError(f"sign-in failed: {describe_error(result)}")
+    return dict(result)
+
+
+def _interactive(
+    app: Any,
+    login: str,
+    scopes: list[str],
+    username: str | None,
+    password: Callable[[], str] | None,
+    show: Callable[[str], None],
+) -> dict[str, Any]:
+    if login == ROPC:
+        if not username:
+            raise SessionError("--login ropc needs --username (and the password on --password-stdin)")
+        if password is None:
+            raise SessionError(f"no cached sign-in for {username}: give the password with --password-stdin")
+        return dict(app.acquire_token_by_username_password(username, password(), scopes=scopes))
+    flow = app.initiate_device_flow(scopes=scopes)
+    if "user_code" not in flow:
+        raise SessionError(f"device code sign-in failed: {describe_error(flow)}")
+    show(str(flow["message"]))
+    return dict(app.acquire_token_by_device_flow(flow))
 
 
 class Session:

@@ -1,7 +1,8 @@
 """`kubearc login`: sign in to a hub with msal and remember the session.
 
 Against the hub's local issuer (the default) users sign in with username and
-password and service principals with a client secret; the hub's
+password, or without `--username` through the device code flow (the hub's
+verification page), and service principals with a client secret; the hub's
 `/.well-known/kubearc-configuration` says which issuer, audience and client id
 to use. With `--tenant` the authority is that Entra tenant instead (device code
 flow for users). `kubearc.session` uses the saved session afterwards.
@@ -42,18 +43,14 @@ def _check_flags(
         raise _fail("--service-principal needs --client-id (the appId)")
 
 
-def _user_password(
-    username: str | None, password: str | None, password_stdin: bool, oidc: bool
-) -> str | None:
-    """The password from stdin, the flag or a prompt; the local issuer needs a username too."""
+def _user_password(username: str | None, password: str | None, password_stdin: bool) -> str | None:
+    """The password from stdin, the flag or a prompt; none without a username (device code)."""
     if password_stdin:
         password = _stdin_line("password")
     if username and not password:
         if not sys.stdin.isatty():
             raise _fail("no password: use --password-stdin or --password")
         password = typer.prompt("Password", hide_input=True)
-    if not username and oidc:
-        raise _fail("--username is required: the hub's local issuer has no browser or device-code sign-in")
     return password
 
 
@@ -80,7 +77,7 @@ def login(
         None, "--tenant", help="Sign in with this Entra ID tenant, not the hub's."
     ),
 ) -> None:
-    """Sign in to a hub (users: username and password; service principals: client secret)."""
+    """Sign in to a hub (users: username and password or device code; service principals: secret)."""
     from kubearc import session  # msal and requests load only for commands that sign in
 
     try:
@@ -105,7 +102,7 @@ def login(
             settings = session.ClientSettings(
                 hub, ca, session.USER, authority, oidc, client_id or default_client, scope
             )
-            password = _user_password(username, password, password_stdin, oidc)
+            password = _user_password(username, password, password_stdin)
             signed_in = session.sign_in_user(settings, username, password, lambda m: typer.echo(m, err=True))
             who = str(signed_in.username)
     except session.SessionError as exc:

@@ -17,6 +17,7 @@ import typer
 
 from foundation import aio
 from foundation.logs import setup_logging
+from foundation.wire import CLUSTER_AUDIENCE
 from kubearc.commands.output import fail, request_json, subscription_or_fail
 from kubearc.commands.tunnelopts import MaxWindowOpt, tunnel_settings
 
@@ -44,6 +45,12 @@ def proxy(
     token: str = typer.Option(
         None, "--token", envvar="KUBEARC_PROXY_TOKEN", help="Service-account token for the apiserver."
     ),
+    server_id: str = typer.Option(
+        CLUSTER_AUDIENCE,
+        "--server-id",
+        envvar="KUBEARC_SERVER_ID",
+        help="Audience of the user's tokens (guard's --audience) that `kubearc get-token` gets for kubectl.",
+    ),
     relay_ca: Path = typer.Option(None, "--relay-ca", help="CA of the relay (default: the hub's CA)."),
     max_window: str = MaxWindowOpt,
     log_level: str = typer.Option("warning", "--log-level"),
@@ -68,10 +75,8 @@ def proxy(
     client = ClientProxy(credentials, port=port, relay_ca_file=str(ca) if ca else None, settings=settings)
 
     def ready(bound: int) -> None:
-        _write_kubeconfig(name, bound, first, token, _kubeconfig_path(file))
+        _write_kubeconfig(name, bound, first, token, server_id, _kubeconfig_path(file))
         typer.echo(f"Proxy is listening on 127.0.0.1:{bound}. Press Ctrl+C to stop.", err=True)
-        if not token:
-            typer.echo("note: no --token given: the kubeconfig user has no credentials yet.", err=True)
 
     try:
         aio.run_until_signalled(lambda stop: client.run(ready, stop))
@@ -82,12 +87,14 @@ def proxy(
 
 
 def _write_kubeconfig(
-    name: str, port: int, credential: Credential, token: str | None, target: Path | None
+    name: str, port: int, credential: Credential, token: str | None, server_id: str, target: Path | None
 ) -> None:
-    """A context for the cluster that verifies its real apiserver: merged into `target`, or printed."""
+    """A context for the cluster that verifies its real apiserver: merged into `target`, or printed.
+    Its user is the service-account `token`, or else `kubearc get-token` for the signed-in user."""
     from foundation import kubeconfig
+    from kubearc.commands.gettoken import login_exec_user
 
-    user = {"token": token} if token else {}
+    user = {"token": token} if token else login_exec_user(server_id)
     doc = kubeconfig.context_config(
         name, f"https://127.0.0.1:{port}", credential.ca_pem, credential.tls_server_name, user
     )
