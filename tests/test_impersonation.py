@@ -7,7 +7,8 @@ End to end: `kubearc hub` (relay and issuer), the identity and metadata agents,
 `kubearc guard proxy` (serving certificate from the hub, Entra tokens from the
 hub's issuer, Azure RBAC through the hub's checkAccess), `kubearc agent connect`
 pointed at it and `kubearc proxy`, each its own process; real kubectl with a
-token from the issuer's password grant (msal) as `--token`. The stand-in records
+token from the issuer's password grant (msal) as `--token`, and once through the
+exec user `kubearc proxy` writes (`kubearc get-token`). The stand-in records
 what reached it (`tests/apiserver/audit.py`) and honours `Impersonate-*` only from
 its admin credential, the one the proxy holds.
 """
@@ -22,6 +23,7 @@ import os
 import socket
 import ssl
 import subprocess
+import sys
 import time
 import uuid
 import warnings
@@ -544,6 +546,42 @@ def _proxy_metrics(stack: Stack) -> dict[str, float]:
         for family in text_string_to_metric_families(text)
         for sample in family.samples
     }
+
+
+def test_kubectl_signs_in_through_the_exec_user_that_kubearc_proxy_writes(
+    stack: Stack, tmp_path: Path
+) -> None:
+    # `kubearc proxy` without --token: the kubeconfig user runs `kubearc get-token`. alice signs in
+    # once on her own machine (her config dir, her token cache); from then on kubectl's plugin gets
+    # her tokens for the aad-proxy's audience silently, and they reach it through the tunnel.
+    tunnel, written, port = stack.tunnel, tmp_path / "exec.kubeconfig", free_port()
+    tunnel.spawn(
+        "proxy-exec", "proxy", "-n", tunnel.name, "-g", tunnel.group, "--port", str(port),
+        "-f", str(written), "--server-id", AKS_SERVER_APP,
+    ).wait_for("Proxy is listening")  # fmt: skip
+    plugin = yaml.safe_load(written.read_text())["users"][0]["user"]["exec"]
+    assert (plugin["command"], plugin["args"][0], plugin["interactiveMode"]) == (
+        "kubearc",
+        "get-token",
+        "IfAvailable",
+    )
+    assert plugin["args"][plugin["args"].index("--server-id") + 1] == AKS_SERVER_APP
+    alice = {
+        "KUBEARC_CONFIG_DIR": str(tmp_path / "alice"),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    cli(
+        "get-token", "--hub", tunnel.hub_url, "--ca-file", str(tunnel.hub_ca), "--server-id", AKS_SERVER_APP,
+        "--username", stack.upn("alice"), "--password-stdin",
+        env=tunnel.env(**alice), stdin=PASSWORD,
+    )  # fmt: skip
+    ns = _namespace(stack.api)
+    stack.api.add_pod("signed-in", ns)
+    before = len(stack.api.state.audit)
+    listed = kubectl(written, "get", "pods", "-n", ns, env=alice)
+    assert listed.returncode == 0 and "signed-in" in listed.stdout and listed.stderr == "", listed.stderr
+    seen = [r for r in _since(stack.api, before) if r.path == f"/api/v1/namespaces/{ns}/pods"]
+    assert seen and all(r.impersonated and r.impersonated.user == stack.upn("alice") for r in seen)
 
 
 def test_the_proxy_counts_what_it_forwards_and_refuses(stack: Stack) -> None:
