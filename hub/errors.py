@@ -10,6 +10,10 @@ as signals between the hub's own modules (pydantic validators still raise
     ├── GraphError              answers a Graph-shaped error (issuer/graph.py)
     ├── RefreshTokenError       not a refresh token of this hub (issuer/tokens.py)
     │   └── RefreshTokenExpired
+    ├── GrantError              a device or authorization code that yields no tokens (yet) (issuer/grants.py)
+    │   ├── AuthorizationPending, SlowDown, AccessDenied, ExpiredToken   (RFC 8628)
+    │   └── InvalidGrant
+    │       └── AlreadyRedeemed, PkceMismatch, RedirectMismatch
     ├── SecretError             a hub secret that cannot be opened or created (secrets.py)
     └── InvalidRequest          a directory or RBAC request that cannot be honoured (here)
         ├── DirectoryError      (directory.py)
@@ -17,7 +21,7 @@ as signals between the hub's own modules (pydantic validators still raise
         │   └── BadCredential
         └── RbacError           (rbac/assignments.py)
 
-Routes turn a `RefreshTokenError` or an `InvalidRequest` into their API's answer
+Routes turn a `RefreshTokenError`, a `GrantError` or an `InvalidRequest` into their API's answer
 (an `ApiError`, `OAuthError` or `GraphError`); a `SecretError` is a 500 with an
 incident id (the hub runs with the wrong data key); `kubearc admin` prints an
 `InvalidRequest` as one line.
