@@ -45,7 +45,7 @@ class Helm:
     context: str | None = None
     namespace: str = NAMESPACE
 
-    def _run(self, *args: str, timeout: float = 600) -> str:
+    def _run(self, *args: str, timeout: float = 120) -> str:
         cmd = [self.binary, *args, "--namespace", self.namespace]
         if self.kubeconfig:
             cmd += ["--kubeconfig", str(self.kubeconfig)]

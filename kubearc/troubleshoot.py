@@ -145,8 +145,11 @@ def troubleshoot(resource_id: str, hub: httpx.Client, kube: Kube, helm: Helm) ->
         wanted = deployment.spec.replicas if deployment.spec and deployment.spec.replicas is not None else 1
         ready = (deployment.status.ready_replicas or 0) if deployment.status else 0
         ok = wanted >= 1 and ready >= wanted
+        restarts, last_error = _pods(core, agent, report)
         hint = "" if ok else f"; see `kubectl -n {NAMESPACE} describe deploy kubearc-{agent}` and its logs"
-        report.add(f"agent {agent}", ok, f"{ready}/{wanted} ready{hint}")
+        if not ok and last_error:
+            hint += f"; its last error: {last_error[:300]}"
+        report.add(f"agent {agent}", ok, f"{ready}/{wanted} ready, {restarts} restarts{hint}")
     try:
         report.bundle["events.json"] = [api_dict(e) for e in core.list_namespaced_event(NAMESPACE).items]
     except ApiException as exc:
@@ -191,6 +194,33 @@ def troubleshoot(resource_id: str, hub: httpx.Client, kube: Kube, helm: Helm) ->
     except (HelmError, ValueError) as exc:
         report.add("proxy", False, f"cannot read the release's values: {exc}")
     return report
+
+
+def _pods(core: client.CoreV1Api, agent: str, report: Report) -> tuple[int, str]:
+    """The agent's restarts and its log's last error or warning line; its logs go into the bundle."""
+    restarts, last_error = 0, ""
+    try:
+        pods = core.list_namespaced_pod(
+            NAMESPACE, label_selector=f"app.kubernetes.io/component={agent}"
+        ).items
+    except ApiException as exc:
+        report.bundle[f"logs/{agent}/error.txt"] = f"cannot list its pods: {describe(exc)}"
+        return 0, ""
+    for pod in pods:
+        name = (pod.metadata.name if pod.metadata else None) or ""
+        for status in (pod.status.container_statuses or []) if pod.status else []:
+            restarts += status.restart_count or 0
+        try:
+            log = core.read_namespaced_pod_log(name, NAMESPACE, tail_lines=200)
+        except ApiException as exc:
+            report.bundle[f"logs/{agent}/{name}.error.txt"] = f"cannot read its log: {describe(exc)}"
+            continue
+        report.bundle[f"logs/{agent}/{name}.log"] = log
+        for line in reversed(log.splitlines()):
+            if any(word in line.lower() for word in ("error", "warning")):
+                last_error = last_error or line.strip()
+                break
+    return restarts, last_error
 
 
 def _secret_cert(data: dict[str, Any]) -> bytes | None:

@@ -34,7 +34,7 @@ import httpx
 
 from tests.apiserver import ApiServer
 from tests.apiserver.resources import SECRETS
-from tests.apiserver.workloads import CONFIGMAPS, DEPLOYMENTS
+from tests.apiserver.workloads import CONFIGMAPS, DEPLOYMENTS, PODS
 
 BRIDGE = "kubearc0"
 SA_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
@@ -72,6 +72,9 @@ class Pod:
     probe: tuple[str, int] | None  # readinessProbe httpGet path and port
     log: Path
     made_dirs: list[Path] = field(default_factory=list)
+    name: str = ""  # the Pod object shown to kubectl
+    container: str = ""
+    offset: int = 0  # how much of the container's output kubectl has been given
 
     @property
     def netns(self) -> str:
@@ -261,7 +264,16 @@ class NodeEmulator:
             if isinstance(port, str):
                 port = next(p["containerPort"] for p in container.get("ports") or [] if p.get("name") == port)
             probe = (readiness.get("path", "/"), int(port))
-        return Pod(
+        pod_name = f"{meta['name']}-{secrets.token_hex(4)}"
+        labels = (template.get("metadata") or {}).get("labels") or {}
+        self.api.add_pod(
+            pod_name,
+            namespace,
+            containers=[container["name"]],
+            image=container.get("image", ""),
+            labels=labels,
+        )
+        pod = Pod(
             namespace,
             meta["name"],
             meta.get("generation", 1),
@@ -273,9 +285,26 @@ class NodeEmulator:
             log,
             made,
         )
+        pod.name, pod.container = pod_name, container["name"]
+        pod.offset = log.stat().st_size if log.exists() else 0  # earlier runs' output was given already
+        return pod
+
+    def _forward_logs(self, pod: Pod) -> None:
+        """What the process printed since last time, into its Pod's log (`kubectl logs`)."""
+        try:
+            with pod.log.open("rb") as f:
+                f.seek(pod.offset)
+                data = f.read()
+        except OSError:
+            return
+        complete = data[: data.rfind(b"\n") + 1]
+        if complete:
+            pod.offset += len(complete)
+            self.api.append_log(pod.namespace, pod.name, *complete.splitlines(), container=pod.container)
 
     def _report(self, key: tuple[str, str], deployment: dict[str, Any]) -> None:
         pod = self.pods[key]
+        self._forward_logs(pod)
         ready = pod.process.poll() is None
         if ready and pod.probe is not None:
             try:
@@ -300,6 +329,9 @@ class NodeEmulator:
 
     def _kill(self, key: tuple[str, str]) -> None:
         pod = self.pods.pop(key)
+        if pod.name:
+            with contextlib.suppress(Exception):  # already gone (a test deleted it)
+                self.api.store.delete(PODS, pod.namespace, pod.name)
         if pod.process.poll() is None:
             os.killpg(pod.process.pid, 15)
             try:

@@ -62,7 +62,9 @@ def resource(admin: CliRunner, name: str) -> dict[str, object] | None:
 
 
 def kubectl(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["kubectl", "--kubeconfig", str(kubeconfig), *args], capture_output=True, text=True)
+    return subprocess.run(
+        ["kubectl", "--kubeconfig", str(kubeconfig), *args], capture_output=True, text=True, timeout=60
+    )
 
 
 def test_a_cluster_connected_under_another_name_is_refused_and_nothing_is_created(

