@@ -196,3 +196,13 @@ def test_every_container_runs_a_command_the_cli_accepts(combination: str) -> Non
             timeout=60,
         )
         assert done.returncode == 0, f"{container['args']}: {done.stderr}"
+
+
+def test_guard_accepts_the_audience_kubectl_sign_in_asks_for() -> None:
+    from foundation.wire import CLUSTER_AUDIENCE
+
+    for combination in ("azure-rbac-webhook", "azure-rbac-impersonation"):
+        deployments = by_kind(render(*COMBINATIONS[combination]), "Deployment")
+        name = "kubearc-guard" if combination.endswith("webhook") else "kubearc-aad-proxy"
+        args = deployments[name]["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert args[args.index("--audience") + 1] == CLUSTER_AUDIENCE
