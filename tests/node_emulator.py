@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import os
 import secrets
 import shlex
@@ -26,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -358,3 +360,17 @@ def bridge(node_ip: str) -> None:
 
 def remove_bridge() -> None:
     subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
+
+
+@contextlib.contextmanager
+def exclusive_network() -> Iterator[None]:
+    """Hold the machine's node network (bridge, addresses, namespaces) for one test at a time.
+
+    Two test runs on one machine would otherwise tear down each other's bridge.
+    """
+    with open("/run/kubearc-node-network.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

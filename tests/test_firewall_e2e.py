@@ -122,109 +122,119 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     reason = why_not()
     if reason:
         pytest.skip(reason)
-    node_emulator.bridge(NODE_IP)
-    internet()
-    processes: list[subprocess.Popen[bytes]] = []
-    api = ApiServer(nodes=[NodeSpec("node-1", cpu="4")], host=NODE_IP).start()
-    node = node_emulator.NodeEmulator(api, NODE_IP).start()
-    try:
-        port, relay_port = free_port(), free_port()
-        state = tmp_path / "hub"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KUBEARC_")}
-        env |= {
-            "KUBEARC_CONFIG_DIR": str(tmp_path / "config"),
-            "KUBEARC_SUBSCRIPTION": SUB,
-            "PYTHONUNBUFFERED": "1",
-        }
-        log = tmp_path / "hub.log"
-        hub = outside(
-            sys.executable,
-            "-m",
-            "kubearc.cli",
-            "hub",
-            "--state-dir",
-            str(state),
-            "--host",
-            "0.0.0.0",
-            "--port",
-            str(port),
-            "--relay-port",
-            str(relay_port),
-            "--public-url",
-            f"https://{OUTSIDE}:{port}",
-            "--relay-url",
-            f"wss://{OUTSIDE}:{relay_port}",
-            env=env,
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-        )
-        processes.append(hub)
-        ca = state / "tls" / "ca.crt"
-        wait_for_file(ca, hub, log)
-        deadline = time.monotonic() + 60
-        while "cluster-connect relay" not in log.read_text(errors="replace"):
-            assert hub.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")
-            time.sleep(0.2)
-        user = subprocess.run(
-            [
+    with node_emulator.exclusive_network():  # one run at a time owns the node network
+        node_emulator.bridge(NODE_IP)
+        internet()
+        processes: list[subprocess.Popen[bytes]] = []
+        api = ApiServer(nodes=[NodeSpec("node-1", cpu="4")], host=NODE_IP).start()
+        node = node_emulator.NodeEmulator(api, NODE_IP).start()
+        try:
+            port, relay_port = free_port(), free_port()
+            state = tmp_path / "hub"
+            env = {k: v for k, v in os.environ.items() if not k.startswith("KUBEARC_")}
+            env |= {
+                "KUBEARC_CONFIG_DIR": str(tmp_path / "config"),
+                "KUBEARC_SUBSCRIPTION": SUB,
+                "PYTHONUNBUFFERED": "1",
+            }
+            log = tmp_path / "hub.log"
+            hub = outside(
                 sys.executable,
                 "-m",
                 "kubearc.cli",
-                "admin",
-                "user",
-                "create",
-                "frank@kubearc.test",
+                "hub",
                 "--state-dir",
                 str(state),
-                "--password-stdin",
-            ],
-            input=PASSWORD,
-            capture_output=True,
-            text=True,
-            env=env,
-        )
-        assert user.returncode == 0, user.stderr
-        granted = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "kubearc.cli",
-                "admin",
-                "role-assignment",
-                "create",
-                "--assignee",
-                "frank@kubearc.test",
-                "--role",
-                "Owner",
-                "--scope",
-                f"/subscriptions/{SUB}",
-                "--state-dir",
-                str(state),
-            ],
-            capture_output=True,
-            text=True,
-            env=env,
-        )
-        assert granted.returncode == 0, granted.stderr
-        monkeypatch.setenv("KUBEARC_CONFIG_DIR", env["KUBEARC_CONFIG_DIR"])
-        monkeypatch.setenv("KUBEARC_SUBSCRIPTION", SUB)
-        admin = CliRunner()
-        hub_url = f"https://{OUTSIDE}:{port}"
-        signed = admin.invoke(
-            app,
-            ["login", "--hub", hub_url, "--ca-file", str(ca), "-u", "frank@kubearc.test", "--password-stdin"],
-            input=PASSWORD + "\n",
-        )
-        assert signed.exit_code == 0, signed.output
-        yield World(tmp_path, api, hub_url, ca, admin, env)
-    finally:
-        for process in processes:
-            process.terminate()
-            process.wait(30)
-        node.stop()
-        api.stop()
-        teardown_internet()
-        node_emulator.remove_bridge()
+                "--host",
+                "0.0.0.0",
+                "--port",
+                str(port),
+                "--relay-port",
+                str(relay_port),
+                "--public-url",
+                f"https://{OUTSIDE}:{port}",
+                "--relay-url",
+                f"wss://{OUTSIDE}:{relay_port}",
+                env=env,
+                stdout=log.open("wb"),
+                stderr=subprocess.STDOUT,
+            )
+            processes.append(hub)
+            ca = state / "tls" / "ca.crt"
+            wait_for_file(ca, hub, log)
+            deadline = time.monotonic() + 60
+            while "cluster-connect relay" not in log.read_text(errors="replace"):
+                assert hub.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")
+                time.sleep(0.2)
+            user = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "kubearc.cli",
+                    "admin",
+                    "user",
+                    "create",
+                    "frank@kubearc.test",
+                    "--state-dir",
+                    str(state),
+                    "--password-stdin",
+                ],
+                input=PASSWORD,
+                capture_output=True,
+                text=True,
+                env=env,
+            )
+            assert user.returncode == 0, user.stderr
+            granted = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "kubearc.cli",
+                    "admin",
+                    "role-assignment",
+                    "create",
+                    "--assignee",
+                    "frank@kubearc.test",
+                    "--role",
+                    "Owner",
+                    "--scope",
+                    f"/subscriptions/{SUB}",
+                    "--state-dir",
+                    str(state),
+                ],
+                capture_output=True,
+                text=True,
+                env=env,
+            )
+            assert granted.returncode == 0, granted.stderr
+            monkeypatch.setenv("KUBEARC_CONFIG_DIR", env["KUBEARC_CONFIG_DIR"])
+            monkeypatch.setenv("KUBEARC_SUBSCRIPTION", SUB)
+            admin = CliRunner()
+            hub_url = f"https://{OUTSIDE}:{port}"
+            signed = admin.invoke(
+                app,
+                [
+                    "login",
+                    "--hub",
+                    hub_url,
+                    "--ca-file",
+                    str(ca),
+                    "-u",
+                    "frank@kubearc.test",
+                    "--password-stdin",
+                ],
+                input=PASSWORD + "\n",
+            )
+            assert signed.exit_code == 0, signed.output
+            yield World(tmp_path, api, hub_url, ca, admin, env)
+        finally:
+            for process in processes:
+                process.terminate()
+                process.wait(30)
+            node.stop()
+            api.stop()
+            teardown_internet()
+            node_emulator.remove_bridge()
 
 
 def test_a_cluster_behind_a_firewall_is_reached_through_the_tunnel_and_nothing_else(world: World) -> None:

@@ -70,32 +70,35 @@ def site(start_hub: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     if WHY_NOT:
         pytest.skip(WHY_NOT)
     monkeypatch.setattr(directory, "SCRYPT_N", 2**10)
-    node_emulator.bridge(NODE_IP)
-    port = free_port()
-    hub: RunningHub = start_hub(host="0.0.0.0", port=port, public_url=f"https://{NODE_IP}:{port}")  # type: ignore[operator]
+    with node_emulator.exclusive_network():  # one run at a time owns the node network
+        node_emulator.bridge(NODE_IP)
+        port = free_port()
+        hub: RunningHub = start_hub(host="0.0.0.0", port=port, public_url=f"https://{NODE_IP}:{port}")  # type: ignore[operator]
 
-    async def setup() -> str:
-        async with hub.hub.sessions() as s:
-            return (await directory.create_user(s, "erin@kubearc.test", PASSWORD, "Erin")).id
+        async def setup() -> str:
+            async with hub.hub.sessions() as s:
+                return (await directory.create_user(s, "erin@kubearc.test", PASSWORD, "Erin")).id
 
-    hub.assign(hub.run(setup()), "Owner", f"/subscriptions/{SUB}/resourceGroups/rg1")
-    monkeypatch.setenv("KUBEARC_CONFIG_DIR", str(tmp_path / "config"))
-    monkeypatch.setenv("KUBEARC_SUBSCRIPTION", SUB)
-    admin = CliRunner()
-    signed = admin.invoke(
-        app,
-        ["login", "--hub", hub.url, "--ca-file", hub.ca, "-u", "erin@kubearc.test", "--password-stdin"],
-        input=PASSWORD + "\n",
-    )
-    assert signed.exit_code == 0, signed.output
-    api = ApiServer(nodes=[NodeSpec("node-1", cpu="4"), NodeSpec("node-2", cpu="2")], host=NODE_IP).start()
-    node = node_emulator.NodeEmulator(api, NODE_IP).start()
-    try:
-        yield Site(hub, api, node, api.kubeconfig(tmp_path / "kubeconfig"), admin)
-    finally:
-        node.stop()
-        api.stop()
-        node_emulator.remove_bridge()
+        hub.assign(hub.run(setup()), "Owner", f"/subscriptions/{SUB}/resourceGroups/rg1")
+        monkeypatch.setenv("KUBEARC_CONFIG_DIR", str(tmp_path / "config"))
+        monkeypatch.setenv("KUBEARC_SUBSCRIPTION", SUB)
+        admin = CliRunner()
+        signed = admin.invoke(
+            app,
+            ["login", "--hub", hub.url, "--ca-file", hub.ca, "-u", "erin@kubearc.test", "--password-stdin"],
+            input=PASSWORD + "\n",
+        )
+        assert signed.exit_code == 0, signed.output
+        api = ApiServer(
+            nodes=[NodeSpec("node-1", cpu="4"), NodeSpec("node-2", cpu="2")], host=NODE_IP
+        ).start()
+        node = node_emulator.NodeEmulator(api, NODE_IP).start()
+        try:
+            yield Site(hub, api, node, api.kubeconfig(tmp_path / "kubeconfig"), admin)
+        finally:
+            node.stop()
+            api.stop()
+            node_emulator.remove_bridge()
 
 
 def test_connect_brings_the_cluster_to_connected_is_idempotent_and_delete_leaves_nothing(site: Site) -> None:
