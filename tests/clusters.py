@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
+from typer.testing import CliRunner
 
 from foundation import pki, tokens
+from hub import directory
 from hub.resources import cluster_id
+from kubearc.cli import app
 from tests.conftest import RunningHub
 
 SUB = "00000000-0000-0000-0000-000000000001"
@@ -86,3 +90,31 @@ def connected(hub: RunningHub, name: str, token: str | None = None) -> Connected
     assert r.status_code == 201, r.text
     assert cluster.onboard().status_code == 200
     return cluster
+
+
+def signed_in_cli(
+    hub: RunningHub,
+    config_dir: Path,
+    upn: str,
+    role: str,
+    scope: str,
+    password: str = "correct horse battery",
+) -> CliRunner:
+    """The CLI signed in, as `kubearc login` does, as a new directory user holding `role` at `scope`.
+
+    The caller points KUBEARC_CONFIG_DIR at `config_dir` (monkeypatch) for the CLI's later calls.
+    """
+
+    async def setup() -> str:
+        async with hub.hub.sessions() as s:
+            return (await directory.create_user(s, upn, password, upn.split("@")[0])).id
+
+    hub.assign(hub.run(setup()), role, scope)
+    runner = CliRunner(env={"KUBEARC_CONFIG_DIR": str(config_dir), "KUBEARC_SUBSCRIPTION": SUB})
+    signed = runner.invoke(
+        app,
+        ["login", "--hub", hub.url, "--ca-file", hub.ca, "-u", upn, "--password-stdin"],
+        input=password + "\n",
+    )
+    assert signed.exit_code == 0, signed.output
+    return runner

@@ -18,12 +18,11 @@ from hub import directory
 from kubearc.cli import app
 from tests.apiserver import ApiServer, NodeSpec
 from tests.apiserver.resources import NAMESPACES
-from tests.clusters import SUB
+from tests.clusters import SUB, signed_in_cli
 from tests.conftest import RunningHub
 
 pytestmark = pytest.mark.sqlite_only
 
-PASSWORD = "correct horse battery"
 CC = "providers/Microsoft.Kubernetes/connectedClusters"
 
 
@@ -31,22 +30,11 @@ CC = "providers/Microsoft.Kubernetes/connectedClusters"
 def admin(hub: RunningHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
     """The CLI signed in as an Owner of resource group rg1."""
     monkeypatch.setattr(directory, "SCRYPT_N", 2**10)
-
-    async def setup() -> str:
-        async with hub.hub.sessions() as s:
-            return (await directory.create_user(s, "dana@kubearc.test", PASSWORD, "Dana")).id
-
-    hub.assign(hub.run(setup()), "Owner", f"/subscriptions/{SUB}/resourceGroups/rg1")
     monkeypatch.setenv("KUBEARC_CONFIG_DIR", str(tmp_path / "config"))
     monkeypatch.setenv("KUBEARC_SUBSCRIPTION", SUB)
-    runner = CliRunner()
-    signed = runner.invoke(
-        app,
-        ["login", "--hub", hub.url, "--ca-file", hub.ca, "-u", "dana@kubearc.test", "--password-stdin"],
-        input=PASSWORD + "\n",
+    return signed_in_cli(
+        hub, tmp_path / "config", "dana@kubearc.test", "Owner", f"/subscriptions/{SUB}/resourceGroups/rg1"
     )
-    assert signed.exit_code == 0, signed.output
-    return runner
 
 
 @pytest.fixture

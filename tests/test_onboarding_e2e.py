@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import tarfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +24,12 @@ from hub import directory
 from kubearc.cli import app
 from tests import node_emulator
 from tests.apiserver import ApiServer, NodeSpec
-from tests.clusters import SUB
+from tests.clusters import SUB, signed_in_cli
 from tests.conftest import RunningHub
 
 pytestmark = pytest.mark.sqlite_only
 
 NODE_IP = "10.77.0.1"
-PASSWORD = "correct horse battery"
 CC = "providers/Microsoft.Kubernetes/connectedClusters"
 WHY_NOT = node_emulator.available()
 
@@ -54,6 +54,20 @@ class Site:
             text=True,
         )
 
+    def wait_ready(self, deployment: str, within: float = 120) -> None:
+        """Until the deployment's current generation has a ready replica (the node emulator's report)."""
+        deadline = time.monotonic() + within
+        while True:
+            obj = self.api.store.find("apps", "deployments", "azure-arc", deployment) or {}
+            status = obj.get("status") or {}
+            generation = (obj.get("metadata") or {}).get("generation")
+            if status.get("readyReplicas") == 1 and status.get("observedGeneration") == generation:
+                return
+            assert time.monotonic() < deadline, (
+                f"{deployment} not ready: {status}\n{self.node.logs(deployment)}"
+            )
+            time.sleep(0.5)
+
     def resource(self, name: str) -> dict[str, object] | None:
         code, out, _ = self.cli("cluster", "show", "-n", name, "-g", "rg1")
         return json.loads(out) if code == 0 else None
@@ -75,20 +89,10 @@ def site(start_hub: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         port = free_port()
         hub: RunningHub = start_hub(host="0.0.0.0", port=port, public_url=f"https://{NODE_IP}:{port}")  # type: ignore[operator]
 
-        async def setup() -> str:
-            async with hub.hub.sessions() as s:
-                return (await directory.create_user(s, "erin@kubearc.test", PASSWORD, "Erin")).id
-
-        hub.assign(hub.run(setup()), "Owner", f"/subscriptions/{SUB}/resourceGroups/rg1")
         monkeypatch.setenv("KUBEARC_CONFIG_DIR", str(tmp_path / "config"))
         monkeypatch.setenv("KUBEARC_SUBSCRIPTION", SUB)
-        admin = CliRunner()
-        signed = admin.invoke(
-            app,
-            ["login", "--hub", hub.url, "--ca-file", hub.ca, "-u", "erin@kubearc.test", "--password-stdin"],
-            input=PASSWORD + "\n",
-        )
-        assert signed.exit_code == 0, signed.output
+        scope = f"/subscriptions/{SUB}/resourceGroups/rg1"
+        admin = signed_in_cli(hub, tmp_path / "config", "erin@kubearc.test", "Owner", scope)
         api = ApiServer(
             nodes=[NodeSpec("node-1", cpu="4"), NodeSpec("node-2", cpu="2")], host=NODE_IP
         ).start()
@@ -169,6 +173,10 @@ def test_connect_brings_the_cluster_to_connected_is_idempotent_and_delete_leaves
     assert site.api.store.find("apps", "deployments", "azure-arc", "kubearc-aad-proxy") is None
     revisions = [h["revision"] for h in json.loads(site.helm("history", "kubearc", "-o", "json").stdout)]
     assert revisions == [1, 2, 3, 4, 5, 6]
+
+    # The helm upgrades restarted the agents: let them come back before breaking anything.
+    for agent in ("kubearc-identity", "kubearc-metadata"):
+        site.wait_ready(agent)
 
     # Break two things: the connect agent stops, the identity Secret is gone.
     for change in (

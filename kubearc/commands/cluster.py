@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,27 @@ app = typer.Typer(no_args_is_help=True, help="Connected-cluster resources.")
 CC = "providers/Microsoft.Kubernetes/connectedClusters"
 
 SubscriptionOpt = typer.Option(None, "--subscription", envvar="KUBEARC_SUBSCRIPTION", help="Subscription id.")
+KubeConfigOpt = typer.Option(None, "--kube-config", help="kubeconfig of the cluster (default: $KUBECONFIG).")
+KubeContextOpt = typer.Option(None, "--kube-context", help="Its context (default: the current one).")
+HelmOpt = typer.Option(None, "--helm", help="helm binary (default: on PATH).")
+ChartOpt = typer.Option(None, "--chart", help="The agents' chart (default: the one of this kubearc).")
+
+
+@contextlib.contextmanager
+def _cluster_side(
+    kube_config: Path | None, kube_context: str | None, helm: str | None
+) -> Iterator[tuple[Any, Any]]:
+    """The kube context and the helm a command acts on the cluster with; their failures are one line."""
+    from foundation.kube import Kube
+    from kubearc.helm import Helm, HelmError, find_helm
+    from kubearc.onboard import ConnectError
+
+    try:
+        yield Kube(kube_config, context=kube_context), Helm(find_helm(helm), kube_config, kube_context)
+    except (ConnectError, HelmError) as exc:
+        fail(str(exc))
+    except RuntimeError as exc:  # not signed in to the hub
+        fail(str(exc))
 
 
 def _row(c: dict[str, Any]) -> list[str]:
@@ -71,11 +94,9 @@ def delete(
     name: str = typer.Option(..., "--name", "-n"),
     resource_group: str = typer.Option(..., "--resource-group", "-g"),
     subscription: str = SubscriptionOpt,
-    kube_config: Path = typer.Option(
-        None, "--kube-config", help="kubeconfig of the cluster (default: $KUBECONFIG)."
-    ),
-    kube_context: str = typer.Option(None, "--kube-context", help="Its context (default: the current one)."),
-    helm: str = typer.Option(None, "--helm", help="helm binary (default: on PATH)."),
+    kube_config: Path = KubeConfigOpt,
+    kube_context: str = KubeContextOpt,
+    helm: str = HelmOpt,
     force: bool = typer.Option(
         False,
         "--force",
@@ -87,10 +108,7 @@ def delete(
 
     The agents' identity certificates are revoked at once.
     """
-    from foundation.kube import Kube
-    from kubearc.helm import Helm, HelmError, find_helm
     from kubearc.offboard import delete_cluster
-    from kubearc.onboard import ConnectError
     from kubearc.session import hub_client
 
     sub = subscription_or_fail(subscription)
@@ -101,14 +119,8 @@ def delete(
     def say(line: str) -> None:
         typer.echo(line, err=True)
 
-    try:
-        binary = Helm(find_helm(helm), kube_config, kube_context)
-        with hub_client() as hub:
-            delete_cluster(resource_id, hub, Kube(kube_config, context=kube_context), binary, force, say)
-    except (ConnectError, HelmError) as exc:
-        fail(str(exc))
-    except RuntimeError as exc:  # not signed in
-        fail(str(exc))
+    with _cluster_side(kube_config, kube_context, helm) as (kube, binary), hub_client() as hub:
+        delete_cluster(resource_id, hub, kube, binary, force, say)
 
 
 @app.command("troubleshoot")
@@ -116,11 +128,9 @@ def troubleshoot(
     name: str = typer.Option(..., "--name", "-n"),
     resource_group: str = typer.Option(..., "--resource-group", "-g"),
     subscription: str = SubscriptionOpt,
-    kube_config: Path = typer.Option(
-        None, "--kube-config", help="kubeconfig of the cluster (default: $KUBECONFIG)."
-    ),
-    kube_context: str = typer.Option(None, "--kube-context", help="Its context (default: the current one)."),
-    helm: str = typer.Option(None, "--helm", help="helm binary (default: on PATH)."),
+    kube_config: Path = KubeConfigOpt,
+    kube_context: str = KubeContextOpt,
+    helm: str = HelmOpt,
     bundle: Path = typer.Option(
         Path("kubearc-troubleshoot.tar.gz"), "--bundle", help="Where to write the support bundle."
     ),
@@ -130,22 +140,13 @@ def troubleshoot(
 
     Exits 0 when every check passes, 1 when one names a problem.
     """
-    from foundation.kube import Kube
-    from kubearc.helm import Helm, HelmError, find_helm
-    from kubearc.onboard import ConnectError
     from kubearc.session import hub_client
     from kubearc.troubleshoot import troubleshoot as run
 
     sub = subscription_or_fail(subscription)
     resource_id = f"/subscriptions/{sub}/resourceGroups/{resource_group}/{CC}/{name}"
-    try:
-        binary = Helm(find_helm(helm), kube_config, kube_context)
-        with hub_client() as hub:
-            report = run(resource_id, hub, Kube(kube_config, context=kube_context), binary)
-    except (ConnectError, HelmError) as exc:
-        fail(str(exc))
-    except RuntimeError as exc:  # not signed in
-        fail(str(exc))
+    with _cluster_side(kube_config, kube_context, helm) as (kube, binary), hub_client() as hub:
+        report = run(resource_id, hub, kube, binary)
     report.write(bundle)
     if output == "json":
         typer.echo(json.dumps([f.__dict__ for f in report.findings], indent=2))
@@ -155,12 +156,6 @@ def troubleshoot(
     typer.echo(f"support bundle: {bundle}", err=True)
     if not report.healthy:
         raise typer.Exit(1)
-
-
-KubeConfigOpt = typer.Option(None, "--kube-config", help="kubeconfig of the cluster (default: $KUBECONFIG).")
-KubeContextOpt = typer.Option(None, "--kube-context", help="Its context (default: the current one).")
-HelmOpt = typer.Option(None, "--helm", help="helm binary (default: on PATH).")
-ChartOpt = typer.Option(None, "--chart", help="The agents' chart (default: the one of this kubearc).")
 
 
 def _reconfigure(
@@ -173,18 +168,13 @@ def _reconfigure(
     chart: str | None,
     edit: Any,
 ) -> None:
-    from foundation.kube import Kube
-    from kubearc.helm import CHART, Helm, HelmError, find_helm
-    from kubearc.onboard import ConnectError
+    from kubearc.helm import CHART
     from kubearc.reconfigure import change
 
     sub = subscription_or_fail(subscription)
     resource_id = f"/subscriptions/{sub}/resourceGroups/{resource_group}/{CC}/{name}"
-    try:
-        binary = Helm(find_helm(helm), kube_config, kube_context)
-        done = change(resource_id, Kube(kube_config, context=kube_context), binary, chart or CHART, edit)
-    except (ConnectError, HelmError) as exc:
-        fail(str(exc))
+    with _cluster_side(kube_config, kube_context, helm) as (kube, binary):
+        done = change(resource_id, kube, binary, chart or CHART, edit)
     typer.echo(f"{resource_group}/{name}: {done}", err=True)
 
 
