@@ -92,6 +92,7 @@ class NodeEmulator:
         self.root = Path(tempfile.mkdtemp(prefix="kubearc-node-"))
         self._free = list(range(10, 250))  # pod addresses (and veth numbers) not in use
         self.restarts: dict[tuple[str, str], int] = {}
+        self._crashed: dict[tuple[str, str], str] = {}  # the Pod a crashed container restarts in
         self._restart_at: dict[tuple[str, str], float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="node-emulator", daemon=True)
@@ -130,12 +131,14 @@ class NodeEmulator:
         for key, obj in wanted.items():
             pod = self.pods.get(key)
             if pod is not None and pod.process.poll() is not None:  # exited: restart with a backoff
-                self._kill(key)
+                self._forward_logs(pod)
+                self._crashed[key] = pod.name  # the kubelet restarts the container in the same Pod
+                self._kill(key, keep_pod=True)
                 self.restarts[key] = self.restarts.get(key, 0) + 1
                 self._restart_at[key] = now + min(10.0, 0.5 * 2 ** self.restarts[key])
                 pod = None
             if pod is None and now >= self._restart_at.get(key, 0):
-                self.pods[key] = self._run(obj)
+                self.pods[key] = self._run(obj, self._crashed.pop(key, None))
             if key in self.pods:
                 self._report(key, obj)
 
@@ -185,7 +188,7 @@ class NodeEmulator:
                     (into / key).write_bytes(data)
         os.chmod(into, 0o777 if "emptyDir" in volume else 0o755)
 
-    def _run(self, deployment: dict[str, Any]) -> Pod:
+    def _run(self, deployment: dict[str, Any], same_pod: str | None = None) -> Pod:
         meta, template = deployment["metadata"], deployment["spec"]["template"]
         namespace, spec = meta["namespace"], template["spec"]
         container = spec["containers"][0]
@@ -266,15 +269,16 @@ class NodeEmulator:
             if isinstance(port, str):
                 port = next(p["containerPort"] for p in container.get("ports") or [] if p.get("name") == port)
             probe = (readiness.get("path", "/"), int(port))
-        pod_name = f"{meta['name']}-{secrets.token_hex(4)}"
+        pod_name = same_pod or f"{meta['name']}-{secrets.token_hex(4)}"
         labels = (template.get("metadata") or {}).get("labels") or {}
-        self.api.add_pod(
-            pod_name,
-            namespace,
-            containers=[container["name"]],
-            image=container.get("image", ""),
-            labels=labels,
-        )
+        if same_pod is None or self.api.store.find("", "pods", namespace, same_pod) is None:
+            self.api.add_pod(
+                pod_name,
+                namespace,
+                containers=[container["name"]],
+                image=container.get("image", ""),
+                labels=labels,
+            )
         pod = Pod(
             namespace,
             meta["name"],
@@ -329,9 +333,9 @@ class NodeEmulator:
                     DEPLOYMENTS, key[0], key[1], {**current, "status": status}, subresource="status"
                 )
 
-    def _kill(self, key: tuple[str, str]) -> None:
+    def _kill(self, key: tuple[str, str], keep_pod: bool = False) -> None:
         pod = self.pods.pop(key)
-        if pod.name:
+        if pod.name and not keep_pod:
             with contextlib.suppress(Exception):  # already gone (a test deleted it)
                 self.api.store.delete(PODS, pod.namespace, pod.name)
         if pod.process.poll() is None:
