@@ -89,7 +89,8 @@ class NodeEmulator:
     def __init__(self, api: ApiServer, node_ip: str, subnet: str = "10.77.0") -> None:
         self.api, self.node_ip, self.subnet = api, node_ip, subnet
         self.pods: dict[tuple[str, str], Pod] = {}
-        self.root = Path(tempfile.mkdtemp(prefix="kubearc-node-"))
+        # Not under /tmp: the chart mounts an emptyDir there, which would hide the pods' own files.
+        self.root = Path(tempfile.mkdtemp(prefix="kubearc-node-", dir="/var/tmp"))
         self._free = list(range(10, 250))  # pod addresses (and veth numbers) not in use
         self.restarts: dict[tuple[str, str], int] = {}
         self._crashed: dict[tuple[str, str], str] = {}  # the Pod a crashed container restarts in
@@ -234,7 +235,21 @@ class NodeEmulator:
             command = [sys.executable, "-m", "kubearc.cli"]
         argv = [*command, *(container.get("args") or [])]
         script = ["mkdir -p /var/run/secrets", "mount -t tmpfs tmpfs /var/run/secrets", f"mkdir -p {SA_PATH}"]
-        script += [f"mount --bind {shlex.quote(str(s))} {shlex.quote(t)}" for s, t in mounts]
+        # The "image" is this machine's filesystem: a volume mounted where the checkout or its venv
+        # lives (the chart's /tmp, with a checkout under /tmp) must not hide them from the process.
+        keep = sorted(
+            {Path(__file__).resolve().parents[1], Path(sys.prefix).resolve()}, key=lambda p: len(p.parts)
+        )
+        for src, dst in mounts:
+            hidden = [k for k in keep if k.is_relative_to(dst)]
+            holds = [self.root / "holds" / f"{index}-{n}" for n in range(len(hidden))]
+            for path, hold in zip(hidden, holds, strict=True):
+                hold.mkdir(parents=True, exist_ok=True)
+                script.append(f"mount --bind {shlex.quote(str(path))} {shlex.quote(str(hold))}")
+            script.append(f"mount --bind {shlex.quote(str(src))} {shlex.quote(dst)}")
+            for path, hold in zip(hidden, holds, strict=True):
+                script.append(f"mkdir -p {shlex.quote(str(path))}")
+                script.append(f"mount --bind {shlex.quote(str(hold))} {shlex.quote(str(path))}")
         script.append('exec "$@"')
         log = self.root / "logs" / f"{namespace}_{meta['name']}.log"
         log.parent.mkdir(exist_ok=True)
