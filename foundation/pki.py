@@ -166,7 +166,9 @@ def issue_cert(
     serial: int | None = None,
 ) -> x509.Certificate:
     """Sign a leaf certificate. `sans` may mix DNS names, IP addresses and URIs."""
-    start = not_before or utcnow()
+    # Backdated a minute unless given: a certificate used the moment it is made must not be "not
+    # yet valid" to a peer whose clock reads a little behind (or that rounds the second differently).
+    start = not_before or utcnow() - dt.timedelta(minutes=1)
     usages = []
     if server:
         usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
