@@ -300,8 +300,17 @@ def test_field_validation_directives(api: ApiServer) -> None:
 
 def _ws(api: ApiServer, path: str, token: str, protocol: str = "v5.channel.k8s.io") -> Any:
     context = ssl.create_default_context(cadata=api.ca_pem.decode())
+    # websockets' sync client reads in a thread with a blocking socket, while the caller's thread
+    # writes. TLS 1.3 session tickets wake that reader before any response, so it sits in a TLS
+    # read beside the request's write, and its join waits for ever if no answer comes (600 s in
+    # CI once). TLS 1.2 has no such post-handshake message; the kernel's receive timeout bounds
+    # every read, so a server that never answers fails the test in seconds.
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    sock = socket.create_connection(("127.0.0.1", api.port), timeout=20)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 30, 0))
     return connect(
         api.url.replace("https", "wss") + path,
+        sock=sock,
         ssl=context,
         subprotocols=[protocol],  # type: ignore[list-item]
         additional_headers={"Authorization": f"Bearer {token}"},
