@@ -17,7 +17,17 @@ from kubernetes.client.exceptions import ApiException
 
 from foundation.kube import Kube, KubeError, describe
 from kubearc.helm import NAMESPACE, Helm, HelmError
-from kubearc.onboard import API, CLUSTER_CONFIG, IDENTITY_SECRET, ONBOARDING_SECRET, ConnectError, kube_call
+from kubearc.onboard import (
+    API,
+    CLUSTER_CONFIG,
+    GUARD_MANIFESTS,
+    GUARD_TLS_SECRET,
+    IDENTITY_SECRET,
+    ONBOARDING_SECRET,
+    ConnectError,
+    connected_as,
+    kube_call,
+)
 
 
 def _cleanup_cluster(
@@ -27,13 +37,7 @@ def _cleanup_cluster(
         core = client.CoreV1Api(kube.api)
     except KubeError as exc:
         raise ConnectError(f"{exc}; check --kube-config and --kube-context") from None
-    try:
-        data = core.read_namespaced_config_map(CLUSTER_CONFIG, NAMESPACE).data or {}
-        belongs: str | None = data.get("AZURE_RESOURCE_ID")
-    except ApiException as exc:
-        if exc.status != 404:
-            raise ConnectError(f"cannot read {NAMESPACE}/{CLUSTER_CONFIG}: {describe(exc)}") from None
-        belongs = None
+    belongs = connected_as(core)
     if belongs and belongs.lower() != resource_id.lower():
         raise ConnectError(
             f"the kube context's cluster is connected as {belongs}, not {resource_id}; "
@@ -46,13 +50,14 @@ def _cleanup_cluster(
         )
     if helm.uninstall():
         say("uninstalled the agents (helm uninstall)")
-    for name in (ONBOARDING_SECRET, IDENTITY_SECRET):
+    secrets = [(NAMESPACE, n) for n in (ONBOARDING_SECRET, IDENTITY_SECRET, GUARD_TLS_SECRET)]
+    for namespace, name in [*secrets, ("kube-system", GUARD_MANIFESTS)]:
         try:
-            core.delete_namespaced_secret(name, NAMESPACE)
-            say(f"deleted Secret {NAMESPACE}/{name}")
+            core.delete_namespaced_secret(name, namespace)
+            say(f"deleted Secret {namespace}/{name}")
         except ApiException as exc:
             if exc.status != 404:
-                raise ConnectError(f"cannot delete Secret {NAMESPACE}/{name}: {describe(exc)}") from None
+                raise ConnectError(f"cannot delete Secret {namespace}/{name}: {describe(exc)}") from None
 
 
 def delete_cluster(

@@ -15,30 +15,28 @@ from typing import Any
 
 import urllib3
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
-from foundation.kube import Kube, KubeError, describe
+from foundation.kube import Kube, KubeError
 from kubearc.helm import NAMESPACE, Helm, HelmError
-from kubearc.onboard import CLUSTER_CONFIG, ConnectError
+from kubearc.onboard import CLUSTER_CONFIG, ConnectError, cluster_config
 
 Values = dict[str, Any]
 
 
 def _check_cluster(resource_id: str, kube: Kube) -> dict[str, str]:
     try:
-        data = client.CoreV1Api(kube.api).read_namespaced_config_map(CLUSTER_CONFIG, NAMESPACE).data or {}
+        data = cluster_config(client.CoreV1Api(kube.api))
     except KubeError as exc:
         raise ConnectError(f"{exc}; check --kube-config and --kube-context") from None
-    except ApiException as exc:
-        where = f"{NAMESPACE}/{CLUSTER_CONFIG}"
-        raise ConnectError(
-            f"the kube context's cluster has no kubearc agents ({where}: {describe(exc)}); "
-            "run `kubearc connect` first"
-        ) from None
     except (OSError, urllib3.exceptions.HTTPError) as exc:
         raise ConnectError(
             f"cannot reach the cluster's apiserver (check --kube-config / --kube-context): {exc}"
         ) from None
+    if data is None:
+        raise ConnectError(
+            f"the kube context's cluster has no kubearc agents ({NAMESPACE}/{CLUSTER_CONFIG} is missing); "
+            "run `kubearc connect` first"
+        )
     belongs = data.get("AZURE_RESOURCE_ID", "")
     if belongs.lower() != resource_id.lower():
         raise ConnectError(f"the kube context's cluster is connected as {belongs}, not {resource_id}")

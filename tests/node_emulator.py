@@ -143,6 +143,26 @@ class NodeEmulator:
             if key in self.pods:
                 self._report(key, obj)
 
+    def service_address(self, host: str) -> str | None:
+        """The pod address behind `NAME.NAMESPACE.svc[.cluster.local]`, or None: what cluster DNS and
+        kube-proxy give a process on the node. Only a Service whose port equals its pod's container
+        port is served (no port translation here), which the chart's Services are."""
+        parts = host.split(".")
+        if len(parts) not in (3, 5) or parts[2] != "svc":
+            return None
+        service = self.api.store.find("", "services", parts[1], parts[0])
+        selector = ((service or {}).get("spec") or {}).get("selector") or {}
+        if not selector:
+            return None
+        for (namespace, name), pod in list(self.pods.items()):
+            deployment = self.api.store.find("apps", "deployments", namespace, name) or {}
+            template = ((deployment.get("spec") or {}).get("template") or {}).get("metadata") or {}
+            labels = template.get("labels") or {}
+            alive = pod.process.poll() is None
+            if namespace == parts[1] and alive and all(labels.get(k) == v for k, v in selector.items()):
+                return pod.ip
+        return None
+
     def logs(self, deployment: str, namespace: str = "azure-arc") -> str:
         """Everything the deployment's containers printed, restarts included."""
         log = self.root / "logs" / f"{namespace}_{deployment}.log"

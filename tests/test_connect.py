@@ -6,12 +6,16 @@ neither on the hub nor in the cluster.
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
+from cryptography import x509
 from typer.testing import CliRunner
 
 from hub import directory
@@ -117,3 +121,70 @@ def test_a_missing_helm_says_where_to_get_one_before_anything_is_created(
         result.stderr.strip().splitlines()[-1] == f"error: --helm {tmp_path / 'no-helm'}: no such executable"
     )
     assert resource(admin, "c1") is None
+
+
+def _secret(api: ApiServer, namespace: str, name: str) -> dict[str, bytes] | None:
+    found = api.store.find("", "secrets", namespace, name)
+    return {k: base64.b64decode(v) for k, v in found["data"].items()} if found else None
+
+
+def test_azure_rbac_gets_guard_a_serving_pair_and_the_apiserver_its_webhook_files_made_once(
+    admin: CliRunner, cluster: tuple[ApiServer, Path], hub: RunningHub
+) -> None:
+    api, kubeconfig = cluster
+    connect = ["connect", "-n", "c1", "-g", "rg1", "--kube-config", str(kubeconfig), "--timeout", "1s"]
+    first = admin.invoke(app, [*connect, "--enable-features", "azure-rbac"])
+    assert "timed out" in first.stderr  # no node runs the agents here; what comes before the wait is made
+    tls = _secret(api, "azure-arc", "guard-tls")
+    manifests = _secret(api, "kube-system", "kubearc-guard-manifests")
+    assert tls is not None and manifests is not None
+    serving = x509.load_pem_x509_certificate(tls["tls.crt"])
+    ca = x509.load_pem_x509_certificate(tls["ca.crt"])
+    serving.verify_directly_issued_by(ca)
+    names = serving.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "kubearc-guard.azure-arc.svc" in names.get_values_for_type(x509.DNSName)
+    authn = yaml.safe_load(manifests["authn-webhook.kubeconfig"])
+    assert (
+        authn["clusters"][0]["cluster"]["server"] == "https://kubearc-guard.azure-arc.svc:8443/tokenreviews"
+    )
+    client_cert = base64.b64decode(authn["users"][0]["user"]["client-certificate-data"])
+    x509.load_pem_x509_certificate(client_cert).verify_directly_issued_by(ca)  # guard's --client-ca
+    authz = yaml.safe_load(manifests["authorization-config.yaml"])
+    hook = next(a["webhook"] for a in authz["authorizers"] if a["type"] == "Webhook")
+    assert (
+        hook["connectionInfo"]["kubeConfigFile"] == "/etc/kubernetes/kubearc-guard/authz-webhook.kubeconfig"
+    )
+    assert "--authorization-config=/etc/kubernetes/kubearc-guard/authorization-config.yaml" in first.output
+    # guard accepts the hub's own issuer (its users sign in there), read from the hub's discovery.
+    values = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "helm"),
+            "get",
+            "values",
+            "kubearc",
+            "-n",
+            "azure-arc",
+            "-o",
+            "json",
+            "--kubeconfig",
+            str(kubeconfig),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert values.returncode == 0, values.stderr
+    with hub.client() as c:
+        issuer = c.get("/.well-known/kubearc-configuration").json()["issuer"]
+    assert json.loads(values.stdout)["guard"]["issuers"] == [issuer]
+
+    again = admin.invoke(app, [*connect, "--enable-features", "azure-rbac"])
+    assert "Secret azure-arc/guard-tls is kept" in again.output  # the apiserver keeps trusting guard
+    assert _secret(api, "azure-arc", "guard-tls") == tls
+
+    deleted = admin.invoke(
+        app, ["cluster", "delete", "-n", "c1", "-g", "rg1", "--yes", "--kube-config", str(kubeconfig)]
+    )
+    assert deleted.exit_code == 0, deleted.output
+    assert _secret(api, "azure-arc", "guard-tls") is None
+    assert _secret(api, "kube-system", "kubearc-guard-manifests") is None

@@ -11,6 +11,7 @@ inside the data center; the user, outside, runs `kubearc proxy` and kubectl.
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import socket
@@ -25,6 +26,7 @@ import pytest
 from typer.testing import CliRunner
 
 from kubearc.cli import app
+from kubearc.onboard import APISERVER_CONFIG_DIR, GUARD_MANIFESTS
 from tests import node_emulator
 from tests.apiserver import ApiServer, NodeSpec
 from tests.apiserver.kubectl import kubectl_binary
@@ -33,6 +35,7 @@ from tests.tunnel_stack import readline_within
 
 pytestmark = pytest.mark.sqlite_only
 
+KUBEARC = (sys.executable, "-m", "kubearc.cli")
 NODE_IP, GATEWAY, OUTSIDE = "10.77.0.1", "10.88.0.1", "10.88.0.2"
 PASSWORD = "correct horse battery"
 RULES = """
@@ -108,6 +111,8 @@ class World:
     hub_ca: Path
     admin: CliRunner
     env: dict[str, str]
+    node: node_emulator.NodeEmulator
+    state: Path  # the hub's state directory (the admin's `kubearc admin` commands)
 
 
 def wait_for_file(path: Path, process: subprocess.Popen[bytes], log: Path, within: float = 60) -> None:
@@ -226,7 +231,7 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
                 input=PASSWORD + "\n",
             )
             assert signed.exit_code == 0, signed.output
-            yield World(tmp_path, api, hub_url, ca, admin, env)
+            yield World(tmp_path, api, hub_url, ca, admin, env, node, state)
         finally:
             for process in processes:
                 process.terminate()
@@ -243,10 +248,10 @@ def test_a_cluster_behind_a_firewall_is_reached_through_the_tunnel_and_nothing_e
     world.api.append_log("default", "hello", "started")
 
     # The admin, inside the data center, onboards the cluster: the agents dial out.
-    done = world.admin.invoke(
-        app, ["connect", "-n", "dc1", "-g", "rg1", "--kube-config", str(kubeconfig), "--timeout", "3m"]
-    )
+    connect = ["connect", "-n", "dc1", "-g", "rg1", "--kube-config", str(kubeconfig), "--timeout", "3m"]
+    done = world.admin.invoke(app, [*connect, "--enable-features", "azure-rbac"])
     assert done.exit_code == 0, done.stderr
+    assert f"Secret kube-system/{GUARD_MANIFESTS}" in done.output and APISERVER_CONFIG_DIR in done.output
 
     # Outside, a direct connection to the apiserver is dropped by the firewall.
     probe = outside(
@@ -299,7 +304,9 @@ def test_a_cluster_behind_a_firewall_is_reached_through_the_tunnel_and_nothing_e
             return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=timeout)
 
         pods = kubectl("get", "pods", "-n", "default", "-o", "name")
-        assert pods.returncode == 0 and "pod/hello" in pods.stdout, pods.stderr
+        agent = world.node.logs("kubearc-connect")
+        why = f"{pods.stderr}\nproxy: {log.read_text(errors='replace')}\nagent: {agent}"
+        assert pods.returncode == 0 and "pod/hello" in pods.stdout, why
         logs = kubectl("logs", "hello", "-n", "default")
         assert logs.returncode == 0 and "started" in logs.stdout, logs.stderr
         execd = kubectl("exec", "hello", "-n", "default", "--", "echo", "through", "the", "tunnel")
@@ -350,6 +357,115 @@ def test_a_cluster_behind_a_firewall_is_reached_through_the_tunnel_and_nothing_e
         finally:
             forward.terminate()
             forward.wait(30)
+        entra_user_through_guard(world)
+    finally:
+        proxy.terminate()
+        proxy.wait(30)
+
+
+def entra_user_through_guard(world: World) -> None:
+    """The signed-in user (no cluster credential at all): kubectl's exec plugin `kubearc get-token`,
+    the apiserver asking guard (TokenReview, SubjectAccessReview), guard asking the hub's RBAC."""
+    # The admin places guard's webhook files on the control plane and configures the apiserver.
+    manifests = world.api.store.find("", "secrets", "kube-system", GUARD_MANIFESTS)
+    assert manifests is not None
+    files = {
+        f"{APISERVER_CONFIG_DIR}/{k}": base64.b64decode(v).decode() for k, v in manifests["data"].items()
+    }
+    world.api.use_webhooks(
+        files,
+        authentication_config_file=f"{APISERVER_CONFIG_DIR}/authn-webhook.kubeconfig",
+        authentication_version="v1",
+        authorization_config=f"{APISERVER_CONFIG_DIR}/authorization-config.yaml",
+        resolve=world.node.service_address,
+    )
+    deadline = time.monotonic() + 120
+    while (
+        (world.api.store.find("apps", "deployments", "azure-arc", "kubearc-guard") or {}).get("status") or {}
+    ).get("readyReplicas") != 1:
+        assert time.monotonic() < deadline, world.node.logs("kubearc-guard")
+        time.sleep(0.5)
+    resource = f"/subscriptions/{SUB}/resourceGroups/rg1/providers/Microsoft.Kubernetes/connectedClusters/dc1"
+    granted = subprocess.run(
+        [
+            *KUBEARC,
+            "admin",
+            "role-assignment",
+            "create",
+            "--assignee",
+            "frank@kubearc.test",
+            "--role",
+            "Azure Arc Kubernetes Viewer",
+            "--scope",
+            resource,
+            "--state-dir",
+            str(world.state),
+        ],
+        capture_output=True,
+        text=True,
+        env=world.env,
+    )
+    assert granted.returncode == 0, granted.stderr
+
+    user_kubeconfig = world.root / "frank.kubeconfig"
+    log = world.root / "frank-proxy.log"
+    proxy = outside(
+        *KUBEARC,
+        "proxy",
+        "-n",
+        "dc1",
+        "-g",
+        "rg1",
+        "--port",
+        str(free_port()),
+        "-f",
+        str(user_kubeconfig),
+        env=world.env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while "Proxy is listening" not in log.read_text(errors="replace"):
+            assert proxy.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")
+            time.sleep(0.2)
+        # kubectl finds the plugin on PATH, as after `pip install kubearc`.
+        env = {**world.env, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+        written = user_kubeconfig.read_text()
+        assert "get-token" in written and world.api.token not in written  # no cluster secret on the laptop
+
+        def kubectl(*args: str) -> subprocess.CompletedProcess[str]:
+            cmd = [
+                "ip",
+                "netns",
+                "exec",
+                "kinet",
+                kubectl_binary() or "kubectl",
+                "--kubeconfig",
+                str(user_kubeconfig),
+            ]
+            return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=90, env=env)
+
+        pods = kubectl("get", "pods", "-n", "default", "-o", "name")
+        assert pods.returncode == 0 and "pod/hello" in pods.stdout, pods.stderr + world.node.logs(
+            "kubearc-guard"
+        )
+        secrets = kubectl("get", "secrets", "-n", "default")
+        assert secrets.returncode != 0
+        assert (
+            'secrets is forbidden: User "frank@kubearc.test" cannot list resource "secrets" in API group "" '
+            'in the namespace "default"'
+        ) in secrets.stderr
+        execd = kubectl("exec", "hello", "-n", "default", "--", "true")
+        assert execd.returncode != 0 and 'cannot create resource "pods/exec"' in execd.stderr, execd.stderr
+        # What reached the apiserver: frank's own token, reviewed by guard; nothing impersonated.
+        reviews = world.api.state.webhooks.calls if world.api.state.webhooks else []
+        assert {kind for kind, _ in reviews} == {"TokenReview", "SubjectAccessReview"}
+        asked = [body["spec"] for kind, body in reviews if kind == "SubjectAccessReview"]
+        assert all(spec["user"] == "frank@kubearc.test" for spec in asked)
+        assert any((spec.get("resourceAttributes") or {}).get("resource") == "pods" for spec in asked)
+        seen = [r for r in world.api.state.audit if r.user == "frank@kubearc.test"]
+        assert seen and all(r.impersonated is None for r in seen)
     finally:
         proxy.terminate()
         proxy.wait(30)

@@ -23,6 +23,7 @@ import typer
 
 from foundation.logs import setup_logging
 from kubearc.commands import listenopts
+from kubearc.commands.agent import DEFAULT_IDENTITY
 from kubearc.commands.guard import (
     GraphAuthorityOpt,
     GraphClientIdOpt,
@@ -36,8 +37,6 @@ if TYPE_CHECKING:
     from foundation.identitystore import IdentityStore
     from foundation.pki import PrivateKey
     from guard.impersonation.serving import Issue, Issued
-
-DEFAULT_IDENTITY = "secret:azure-arc/azure-identity-certificate"
 
 
 def aad_proxy(

@@ -23,7 +23,7 @@ from kubearc.commands.tunnelopts import MaxWindowOpt, tunnel_settings
 
 app = typer.Typer(no_args_is_help=True, help="In-cluster agents.")
 log = logging.getLogger("kubearc.agent")
-DEFAULT_IDENTITY = "secret:azure-arc/azure-identity-certificate"
+DEFAULT_IDENTITY = "secret:azure-arc/azure-identity-certificate"  # the chart's identity Secret
 
 HubOpt = typer.Option(..., "--hub", envvar="KUBEARC_HUB_URL", help="Hub URL, e.g. https://hub.example:8443.")
 HubCaOpt = typer.Option(

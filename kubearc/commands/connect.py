@@ -20,7 +20,9 @@ def connect(
     distribution: str = typer.Option("generic", "--distribution", help="e.g. k3s, aks, openshift, kind."),
     infrastructure: str = typer.Option("generic", "--infrastructure", help="e.g. vsphere, baremetal, aws."),
     enable_features: list[str] = typer.Option(
-        ["cluster-connect"], "--enable-features", help="cluster-connect, azure-rbac (repeatable)."
+        [],
+        "--enable-features",
+        help="azure-rbac beside cluster-connect, which is always on at connect (repeatable).",
     ),
     authn_mode: str = typer.Option(
         "webhook", "--azure-rbac-mode", help="webhook (guard) or impersonation (kube-aad-proxy)."
@@ -64,7 +66,7 @@ def connect(
         location=location,
         distribution=distribution,
         infrastructure=infrastructure,
-        features=list(dict.fromkeys(enable_features)),
+        features=list(dict.fromkeys(["cluster-connect", *enable_features])),
         authn_mode=authn_mode,
         proxy_https=proxy_https,
         proxy_skip_range=proxy_skip_range,

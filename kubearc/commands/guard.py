@@ -13,7 +13,6 @@ it names, and run `guard.server.serve_webhook`; the rules live with the provider
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import os
 import sys
@@ -28,6 +27,7 @@ from foundation import aio
 from foundation.logs import setup_logging
 from foundation.oidc import ENTRA_AUTHORITY
 from foundation.settings import parse_duration
+from guard import webhook_config
 from kubearc.commands import listenopts
 
 if TYPE_CHECKING:
@@ -276,57 +276,6 @@ def guard(
         aio.run(serve_webhook(config, chain, authz, audit, lambda line: typer.echo(line, err=True)))
 
 
-def _b64(path: Path) -> str:
-    return base64.b64encode(path.read_bytes()).decode()
-
-
-def webhook_kubeconfig(
-    server: str, ca: Path, client_cert: Path, client_key: Path, name: str
-) -> dict[str, Any]:
-    """A kubeconfig the apiserver uses to call one webhook: its URL, CA and the client cert for mTLS."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": name, "cluster": {"server": server, "certificate-authority-data": _b64(ca)}}],
-        "users": [
-            {
-                "name": "apiserver",
-                "user": {"client-certificate-data": _b64(client_cert), "client-key-data": _b64(client_key)},
-            }
-        ],
-        "contexts": [{"name": name, "context": {"cluster": name, "user": "apiserver"}}],
-        "current-context": name,
-    }
-
-
-def authorization_config(
-    kubeconfig: str, timeout: str, authorized_ttl: str, unauthorized_ttl: str, failure_policy: str
-) -> dict[str, Any]:
-    """AuthorizationConfiguration: Node, then guard (skipping `system:` users via CEL), then RBAC."""
-    return {
-        "apiVersion": "apiserver.config.k8s.io/v1",
-        "kind": "AuthorizationConfiguration",
-        "authorizers": [
-            {"type": "Node", "name": "node"},
-            {
-                "type": "Webhook",
-                "name": "kubearc-guard",
-                "webhook": {
-                    "timeout": timeout,
-                    "authorizedTTL": authorized_ttl,
-                    "unauthorizedTTL": unauthorized_ttl,
-                    "failurePolicy": failure_policy,
-                    "subjectAccessReviewVersion": "v1",
-                    "matchConditionSubjectAccessReviewVersion": "v1",
-                    "connectionInfo": {"type": "KubeConfigFile", "kubeConfigFile": kubeconfig},
-                    "matchConditions": [{"expression": "!request.user.startsWith('system:')"}],
-                },
-            },
-            {"type": "RBAC", "name": "rbac"},
-        ],
-    }
-
-
 def guard_kubeconfig(
     server: str = typer.Option(
         ..., help="Guard's review URL as the apiserver reaches it, e.g. https://10.0.0.5:8445."
@@ -348,29 +297,23 @@ def guard_kubeconfig(
         raise typer.BadParameter("must be NoOpinion or Deny", param_hint="--failure-policy")
     if _seconds(timeout, "--timeout") > 30:
         raise typer.BadParameter("the apiserver allows at most 30s", param_hint="--timeout")
-    base = server.rstrip("/")
     out_dir.mkdir(parents=True, exist_ok=True)
     where = Path(config_dir) if config_dir else out_dir.resolve()
-    files = {
-        "authn-webhook.kubeconfig": webhook_kubeconfig(
-            f"{base}/tokenreviews", ca_file, client_cert, client_key, "kubearc-guard-authn"
-        ),
-        "authz-webhook.kubeconfig": webhook_kubeconfig(
-            f"{base}/subjectaccessreviews", ca_file, client_cert, client_key, "kubearc-guard-authz"
-        ),
-        "authorization-config.yaml": authorization_config(
-            str(where / "authz-webhook.kubeconfig"), timeout, authorized_ttl, unauthorized_ttl, failure_policy
-        ),
-    }
+    files = webhook_config.manifests(
+        server,
+        ca_file.read_bytes(),
+        client_cert.read_bytes(),
+        client_key.read_bytes(),
+        str(where),
+        timeout=timeout,
+        authorized_ttl=authorized_ttl,
+        unauthorized_ttl=unauthorized_ttl,
+        failure_policy=failure_policy,
+    )
     for name, doc in files.items():
         path = out_dir / name
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds the client key
         with os.fdopen(fd, "w") as f:
             yaml.safe_dump(doc, f, sort_keys=False)
         typer.echo(str(path))
-    authn, authz = where / "authn-webhook.kubeconfig", where / "authorization-config.yaml"
-    typer.echo(
-        f"apiserver flags: --authentication-token-webhook-config-file={authn} "
-        f"--authentication-token-webhook-version=v1 --authorization-config={authz}",
-        err=True,
-    )
+    typer.echo(f"apiserver flags: {webhook_config.apiserver_flags(str(where))}", err=True)

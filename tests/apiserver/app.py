@@ -44,6 +44,7 @@ from tests.apiserver import (
 from tests.apiserver.audit import RequestLog, audited
 from tests.apiserver.resources import Registry, ResourceType
 from tests.apiserver.store import ObjectStore
+from tests.apiserver.webhooks import Webhooks, webhook_authorized
 from tests.apiserver.workloads import scale_of
 
 if TYPE_CHECKING:
@@ -72,11 +73,19 @@ class ApiServerState:
     kubelet: Kubelet | None = None
     seen: deque[Seen] = field(default_factory=lambda: deque(maxlen=5000))
     audit: RequestLog = field(default_factory=RequestLog)  # headers and impersonation (audit.py)
+    webhooks: Webhooks | None = None  # guard as authentication and authorization webhook (webhooks.py)
+
+    def user_of(self, token: str) -> str | None:
+        """Whom a bearer token stands for: the stand-in's own tokens, then the webhook's (cached) users."""
+        if token in self.tokens:
+            return self.tokens[token]
+        user = self.webhooks.cached_user(token) if self.webhooks and token else None
+        return user.username if user else None
 
     def authenticate(self, path: str, authorization: str) -> str | None:
         """The user a bearer token stands for; raises 401 unless the path is public."""
         scheme, _, token = authorization.partition(" ")
-        user = self.tokens.get(token.strip()) if scheme.lower() == "bearer" else None
+        user = self.user_of(token.strip()) if scheme.lower() == "bearer" else None
         if user is None and path not in PUBLIC_PATHS:
             raise errors.unauthorized()
         return user
@@ -426,4 +435,4 @@ def build_app(state: ApiServerState) -> Any:
         else:
             await http(scope, receive, send)
 
-    return audited(app, state)
+    return webhook_authorized(audited(app, state), state)

@@ -11,7 +11,6 @@ credential) may send them; `Impersonate-Group` or `Impersonate-Extra-*` without
 
 from __future__ import annotations
 
-import json
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from tests.apiserver import errors
+from tests.apiserver.webhooks import deny
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
@@ -92,15 +92,7 @@ def impersonation(headers: list[tuple[str, str]]) -> Impersonation | None:
 def _bearer_user(state: ApiServerState, headers: list[tuple[str, str]]) -> str | None:
     value = next((v for n, v in headers if n == "authorization"), "")
     scheme, _, token = value.partition(" ")
-    return state.tokens.get(token.strip()) if scheme.lower() == "bearer" else None
-
-
-async def _deny(scope: Scope, send: Send, exc: errors.StatusError) -> None:
-    body = json.dumps(exc.body()).encode()
-    kind = "websocket.http.response" if scope["type"] == "websocket" else "http.response"
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": f"{kind}.start", "status": exc.code, "headers": headers})
-    await send({"type": f"{kind}.body", "body": body})
+    return state.user_of(token.strip()) if scheme.lower() == "bearer" else None
 
 
 def admit(
@@ -142,7 +134,7 @@ def audited(app: ASGIApp, state: ApiServerState) -> ASGIApp:
         try:
             admit(state, scope.get("method", "GET"), scope["path"], headers, scope["type"] == "websocket")
         except errors.StatusError as exc:
-            await _deny(scope, send, exc)
+            await deny(scope, send, exc)
             return
         await app(scope, receive, send)
 

@@ -22,6 +22,7 @@ from types import TracebackType
 from typing import Any
 
 import uvicorn
+import yaml
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.datastructures import Headers
 from websockets.server import ServerProtocol
@@ -35,6 +36,7 @@ from tests.apiserver.rbac import default_service_accounts
 from tests.apiserver.resources import NAMESPACES, NODES, Obj, default_registry
 from tests.apiserver.services import SERVICES, allocator, kubernetes_service
 from tests.apiserver.store import ObjectStore, timestamp, utcnow
+from tests.apiserver.webhooks import Resolve, Webhooks
 from tests.apiserver.workloads import PODS
 
 DEFAULT_VERSION = "v1.36.1"
@@ -203,6 +205,39 @@ class ApiServer:
 
     def add_token(self, token: str, user: str) -> None:
         self.state.tokens[token] = user
+
+    def use_webhooks(
+        self,
+        files: dict[str, str],
+        *,
+        authentication_config_file: str | None = None,
+        authentication_version: str = "v1beta1",
+        authorization_config: str | None = None,
+        authorization_webhook_config_file: str | None = None,
+        authorization_version: str = "v1beta1",
+        resolve: Resolve | None = None,
+    ) -> None:
+        """Configure webhook token authentication and authorization as an admin configures a real
+        apiserver: `files` are what was placed on the control plane (path → content), the other
+        arguments its flags (`--authentication-token-webhook-config-file`, `--authorization-config`
+        or `--authorization-webhook-config-file`, and the webhook versions)."""
+
+        def read(path: str) -> dict[str, Any]:
+            if path not in files:
+                raise FileNotFoundError(f"the control plane has no {path}")
+            doc: dict[str, Any] = yaml.safe_load(files[path])
+            return doc
+
+        authz_file = authorization_config or authorization_webhook_config_file
+        self.state.webhooks = Webhooks(
+            read(authentication_config_file) if authentication_config_file else None,
+            read(authz_file) if authz_file else None,
+            directory=self.directory,
+            authn_version=authentication_version,
+            authz_version=authorization_version,
+            resolve=resolve,
+            read=read,
+        )
 
     def kubeconfig(
         self,

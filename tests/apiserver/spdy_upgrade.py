@@ -29,7 +29,7 @@ from urllib.parse import unquote
 import h11
 from starlette.datastructures import QueryParams
 
-from tests.apiserver import audit, errors, portforward, remotecommand, spdy, upgrades
+from tests.apiserver import audit, errors, portforward, remotecommand, spdy, upgrades, webhooks
 from tests.apiserver.app import Seen
 
 if TYPE_CHECKING:
@@ -208,8 +208,10 @@ async def serve(
     kubelet = state.kubelet
     assert kubelet is not None
     try:
-        audit.admit(state, request.method.decode("ascii"), path, headers, websocket=False)
         authorization = next((v for n, v in headers if n == "authorization"), "")
+        method = request.method.decode("ascii")
+        await webhooks.admit(state, method, path, query.decode("latin-1"), authorization, upgrade=True)
+        audit.admit(state, method, path, headers, websocket=False)
         target = upgrades.check(state, path, authorization)
         versions = [v for n, v in headers if n == "x-stream-protocol-version"]
         offered = [p.strip() for v in versions for p in v.split(",") if p.strip()]
