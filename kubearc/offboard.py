@@ -16,18 +16,10 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from foundation.kube import Kube, KubeError, describe
+from kubearc.azurerbac import GUARD_MANIFESTS, GUARD_TLS_SECRET
+from kubearc.clusterside import CLUSTER_CONFIG, ConnectError, connected_as, kube_call
 from kubearc.helm import NAMESPACE, Helm, HelmError
-from kubearc.onboard import (
-    API,
-    CLUSTER_CONFIG,
-    GUARD_MANIFESTS,
-    GUARD_TLS_SECRET,
-    IDENTITY_SECRET,
-    ONBOARDING_SECRET,
-    ConnectError,
-    connected_as,
-    kube_call,
-)
+from kubearc.onboard import API, IDENTITY_SECRET, ONBOARDING_SECRET
 
 
 def _cleanup_cluster(

@@ -26,34 +26,21 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import urllib3
-import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from foundation import pki
 from foundation.kube import Kube, KubeError, describe
 from foundation.settings import load_client_config
-from foundation.wire import DISCOVERY_PATH, Discovery, WireError
-from guard import webhook_config
+from kubearc import azurerbac
+from kubearc.clusterside import ConnectError, connected_as, create_secret, kube_call
 from kubearc.helm import NAMESPACE, Helm
 
 CC = "providers/Microsoft.Kubernetes/connectedClusters"
 API = {"api-version": "2024-01-01"}
-CLUSTER_CONFIG = "azure-clusterconfig"
 ONBOARDING_SECRET = "azure-arc-onboarding-key"
 IDENTITY_SECRET = "azure-identity-certificate"
-# Azure RBAC in webhook mode: guard's serving pair and the apiserver's client CA (the chart's
-# guard.tlsSecret), and what the apiserver needs to call guard (Arc's azure-arc-guard-manifests).
-GUARD_TLS_SECRET = "guard-tls"
-GUARD_MANIFESTS = "kubearc-guard-manifests"
-GUARD_SERVICE, GUARD_PORT = "kubearc-guard", 8443  # the chart's Service and guard.port
-APISERVER_CONFIG_DIR = "/etc/kubernetes/kubearc-guard"  # where the admin places the manifests
 FEATURES = ("cluster-connect", "azure-rbac")
-
-
-class ConnectError(Exception):
-    """A step of `connect` failed; the message names the problem and what to do next."""
 
 
 @dataclass
@@ -80,34 +67,6 @@ class ConnectOptions:
 
 
 Say = Callable[[str], None]
-
-
-def kube_call(what: str, fn: Callable[[], Any]) -> Any:
-    try:
-        return fn()
-    except ApiException as exc:
-        raise ConnectError(f"{what}: {describe(exc)}") from None
-    except KubeError as exc:  # no usable kubeconfig
-        raise ConnectError(f"{exc}; check --kube-config and --kube-context") from None
-    except (OSError, ValueError, urllib3.exceptions.HTTPError) as exc:  # unreachable, bad kubeconfig data
-        reason = getattr(exc, "reason", None) or exc
-        raise ConnectError(f"{what}: {reason}") from None
-
-
-def cluster_config(core: client.CoreV1Api) -> dict[str, str] | None:
-    """The cluster's `azure-clusterconfig` (AZURE_RESOURCE_ID names the resource it is connected as);
-    None when no agents are installed. The one place connect, delete and the cluster commands read it."""
-    try:
-        config = core.read_namespaced_config_map(CLUSTER_CONFIG, NAMESPACE)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise ConnectError(f"cannot read {NAMESPACE}/{CLUSTER_CONFIG}: {describe(exc)}") from None
-    return dict(config.data or {})
-
-
-def connected_as(core: client.CoreV1Api) -> str | None:
-    return (cluster_config(core) or {}).get("AZURE_RESOURCE_ID")
 
 
 class Onboarding:
@@ -209,79 +168,8 @@ class Onboarding:
         except ApiException as exc:
             if exc.status != 409:
                 raise ConnectError(f"cannot create namespace {NAMESPACE}: {describe(exc)}") from None
-        self._create_secret(NAMESPACE, ONBOARDING_SECRET, {"privateKey": pki.key_to_pem(key)})
+        create_secret(self.core, NAMESPACE, ONBOARDING_SECRET, {"privateKey": pki.key_to_pem(key)})
         self.say(f"stored the onboarding key in Secret {NAMESPACE}/{ONBOARDING_SECRET}")
-
-    # ---- 3b. Azure RBAC: who signs users in, and guard's TLS ------------------------------------------
-
-    def guard_values(self) -> dict[str, Any]:
-        """The issuers guard accepts: the hub's own issuer and the Entra tenants the hub accepts."""
-        try:
-            response = self.hub.get(DISCOVERY_PATH)
-            response.raise_for_status()
-            found = Discovery.from_json(response.json())
-        except (httpx.HTTPError, ValueError, WireError) as exc:
-            raise ConnectError(f"cannot read the hub's discovery document: {exc}") from None
-        values: dict[str, Any] = {"entraTenants": list(found.entra_tenants)}
-        if found.issuer:
-            values["issuers"] = [found.issuer]
-        return values
-
-    def guard_secrets(self) -> None:
-        """Guard's serving pair and the apiserver's client pair, made once (the apiserver keeps
-        trusting them across upgrades); the webhook files for the control plane beside them."""
-        try:
-            self.core.read_namespaced_secret(GUARD_TLS_SECRET, NAMESPACE)
-            self.say(f"guard's TLS: Secret {NAMESPACE}/{GUARD_TLS_SECRET} is kept")
-            return
-        except ApiException as exc:
-            if exc.status != 404:
-                raise ConnectError(
-                    f"cannot read Secret {NAMESPACE}/{GUARD_TLS_SECRET}: {describe(exc)}"
-                ) from None
-        ca = pki.create_ca("kubearc guard CA")
-        names = [GUARD_SERVICE, f"{GUARD_SERVICE}.{NAMESPACE}", f"{GUARD_SERVICE}.{NAMESPACE}.svc"]
-        names.append(f"{names[-1]}.cluster.local")
-        serving = pki.issue_keypair(ca, GUARD_SERVICE, sans=names, server=True)
-        apiserver = pki.issue_keypair(ca, "kube-apiserver", client=True)
-        server = f"https://{GUARD_SERVICE}.{NAMESPACE}.svc:{GUARD_PORT}"
-        files = webhook_config.manifests(
-            server, ca.cert_pem, apiserver.cert_pem, apiserver.key_pem, APISERVER_CONFIG_DIR
-        )
-        # The manifests first: guard's pair without them would be a secret no apiserver can use.
-        self._create_secret(
-            "kube-system",
-            GUARD_MANIFESTS,
-            {name: yaml.safe_dump(doc, sort_keys=False).encode() for name, doc in files.items()},
-        )
-        self._create_secret(
-            NAMESPACE,
-            GUARD_TLS_SECRET,
-            {"tls.crt": serving.cert_pem, "tls.key": serving.key_pem, "ca.crt": ca.cert_pem},
-            kind="kubernetes.io/tls",
-        )
-        self.say(
-            f"guard's TLS: made Secret {NAMESPACE}/{GUARD_TLS_SECRET}; the apiserver's webhook files are in "
-            f"Secret kube-system/{GUARD_MANIFESTS}: place them in {APISERVER_CONFIG_DIR} on each control "
-            f"plane node and start kube-apiserver with "
-            f"{webhook_config.apiserver_flags(APISERVER_CONFIG_DIR)}"
-        )
-
-    def _create_secret(self, namespace: str, name: str, data: dict[str, bytes], kind: str = "Opaque") -> None:
-        secret = client.V1Secret(
-            metadata=client.V1ObjectMeta(name=name, namespace=namespace),
-            type=kind,
-            data={k: base64.b64encode(v).decode() for k, v in data.items()},
-        )
-        try:
-            self.core.create_namespaced_secret(namespace, secret)
-        except ApiException as exc:
-            if exc.status != 409:
-                raise ConnectError(f"cannot create Secret {namespace}/{name}: {describe(exc)}") from None
-            kube_call(
-                f"cannot replace Secret {namespace}/{name}",
-                lambda: self.core.replace_namespaced_secret(name, namespace, secret),
-            )
 
     def values(self) -> dict[str, Any]:
         config = load_client_config()
@@ -298,7 +186,7 @@ class Onboarding:
         if ca_file:
             values["hub"]["caCert"] = Path(ca_file).read_text()
         if "azure-rbac" in self.o.features:
-            values["guard"] = self.guard_values()
+            values["guard"] = azurerbac.guard_values(self.hub)
         if self.o.proxy_https or self.o.proxy_cert:
             values["proxy"] = {"https": self.o.proxy_https or ""}
             if self.o.proxy_skip_range:
@@ -374,6 +262,6 @@ class Onboarding:
         else:
             self.say(f"{self.o.resource_id} is this cluster's: upgrading its agents")
         if "azure-rbac" in self.o.features and self.o.authn_mode == "webhook":
-            self.guard_secrets()
+            azurerbac.guard_secrets(self.core, self.say)
         self.install()
         return self.wait()

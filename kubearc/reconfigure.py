@@ -17,8 +17,8 @@ import urllib3
 from kubernetes import client
 
 from foundation.kube import Kube, KubeError
+from kubearc.clusterside import CLUSTER_CONFIG, ConnectError, cluster_config
 from kubearc.helm import NAMESPACE, Helm, HelmError
-from kubearc.onboard import CLUSTER_CONFIG, ConnectError, cluster_config
 
 Values = dict[str, Any]
 
@@ -58,14 +58,22 @@ def change(
 
 
 def features(
-    enable: list[str], disable: list[str], authn_mode: str | None
+    enable: list[str],
+    disable: list[str],
+    authn_mode: str | None,
+    azure_rbac: Callable[[str], dict[str, Any]] | None = None,
 ) -> Callable[[Values, dict[str, str]], str]:
+    """`azure_rbac(mode)` readies a cluster for Azure RBAC (guard's TLS in webhook mode) and
+    returns the chart's `guard` values; it runs when azure-rbac is being enabled."""
+
     def edit(values: Values, _: dict[str, str]) -> str:
         chosen = values.setdefault("features", {})
         for name, on in [*((f, True) for f in enable), *((f, False) for f in disable)]:
             chosen["clusterConnect" if name == "cluster-connect" else "azureRbac"] = on
         if authn_mode:
             chosen["authnMode"] = authn_mode
+        if azure_rbac is not None and "azure-rbac" in enable:
+            values.setdefault("guard", {}).update(azure_rbac(chosen.get("authnMode", "webhook")))
         return (
             ", ".join([*(f"enabled {f}" for f in enable), *(f"disabled {f}" for f in disable)]) or "no change"
         )

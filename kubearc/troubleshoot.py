@@ -24,8 +24,9 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from foundation.kube import Kube, describe
+from kubearc.clusterside import CLUSTER_CONFIG, ConnectError, kube_call
 from kubearc.helm import NAMESPACE, Helm, HelmError
-from kubearc.onboard import API, CLUSTER_CONFIG, IDENTITY_SECRET, ConnectError, kube_call
+from kubearc.onboard import API, IDENTITY_SECRET
 
 AGENTS = ("identity", "metadata", "connect", "guard", "aad-proxy")
 SECRET_WORDS = ("secret", "password", "token", "key")

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -123,6 +124,19 @@ def test_a_missing_helm_says_where_to_get_one_before_anything_is_created(
     assert resource(admin, "c1") is None
 
 
+def release_values(kubeconfig: Path) -> dict[str, Any]:
+    helm = str(Path(sys.executable).parent / "helm")
+    got = subprocess.run(
+        [helm, "get", "values", "kubearc", "-n", "azure-arc", "-o", "json", "--kubeconfig", str(kubeconfig)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert got.returncode == 0, got.stderr
+    values: dict[str, Any] = json.loads(got.stdout)
+    return values
+
+
 def _secret(api: ApiServer, namespace: str, name: str) -> dict[str, bytes] | None:
     found = api.store.find("", "secrets", namespace, name)
     return {k: base64.b64decode(v) for k, v in found["data"].items()} if found else None
@@ -156,27 +170,9 @@ def test_azure_rbac_gets_guard_a_serving_pair_and_the_apiserver_its_webhook_file
     )
     assert "--authorization-config=/etc/kubernetes/kubearc-guard/authorization-config.yaml" in first.output
     # guard accepts the hub's own issuer (its users sign in there), read from the hub's discovery.
-    values = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "helm"),
-            "get",
-            "values",
-            "kubearc",
-            "-n",
-            "azure-arc",
-            "-o",
-            "json",
-            "--kubeconfig",
-            str(kubeconfig),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert values.returncode == 0, values.stderr
     with hub.client() as c:
         issuer = c.get("/.well-known/kubearc-configuration").json()["issuer"]
-    assert json.loads(values.stdout)["guard"]["issuers"] == [issuer]
+    assert release_values(kubeconfig)["guard"]["issuers"] == [issuer]
 
     again = admin.invoke(app, [*connect, "--enable-features", "azure-rbac"])
     assert "Secret azure-arc/guard-tls is kept" in again.output  # the apiserver keeps trusting guard
@@ -188,3 +184,34 @@ def test_azure_rbac_gets_guard_a_serving_pair_and_the_apiserver_its_webhook_file
     assert deleted.exit_code == 0, deleted.output
     assert _secret(api, "azure-arc", "guard-tls") is None
     assert _secret(api, "kube-system", "kubearc-guard-manifests") is None
+
+
+def test_enabling_azure_rbac_later_readies_guard_as_connect_does(
+    admin: CliRunner, cluster: tuple[ApiServer, Path], hub: RunningHub
+) -> None:
+    api, kubeconfig = cluster
+    connect = ["connect", "-n", "c2", "-g", "rg1", "--kube-config", str(kubeconfig), "--timeout", "1s"]
+    admin.invoke(app, connect)  # times out: no node runs the agents; the release is installed
+    assert _secret(api, "azure-arc", "guard-tls") is None
+    enabled = admin.invoke(
+        app,
+        [
+            "cluster",
+            "enable-features",
+            "-n",
+            "c2",
+            "-g",
+            "rg1",
+            "--features",
+            "azure-rbac",
+            "--kube-config",
+            str(kubeconfig),
+        ],
+    )
+    assert enabled.exit_code == 0, enabled.output
+    assert _secret(api, "azure-arc", "guard-tls") is not None
+    assert _secret(api, "kube-system", "kubearc-guard-manifests") is not None
+    values = release_values(kubeconfig)
+    with hub.client() as c:
+        issuer = c.get("/.well-known/kubearc-configuration").json()["issuer"]
+    assert values["features"]["azureRbac"] is True and values["guard"]["issuers"] == [issuer]

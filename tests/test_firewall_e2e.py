@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from kubearc.azurerbac import APISERVER_CONFIG_DIR, GUARD_MANIFESTS
 from kubearc.cli import app
-from kubearc.onboard import APISERVER_CONFIG_DIR, GUARD_MANIFESTS
 from tests import node_emulator
 from tests.apiserver import ApiServer, NodeSpec
 from tests.apiserver.kubectl import kubectl_binary

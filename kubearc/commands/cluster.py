@@ -23,13 +23,13 @@ ChartOpt = typer.Option(None, "--chart", help="The agents' chart (default: the o
 
 
 @contextlib.contextmanager
-def _cluster_side(
+def cluster_side(
     kube_config: Path | None, kube_context: str | None, helm: str | None
 ) -> Iterator[tuple[Any, Any]]:
     """The kube context and the helm a command acts on the cluster with; their failures are one line."""
     from foundation.kube import Kube
+    from kubearc.clusterside import ConnectError
     from kubearc.helm import Helm, HelmError, find_helm
-    from kubearc.onboard import ConnectError
 
     try:
         yield Kube(kube_config, context=kube_context), Helm(find_helm(helm), kube_config, kube_context)
@@ -119,7 +119,7 @@ def delete(
     def say(line: str) -> None:
         typer.echo(line, err=True)
 
-    with _cluster_side(kube_config, kube_context, helm) as (kube, binary), hub_client() as hub:
+    with cluster_side(kube_config, kube_context, helm) as (kube, binary), hub_client() as hub:
         delete_cluster(resource_id, hub, kube, binary, force, say)
 
 
@@ -145,7 +145,7 @@ def troubleshoot(
 
     sub = subscription_or_fail(subscription)
     resource_id = f"/subscriptions/{sub}/resourceGroups/{resource_group}/{CC}/{name}"
-    with _cluster_side(kube_config, kube_context, helm) as (kube, binary), hub_client() as hub:
+    with cluster_side(kube_config, kube_context, helm) as (kube, binary), hub_client() as hub:
         report = run(resource_id, hub, kube, binary)
     report.write(bundle)
     if output == "json":
@@ -173,7 +173,7 @@ def _reconfigure(
 
     sub = subscription_or_fail(subscription)
     resource_id = f"/subscriptions/{sub}/resourceGroups/{resource_group}/{CC}/{name}"
-    with _cluster_side(kube_config, kube_context, helm) as (kube, binary):
+    with cluster_side(kube_config, kube_context, helm) as (kube, binary):
         done = change(resource_id, kube, binary, chart or CHART, edit)
     typer.echo(f"{resource_group}/{name}: {done}", err=True)
 
@@ -191,19 +191,33 @@ def enable_features(
     chart: str = ChartOpt,
 ) -> None:
     """Turn agents' features on (helm upgrade of the release)."""
+    from kubernetes import client
+
+    from foundation.kube import Kube
+    from kubearc import azurerbac
     from kubearc.reconfigure import features as edit
+    from kubearc.session import hub_client
 
     _check_features(features, azure_rbac_mode)
-    _reconfigure(
-        name,
-        resource_group,
-        subscription,
-        kube_config,
-        kube_context,
-        helm,
-        chart,
-        edit(features, [], azure_rbac_mode),
-    )
+    with contextlib.ExitStack() as stack:
+
+        def azure_rbac(mode: str) -> dict[str, Any]:
+            """Guard's TLS in webhook mode, and the hub's issuers for the chart's guard values."""
+            if mode == "webhook":
+                core = client.CoreV1Api(Kube(kube_config, context=kube_context).api)
+                azurerbac.guard_secrets(core, lambda line: typer.echo(line, err=True))
+            return azurerbac.guard_values(stack.enter_context(hub_client()))
+
+        _reconfigure(
+            name,
+            resource_group,
+            subscription,
+            kube_config,
+            kube_context,
+            helm,
+            chart,
+            edit(features, [], azure_rbac_mode, azure_rbac),
+        )
 
 
 @app.command("disable-features")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from kubearc.commands.output import fail, subscription_or_fail
+from kubearc.commands.output import subscription_or_fail
 
 
 def connect(
@@ -39,10 +39,10 @@ def connect(
     output: str = typer.Option("text", "--output", "-o", help="text or json (the resource at the end)."),
 ) -> None:
     """Onboard a cluster: the resource, the onboarding key Secret, the agents' chart, a wait for Connected."""
-    from foundation.kube import Kube
     from foundation.settings import parse_duration
-    from kubearc.helm import CHART, Helm, HelmError, find_helm
-    from kubearc.onboard import FEATURES, ConnectError, ConnectOptions, Onboarding
+    from kubearc.commands.cluster import cluster_side
+    from kubearc.helm import CHART
+    from kubearc.onboard import FEATURES, ConnectOptions, Onboarding
     from kubearc.session import hub_client
 
     for feature in enable_features:
@@ -80,15 +80,8 @@ def connect(
     def say(line: str) -> None:  # progress goes to stderr; stdout holds only the result
         typer.echo(line, err=True)
 
-    try:
-        kube = Kube(kube_config, context=kube_context)
-        binary = Helm(find_helm(helm), kube_config, kube_context)
-        with hub_client() as hub:
-            resource = Onboarding(options, hub, kube, binary, say).run()
-    except (ConnectError, HelmError) as exc:
-        fail(str(exc))
-    except RuntimeError as exc:  # not signed in
-        fail(f"{exc}")
+    with cluster_side(kube_config, kube_context, helm) as (kube, binary), hub_client() as hub:
+        resource = Onboarding(options, hub, kube, binary, say).run()
     if output == "json":
         typer.echo(json.dumps(resource, indent=2))
     else:
