@@ -39,6 +39,7 @@ from tests.apiserver.resources import SECRETS
 from tests.apiserver.workloads import CONFIGMAPS, DEPLOYMENTS, PODS
 
 BRIDGE = "kubearc0"
+_HOSTS_HEAD = "127.0.0.1 localhost\n::1 localhost\n"
 SA_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 
@@ -91,6 +92,10 @@ class NodeEmulator:
         self.pods: dict[tuple[str, str], Pod] = {}
         # Not under /tmp: the chart mounts an emptyDir there, which would hide the pods' own files.
         self.root = Path(tempfile.mkdtemp(prefix="kubearc-node-", dir="/var/tmp"))
+        # Cluster DNS for the pods: one hosts file, rewritten in place (bind mounts follow the inode)
+        # as Services gain and lose pods, and mounted over every pod's /etc/hosts.
+        self.hosts = self.root / "hosts"
+        self.hosts.write_text(_HOSTS_HEAD)
         self._free = list(range(10, 250))  # pod addresses (and veth numbers) not in use
         self.restarts: dict[tuple[str, str], int] = {}
         self._crashed: dict[tuple[str, str], str] = {}  # the Pod a crashed container restarts in
@@ -142,6 +147,21 @@ class NodeEmulator:
                 self.pods[key] = self._run(obj, self._crashed.pop(key, None))
             if key in self.pods:
                 self._report(key, obj)
+        self._publish_services()
+
+    def _publish_services(self) -> None:
+        lines = [_HOSTS_HEAD]
+        for service in self.api.store.list_all("", "services"):
+            meta = service["metadata"]
+            name = f"{meta['name']}.{meta['namespace']}.svc"
+            address = self.service_address(name)
+            if address:
+                lines.append(f"{address} {name} {name}.cluster.local\n")
+        text = "".join(lines)
+        if self.hosts.read_text() != text:
+            with self.hosts.open("r+") as f:  # in place: the pods' bind mounts hold this inode
+                f.write(text)
+                f.truncate()
 
     def service_address(self, host: str) -> str | None:
         """The pod address behind `NAME.NAMESPACE.svc[.cluster.local]`, or None: what cluster DNS and
@@ -255,6 +275,7 @@ class NodeEmulator:
             command = [sys.executable, "-m", "kubearc.cli"]
         argv = [*command, *(container.get("args") or [])]
         script = ["mkdir -p /var/run/secrets", "mount -t tmpfs tmpfs /var/run/secrets", f"mkdir -p {SA_PATH}"]
+        script.append(f"mount --bind {shlex.quote(str(self.hosts))} /etc/hosts")
         # The "image" is this machine's filesystem: a volume mounted where the checkout or its venv
         # lives (the chart's /tmp, with a checkout under /tmp) must not hide them from the process.
         keep = sorted(

@@ -358,6 +358,7 @@ def test_a_cluster_behind_a_firewall_is_reached_through_the_tunnel_and_nothing_e
             forward.terminate()
             forward.wait(30)
         entra_user_through_guard(world)
+        entra_user_through_the_aad_proxy(world, kubeconfig)
     finally:
         proxy.terminate()
         proxy.wait(30)
@@ -379,12 +380,7 @@ def entra_user_through_guard(world: World) -> None:
         authorization_config=f"{APISERVER_CONFIG_DIR}/authorization-config.yaml",
         resolve=world.node.service_address,
     )
-    deadline = time.monotonic() + 120
-    while (
-        (world.api.store.find("apps", "deployments", "azure-arc", "kubearc-guard") or {}).get("status") or {}
-    ).get("readyReplicas") != 1:
-        assert time.monotonic() < deadline, world.node.logs("kubearc-guard")
-        time.sleep(0.5)
+    wait_ready(world, "kubearc-guard")
     resource = f"/subscriptions/{SUB}/resourceGroups/rg1/providers/Microsoft.Kubernetes/connectedClusters/dc1"
     granted = subprocess.run(
         [
@@ -408,27 +404,8 @@ def entra_user_through_guard(world: World) -> None:
     assert granted.returncode == 0, granted.stderr
 
     user_kubeconfig = world.root / "frank.kubeconfig"
-    log = world.root / "frank-proxy.log"
-    proxy = outside(
-        *KUBEARC,
-        "proxy",
-        "-n",
-        "dc1",
-        "-g",
-        "rg1",
-        "--port",
-        str(free_port()),
-        "-f",
-        str(user_kubeconfig),
-        env=world.env,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-    )
+    proxy = start_proxy(world, user_kubeconfig, "frank-proxy.log")
     try:
-        deadline = time.monotonic() + 60
-        while "Proxy is listening" not in log.read_text(errors="replace"):
-            assert proxy.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")
-            time.sleep(0.2)
         # kubectl finds the plugin on PATH, as after `pip install kubearc`.
         env = {**world.env, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
         written = user_kubeconfig.read_text()
@@ -466,6 +443,107 @@ def entra_user_through_guard(world: World) -> None:
         assert any((spec.get("resourceAttributes") or {}).get("resource") == "pods" for spec in asked)
         seen = [r for r in world.api.state.audit if r.user == "frank@kubearc.test"]
         assert seen and all(r.impersonated is None for r in seen)
+    finally:
+        proxy.terminate()
+        proxy.wait(30)
+
+
+def wait_ready(world: World, deployment: str, within: float = 120) -> None:
+    deadline = time.monotonic() + within
+    while True:
+        found = world.api.store.find("apps", "deployments", "azure-arc", deployment) or {}
+        status, meta = found.get("status") or {}, found.get("metadata") or {}
+        if status.get("readyReplicas") == 1 and status.get("observedGeneration") == meta.get("generation", 1):
+            return
+        assert time.monotonic() < deadline, world.node.logs(deployment)
+        time.sleep(0.5)
+
+
+def start_proxy(world: World, kubeconfig: Path, log_name: str) -> subprocess.Popen[bytes]:
+    """`kubearc proxy` outside, as the signed-in user (no cluster credential), until it listens."""
+    log = world.root / log_name
+    proxy = outside(
+        *KUBEARC,
+        "proxy",
+        "-n",
+        "dc1",
+        "-g",
+        "rg1",
+        "--port",
+        str(free_port()),
+        "-f",
+        str(kubeconfig),
+        env=world.env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 60
+    while "Proxy is listening" not in log.read_text(errors="replace"):
+        if proxy.poll() is not None or time.monotonic() > deadline:
+            proxy.kill()
+            raise AssertionError(log.read_text(errors="replace"))
+        time.sleep(0.2)
+    return proxy
+
+
+def entra_user_through_the_aad_proxy(world: World, admin_kubeconfig: Path) -> None:
+    """Impersonation mode, for an apiserver that cannot call a webhook: the kube-aad-proxy the chart
+    runs takes the user's token, asks the hub's RBAC, and calls the apiserver as its service account
+    with Impersonate-* headers; the connect agent's target becomes its Service."""
+    world.api.state.webhooks = None  # the apiserver no longer calls guard (a managed control plane)
+    enabled = world.admin.invoke(
+        app,
+        [
+            "cluster",
+            "enable-features",
+            "-n",
+            "dc1",
+            "-g",
+            "rg1",
+            "--features",
+            "azure-rbac",
+            "--azure-rbac-mode",
+            "impersonation",
+            "--kube-config",
+            str(admin_kubeconfig),
+        ],
+    )
+    assert enabled.exit_code == 0, enabled.output
+    wait_ready(world, "kubearc-aad-proxy")
+    wait_ready(world, "kubearc-connect")
+    user_kubeconfig = world.root / "frank-impersonated.kubeconfig"
+    env = {**world.env, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    cmd = [
+        "ip",
+        "netns",
+        "exec",
+        "kinet",
+        kubectl_binary() or "kubectl",
+        "--kubeconfig",
+        str(user_kubeconfig),
+    ]
+
+    def kubectl(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=90, env=env)
+
+    deadline = time.monotonic() + 90
+    while True:  # until the hub names the aad-proxy's certificate as the cluster's (its first one)
+        proxy = start_proxy(world, user_kubeconfig, "frank-impersonated-proxy.log")
+        world.api.state.audit.clear()
+        pods = kubectl("get", "pods", "-n", "default", "-o", "name")
+        if pods.returncode == 0 or time.monotonic() > deadline:
+            break
+        proxy.terminate()
+        proxy.wait(30)
+        time.sleep(2)
+    try:
+        why = pods.stderr + world.node.logs("kubearc-aad-proxy")
+        assert pods.returncode == 0 and "pod/hello" in pods.stdout, why
+        seen = [r for r in world.api.state.audit if r.impersonated is not None]
+        assert seen and {r.impersonated.user for r in seen if r.impersonated} == {"frank@kubearc.test"}
+        assert {r.user for r in seen} == {"system:serviceaccount:azure-arc:kubearc-aad-proxy"}
+        secrets = kubectl("get", "secrets", "-n", "default")
+        assert secrets.returncode != 0 and "forbidden" in secrets.stderr.lower(), secrets.stderr
     finally:
         proxy.terminate()
         proxy.wait(30)

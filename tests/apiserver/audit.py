@@ -2,10 +2,11 @@
 
 `audited` wraps the whole ASGI app (HTTP/1.1, HTTP/2 and websocket upgrades; direct
 SPDY upgrades bypass the app). It records every request (method, path, headers, the
-authenticated user and whom it impersonates) in `ApiServerState.audit`, so tests can check what reached the
-apiserver, and it applies what a real apiserver does with `Impersonate-*`
-headers: only a user allowed to impersonate (here the stand-in's own admin
-credential) may send them; `Impersonate-Group` or `Impersonate-Extra-*` without
+authenticated user and whom it impersonates) in `ApiServerState.audit`, so tests can
+check what reached the apiserver, and it applies what a real apiserver does with
+`Impersonate-*` headers: only a user allowed to impersonate (the stand-in's own admin
+credential, or a subject a ClusterRoleBinding grants `impersonate` on users, groups and
+each extra) may send them; `Impersonate-Group` or `Impersonate-Extra-*` without
 `Impersonate-User` is a 400; extra keys are lowercased and percent-decoded.
 """
 
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from tests.apiserver import errors
+from tests.apiserver.rbac import cluster_allows
 from tests.apiserver.webhooks import deny
 
 if TYPE_CHECKING:
@@ -95,6 +97,22 @@ def _bearer_user(state: ApiServerState, headers: list[tuple[str, str]]) -> str |
     return state.user_of(token.strip()) if scheme.lower() == "bearer" else None
 
 
+def _may_impersonate(state: ApiServerState, user: str, wanted: Impersonation) -> None:
+    """Each impersonated attribute needs its own `impersonate` grant, as the apiserver checks them."""
+    asked = [("", "users", wanted.user)]
+    asked += [("", "groups", g) for g in wanted.groups]
+    asked += [("authentication.k8s.io", f"userextras/{key}", key) for key in wanted.extra]
+    for group, resource, name in asked:
+        if not cluster_allows(state.store, user, "impersonate", group, resource):
+            plural = resource.split("/")[0]
+            raise errors.StatusError(
+                403,
+                "Forbidden",
+                f'{plural} "{name}" is forbidden: User "{user}" cannot impersonate resource "{resource}" '
+                f'in API group "{group}" at the cluster scope',
+            )
+
+
 def admit(
     state: ApiServerState, method: str, path: str, headers: list[tuple[str, str]], websocket: bool
 ) -> None:
@@ -111,12 +129,7 @@ def admit(
     try:
         wanted = impersonation(headers)
         if wanted is not None and user not in IMPERSONATORS:
-            raise errors.StatusError(
-                403,
-                "Forbidden",
-                f'users "{wanted.user}" is forbidden: User "{user or "system:anonymous"}" cannot '
-                'impersonate resource "users" in API group "" at the cluster scope',
-            )
+            _may_impersonate(state, user or "system:anonymous", wanted)
     except errors.StatusError:
         state.audit.append(Recorded(**record, impersonated=None))
         raise

@@ -5,8 +5,9 @@ Defaulting and validation follow k8s.io/kubernetes `pkg/apis/rbac` (v1 defaults,
 fine, `a/b` is not), a rule needs verbs and, unless it is about non-resource URLs (cluster
 roles only), API groups and resources; a binding's `roleRef` is required, refers to a Role
 or ClusterRole in this group and never changes; subjects are ServiceAccounts (namespaced in
-a cluster binding), Users or Groups. The stand-in stores the rules; it does not enforce them
-(its one user is an administrator) nor refuse escalation, which a real apiserver would.
+a cluster binding), Users or Groups. The stand-in stores the rules and enforces one kind:
+who may impersonate (`cluster_allows`, what the kube-aad-proxy's ClusterRole grants); it does
+not refuse escalation, which a real apiserver would.
 As the controller manager would, it gives every new namespace a `default` ServiceAccount.
 """
 
@@ -318,3 +319,37 @@ CLUSTERROLEBINDINGS = ResourceType(
 )
 
 RBAC_TYPES = (ROLES, ROLEBINDINGS, CLUSTERROLES, CLUSTERROLEBINDINGS)
+
+
+def _bound(subject: Obj, user: str) -> bool:
+    kind, name = subject.get("kind"), subject.get("name")
+    if kind == "ServiceAccount":
+        return user == f"system:serviceaccount:{subject.get('namespace')}:{name}"
+    return kind == "User" and name == user
+
+
+def _grants(rule: Obj, verb: str, group: str, resource: str) -> bool:
+    def has(values: object, value: str) -> bool:
+        return isinstance(values, list) and ("*" in values or value in values)
+
+    return (
+        has(rule.get("verbs"), verb)
+        and has(rule.get("apiGroups"), group)
+        and has(rule.get("resources"), resource)
+    )
+
+
+def cluster_allows(store: ObjectStore, user: str, verb: str, group: str, resource: str) -> bool:
+    """Whether a ClusterRoleBinding gives `user` (a User or ServiceAccount subject) a ClusterRole rule
+    for `verb` on `group`/`resource` cluster-wide: the RBAC authorizer's answer for cluster-scoped
+    verbs such as `impersonate` (groups, namespaced Roles and resourceNames are not evaluated)."""
+    for binding in store.list_all("rbac.authorization.k8s.io", "clusterrolebindings"):
+        ref = binding.get("roleRef") or {}
+        if ref.get("kind") != "ClusterRole" or not any(
+            _bound(s, user) for s in binding.get("subjects") or []
+        ):
+            continue
+        role = store.find("rbac.authorization.k8s.io", "clusterroles", "", ref.get("name", "")) or {}
+        if any(_grants(rule, verb, group, resource) for rule in role.get("rules") or []):
+            return True
+    return False
