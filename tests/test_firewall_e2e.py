@@ -36,6 +36,7 @@ from tests.tunnel_stack import readline_within
 pytestmark = pytest.mark.sqlite_only
 
 KUBEARC = (sys.executable, "-m", "kubearc.cli")
+RESOURCE = f"/subscriptions/{SUB}/resourceGroups/rg1/providers/Microsoft.Kubernetes/connectedClusters/dc1"
 NODE_IP, GATEWAY, OUTSIDE = "10.77.0.1", "10.88.0.1", "10.88.0.2"
 PASSWORD = "correct horse battery"
 RULES = """
@@ -381,27 +382,7 @@ def entra_user_through_guard(world: World) -> None:
         resolve=world.node.service_address,
     )
     wait_ready(world, "kubearc-guard")
-    resource = f"/subscriptions/{SUB}/resourceGroups/rg1/providers/Microsoft.Kubernetes/connectedClusters/dc1"
-    granted = subprocess.run(
-        [
-            *KUBEARC,
-            "admin",
-            "role-assignment",
-            "create",
-            "--assignee",
-            "frank@kubearc.test",
-            "--role",
-            "Azure Arc Kubernetes Viewer",
-            "--scope",
-            resource,
-            "--state-dir",
-            str(world.state),
-        ],
-        capture_output=True,
-        text=True,
-        env=world.env,
-    )
-    assert granted.returncode == 0, granted.stderr
+    grant(world, "frank@kubearc.test", "Azure Arc Kubernetes Viewer", RESOURCE)
 
     user_kubeconfig = world.root / "frank.kubeconfig"
     proxy = start_proxy(world, user_kubeconfig, "frank-proxy.log")
@@ -544,6 +525,34 @@ def entra_user_through_the_aad_proxy(world: World, admin_kubeconfig: Path) -> No
         assert {r.user for r in seen} == {"system:serviceaccount:azure-arc:kubearc-aad-proxy"}
         secrets = kubectl("get", "secrets", "-n", "default")
         assert secrets.returncode != 0 and "forbidden" in secrets.stderr.lower(), secrets.stderr
+        # A Writer in namespace default (an assignment at the namespace's scope) may exec and follow logs.
+        grant(world, "frank@kubearc.test", "Azure Arc Kubernetes Writer", f"{RESOURCE}/namespaces/default")
+        execd = kubectl("exec", "hello", "-n", "default", "--", "echo", "as", "frank")
+        assert execd.returncode == 0 and execd.stdout == "as frank\n", execd.stderr
+        follow = subprocess.Popen(
+            [*cmd, "logs", "-f", "hello", "-n", "default"], stdout=subprocess.PIPE, text=True, env=env
+        )
+        try:
+            assert follow.stdout is not None
+            assert readline_within(follow.stdout, 60) == "started\n"
+            world.api.append_log("default", "hello", "followed by frank")
+            lines = [readline_within(follow.stdout, 60) for _ in range(2)]
+            assert "followed by frank\n" in lines
+        finally:
+            follow.terminate()
+            follow.wait(30)
     finally:
         proxy.terminate()
         proxy.wait(30)
+
+
+def grant(world: World, who: str, role: str, scope: str) -> None:
+    """A role assignment, made by the hub's admin (`kubearc admin`, on the hub's state directory)."""
+    assign = ["role-assignment", "create", "--assignee", who, "--role", role, "--scope", scope]
+    made = subprocess.run(
+        [*KUBEARC, "admin", *assign, "--state-dir", str(world.state)],
+        capture_output=True,
+        text=True,
+        env=world.env,
+    )
+    assert made.returncode == 0, made.stderr
