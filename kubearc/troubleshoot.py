@@ -194,7 +194,60 @@ def troubleshoot(resource_id: str, hub: httpx.Client, kube: Kube, helm: Helm) ->
         )
     except (HelmError, ValueError) as exc:
         report.add("proxy", False, f"cannot read the release's values: {exc}")
+    _reachability(core, report)
     return report
+
+
+def _reachability(core: client.CoreV1Api, report: Report) -> None:
+    """DNS, TCP and TLS to the hub and the relay as an agent's pod sees them: `kubearc agent diagnose`
+    executed in the connect agent's pod (the metadata agent's when cluster connect is off)."""
+    from kubernetes.stream import stream
+
+    for agent in ("connect", "metadata"):
+        try:
+            pods = core.list_namespaced_pod(NAMESPACE, label_selector=f"app.kubernetes.io/component={agent}")
+        except ApiException:
+            continue
+        running = [p for p in pods.items if p.status and p.status.phase == "Running" and p.metadata]
+        if running:
+            break
+    else:
+        report.add("network", False, "no running agent pod to check the hub and relay from")
+        return
+    meta = running[0].metadata
+    pod = str(meta.name if meta else "")
+    try:
+        session = stream(
+            core.connect_get_namespaced_pod_exec,
+            pod,
+            NAMESPACE,
+            command=["kubearc", "agent", "diagnose"],
+            stdout=True,
+            stderr=True,
+            stdin=False,
+            tty=False,
+            _preload_content=False,
+        )
+        session.run_forever(timeout=60)
+        out, err = session.read_stdout(), session.read_stderr()
+        session.close()
+    except (ApiException, OSError, ValueError) as exc:
+        report.add("network", False, f"cannot run `kubearc agent diagnose` in pod {pod}: {exc}")
+        return
+    checks = []
+    for line in out.splitlines():
+        try:
+            checks.append(json.loads(line))
+        except ValueError:
+            continue
+    report.bundle["network.json"] = {"pod": pod, "checks": checks, "stderr": err}
+    if not checks:
+        last = (err.strip().splitlines() or ["nothing on stderr"])[-1]
+        report.add("network", False, f"`kubearc agent diagnose` in pod {pod} printed no checks: {last[:300]}")
+    for check in checks:
+        report.add(
+            f"network {check.get('check')}", bool(check.get("ok")), f"from {pod}: {check.get('detail')}"
+        )
 
 
 def _pods(core: client.CoreV1Api, agent: str, report: Report) -> tuple[int, str]:

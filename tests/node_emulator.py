@@ -96,7 +96,11 @@ class NodeEmulator:
         # as Services gain and lose pods, and mounted over every pod's /etc/hosts.
         self.hosts = self.root / "hosts"
         self.hosts.write_text(_HOSTS_HEAD)
-        self._free = list(range(10, 250))  # pod addresses (and veth numbers) not in use
+        self._free = list(range(10, 250))
+        self._reporting = threading.local()  # set while this node writes a Deployment's status
+        self._reporting.active = False
+        self._made: set[Path] = set()  # mount points made on the host for pods' volumes
+        self._mounted: dict[Path, int] = {}  # how many running pods mount each of them
         self.restarts: dict[tuple[str, str], int] = {}
         self._crashed: dict[tuple[str, str], str] = {}  # the Pod a crashed container restarts in
         self._restart_at: dict[tuple[str, str], float] = {}
@@ -106,8 +110,24 @@ class NodeEmulator:
     # ---- lifecycle ------------------------------------------------------------------------------
 
     def start(self) -> NodeEmulator:
+        self.api.store.mutators.append(self._deployment_status)
         self._thread.start()
         return self
+
+    def _deployment_status(self, rt: Any, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
+        """A Deployment's status is what its pod does, not the stand-in's "every replica is up at
+        once": a new generation is unobserved and unready until this node has run it."""
+        if rt is not DEPLOYMENTS or getattr(self._reporting, "active", False):
+            return
+        meta = obj["metadata"]
+        pod = self.pods.get((meta.get("namespace", ""), meta["name"]))
+        previous = (old or {}).get("status") or {}
+        if pod is not None and pod.generation == meta.get("generation", 1) and previous:
+            obj["status"] = previous  # nothing this node has to do: keep what it reported
+            return
+        wanted = int((obj.get("spec") or {}).get("replicas", 1))
+        observed = pod.generation if pod is not None else 0
+        obj["status"] = {"observedGeneration": observed, "replicas": wanted, "readyReplicas": 0}
 
     def stop(self) -> None:
         self._stop.set()
@@ -121,7 +141,7 @@ class NodeEmulator:
             try:
                 self.sync()
             except Exception as exc:  # keep the node alive; the test sees what the pods did
-                print(f"node emulator: {exc}", file=sys.stderr)
+                print(f"node emulator: {exc!r}", file=sys.stderr)
 
     def sync(self) -> None:
         wanted: dict[tuple[str, str], dict[str, Any]] = {}
@@ -268,7 +288,10 @@ class NodeEmulator:
             target = Path(mount["mountPath"])
             if not target.exists():
                 target.mkdir(parents=True)
+                self._made.add(target)
+            if target in self._made:
                 made.append(target)
+                self._mounted[target] = self._mounted.get(target, 0) + 1
             mounts.append((source, str(target)))
         command = container.get("command") or [sys.executable, "-m", "kubearc.cli"]
         if command == ["kubearc"]:
@@ -349,6 +372,8 @@ class NodeEmulator:
         )
         pod.name, pod.container = pod_name, container["name"]
         pod.offset = log.stat().st_size if log.exists() else 0  # earlier runs' output was given already
+        runtime = self.api.kubelet.container(namespace, pod_name, pod.container)
+        runtime.runner = _runner(process, env, root)
         return pod
 
     def _forward_logs(self, pod: Pod) -> None:
@@ -385,9 +410,13 @@ class NodeEmulator:
         if (deployment.get("status") or {}) != status:
             current = self.api.store.find("apps", "deployments", key[0], key[1])
             if current is not None:
-                self.api.store.replace(
-                    DEPLOYMENTS, key[0], key[1], {**current, "status": status}, subresource="status"
-                )
+                self._reporting.active = True  # this write is the node's own report
+                try:
+                    self.api.store.replace(
+                        DEPLOYMENTS, key[0], key[1], {**current, "status": status}, subresource="status"
+                    )
+                finally:
+                    self._reporting.active = False
 
     def _kill(self, key: tuple[str, str], keep_pod: bool = False) -> None:
         pod = self.pods.pop(key)
@@ -405,9 +434,33 @@ class NodeEmulator:
         subprocess.run(["ip", "link", "del", f"kv{pod.index}"], capture_output=True)
         shutil.rmtree(pod.directory, ignore_errors=True)
         self._free.append(pod.index)
+        # A mount point this emulator made goes when no pod mounts it any more: removing it while
+        # another pod's mount namespace has a volume there would detach that volume (Linux >= 3.18).
         for made in reversed(pod.made_dirs):
-            with contextlib.suppress(OSError):
-                made.rmdir()
+            self._mounted[made] -= 1
+            if self._mounted[made] == 0:
+                del self._mounted[made]
+                self._made.discard(made)
+                with contextlib.suppress(OSError):
+                    made.rmdir()
+
+
+def _runner(process: subprocess.Popen[bytes], env: dict[str, str], cwd: Path) -> Any:
+    """`kubectl exec` into the pod: the command in the process's network and mount namespaces, with
+    the container's environment (`kubearc` is the image's entrypoint, here this checkout's CLI).
+    Once the process has exited, exec fails as it does for a container that is not running (its
+    pid may already belong to another process)."""
+
+    def argv(command: list[str]) -> list[str]:
+        if process.poll() is not None:
+            return ["sh", "-c", "echo 'error: container not running (restarting)' >&2; exit 126"]
+        if command[:1] == ["kubearc"]:
+            command = [sys.executable, "-m", "kubearc.cli", *command[1:]]
+        variables = [f"{k}={v}" for k, v in env.items()]
+        target = ["nsenter", "-t", str(process.pid), "-m", "-n", f"--wd={cwd}"]
+        return [*target, "--", "env", "-i", *variables, *command]
+
+    return argv
 
 
 def bridge(node_ip: str) -> None:

@@ -141,11 +141,24 @@ def test_connect_brings_the_cluster_to_connected_is_idempotent_and_delete_leaves
         "--bundle",
         str(site.kubeconfig.parent / "healthy.tar.gz"),
     )
-    assert code == 0, out + err
-    assert all(line.startswith("ok") for line in out.splitlines()), out
-    assert {"agent identity", "agent metadata", "agent connect", "identity", "hub", "helm", "clock"} <= {
-        line.split(None, 1)[1].split(":", 1)[0] for line in out.splitlines()
-    }
+    # This site's hub runs no relay (the firewall test has one): from inside the cluster, the relay's
+    # port is the one problem, found by `kubearc agent diagnose` in the connect agent's pod.
+    problems = [line.split(None, 1)[1] for line in out.splitlines() if line.startswith("problem")]
+    assert code == 1 and len(problems) == 1, out + err
+    assert problems[0].startswith("network tcp relay: from kubearc-connect-") and "refused" in problems[0]
+    checked = {line.split(None, 1)[1].split(":", 1)[0] for line in out.splitlines()}
+    assert {
+        "agent identity",
+        "agent metadata",
+        "agent connect",
+        "identity",
+        "hub",
+        "helm",
+        "clock",
+    } <= checked
+    # From inside the cluster (`kubearc agent diagnose` in the connect agent's pod): names, ports, TLS.
+    network = {"network dns hub", "network tcp hub", "network tls hub", "network dns relay"}
+    assert network <= checked, out
 
     again = site.cli(
         "connect", "-n", "c1", "-g", "rg1", "--kube-config", str(site.kubeconfig), "--timeout", "3m"
@@ -190,6 +203,12 @@ def test_connect_brings_the_cluster_to_connected_is_idempotent_and_delete_leaves
             timeout=60,
         )
         assert done.returncode == 0, done.stderr
+    for agent in ("kubearc-identity", "kubearc-metadata"):  # the network checks run in the latter's pod
+        site.wait_ready(agent)
+    deadline = time.monotonic() + 60
+    while ("azure-arc", "kubearc-connect") in site.node.pods:  # its pod terminated, not terminating
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
     bundle = site.kubeconfig.parent / "broken.tar.gz"
     args = ["-n", "c1", "-g", "rg1", "--kube-config", str(site.kubeconfig), "--bundle", str(bundle)]
     code, out, err = site.cli("cluster", "troubleshoot", *args)
@@ -197,7 +216,7 @@ def test_connect_brings_the_cluster_to_connected_is_idempotent_and_delete_leaves
     problems = [
         line.split(None, 1)[1].split(":", 1)[0] for line in out.splitlines() if line.startswith("problem")
     ]
-    assert problems == ["agent connect", "identity"], out
+    assert problems == ["agent connect", "identity", "network tcp relay"], out
     with tarfile.open(bundle) as tar:
         names = set(tar.getnames())
         contents = b"".join(f.read() for m in tar.getmembers() if (f := tar.extractfile(m)) is not None)

@@ -254,3 +254,18 @@ def connect(
         hub_ca=str(hub_ca) if hub_ca else None,
     )
     _execute("connect", agent.run(), _probes_address(probes_listen))
+
+
+@app.command("diagnose")
+def diagnose(hub: str = HubOpt, hub_ca: Path = HubCaOpt) -> None:
+    """Check DNS, TCP and TLS to the hub and the relay from here (what `cluster troubleshoot` runs in
+    an agent's pod); one JSON object a line, exit 1 when a check fails."""
+    import json
+
+    from agents.diagnose import diagnose as run
+
+    checks = aio.run(run(hub, hub_ca))
+    for check in checks:
+        typer.echo(json.dumps(check.to_json()))
+    if not all(c.ok for c in checks):
+        raise typer.Exit(1)

@@ -17,6 +17,7 @@ import asyncio
 import datetime as dt
 import posixpath
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tests.apiserver import errors
@@ -122,6 +123,9 @@ class Container:
     ended: bool = False
     fs: Filesystem = field(default_factory=Filesystem)
     changed: Signal = field(default_factory=Signal)
+    # A real process behind the container (the node emulator's pods): the argv that runs a command
+    # inside it, so exec runs there rather than in the built-in shell.
+    runner: Callable[[list[str]], list[str]] | None = None
 
 
 @dataclass

@@ -128,10 +128,45 @@ async def _until_either(work: asyncio.Task[Any], pump: asyncio.Task[None]) -> bo
     return False
 
 
+async def _process(argv: list[str], io_: shell.Stdio) -> int:
+    """A real process (the container's runner): stdin from the client, stdout and stderr to it."""
+    process = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    assert process.stdin and process.stdout and process.stderr
+
+    async def copy(source: asyncio.StreamReader, write: Any) -> None:
+        while chunk := await source.read(65536):
+            await write(chunk)
+
+    async def feed(sink: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while chunk := await io_.read():
+                sink.write(chunk)
+                await sink.drain()
+            sink.close()
+
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(copy(process.stdout, io_.out))
+            tasks.create_task(copy(process.stderr, io_.err))
+            feeding = tasks.create_task(feed(process.stdin))
+            code = await process.wait()
+            feeding.cancel()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    return code
+
+
 async def run_exec(ch: StdStreams, command: list[str], container: Container) -> None:
     pump = asyncio.create_task(ch.pump())
     io_ = shell.Stdio(ch.read, ch.out, ch.err)
-    work = asyncio.create_task(shell.run(command, io_, container.fs))
+    if container.runner is not None:
+        work = asyncio.create_task(_process(container.runner(command), io_))
+    else:
+        work = asyncio.create_task(shell.run(command, io_, container.fs))
     try:
         if await _until_either(work, pump):
             await ch.finish(exit_status(work.result(), command))
