@@ -116,6 +116,14 @@ class World:
     state: Path  # the hub's state directory (the admin's `kubearc admin` commands)
 
 
+def kubectl_outside(
+    kubeconfig: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 90
+) -> subprocess.CompletedProcess[str]:
+    """kubectl run by the remote user, on the internet's side of the firewall."""
+    cmd = ["ip", "netns", "exec", "kinet", kubectl_binary() or "kubectl", "--kubeconfig", str(kubeconfig)]
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
 def wait_for_file(path: Path, process: subprocess.Popen[bytes], log: Path, within: float = 60) -> None:
     deadline = time.monotonic() + within
     while not path.exists():
@@ -292,17 +300,8 @@ def test_a_cluster_behind_a_firewall_is_reached_through_the_tunnel_and_nothing_e
             assert proxy.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")
             time.sleep(0.2)
 
-        def kubectl(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-            cmd = [
-                "ip",
-                "netns",
-                "exec",
-                "kinet",
-                kubectl_binary() or "kubectl",
-                "--kubeconfig",
-                str(user_kubeconfig),
-            ]
-            return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=timeout)
+        def kubectl(*args: str) -> subprocess.CompletedProcess[str]:
+            return kubectl_outside(user_kubeconfig, *args)
 
         pods = kubectl("get", "pods", "-n", "default", "-o", "name")
         agent = world.node.logs("kubearc-connect")
@@ -393,16 +392,7 @@ def entra_user_through_guard(world: World) -> None:
         assert "get-token" in written and world.api.token not in written  # no cluster secret on the laptop
 
         def kubectl(*args: str) -> subprocess.CompletedProcess[str]:
-            cmd = [
-                "ip",
-                "netns",
-                "exec",
-                "kinet",
-                kubectl_binary() or "kubectl",
-                "--kubeconfig",
-                str(user_kubeconfig),
-            ]
-            return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=90, env=env)
+            return kubectl_outside(user_kubeconfig, *args, env=env)
 
         pods = kubectl("get", "pods", "-n", "default", "-o", "name")
         assert pods.returncode == 0 and "pod/hello" in pods.stdout, pods.stderr + world.node.logs(
@@ -505,7 +495,7 @@ def entra_user_through_the_aad_proxy(world: World, admin_kubeconfig: Path) -> No
     ]
 
     def kubectl(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=90, env=env)
+        return kubectl_outside(user_kubeconfig, *args, env=env)
 
     deadline = time.monotonic() + 90
     while True:  # until the hub names the aad-proxy's certificate as the cluster's (its first one)
