@@ -337,31 +337,37 @@ def test_a_cluster_behind_a_firewall_is_reached_through_the_tunnel_and_nothing_e
         # port-forward: bytes to a pod port and back, through the tunnel.
         world.api.add_pod("echo", "default", containers=["app"], ports=[7000])
         world.api.set_port_forward_target("default", "echo", 7000, None)  # the pod's built-in echo
-        local = free_port()
-        forward = subprocess.Popen(
-            [*base, "port-forward", "pod/echo", f"{local}:7000", "-n", "default"],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            assert forward.stdout is not None and "Forwarding from" in readline_within(forward.stdout, 60)
-            client = outside(
-                sys.executable,
-                "-c",
-                f"import socket,sys; s=socket.create_connection(('127.0.0.1', {local}), timeout=10); "
-                "s.sendall(b'ping through the firewall'); sys.stdout.write(s.recv(100).decode())",
-                stdout=subprocess.PIPE,
-            )
-            echoed, _ = client.communicate(timeout=60)
-            assert echoed == b"ping through the firewall"
-        finally:
-            forward.terminate()
-            forward.wait(30)
+        port_forward_echoes(base, "ping through the firewall")
         entra_user_through_guard(world)
         entra_user_through_the_aad_proxy(world, kubeconfig)
     finally:
         proxy.terminate()
         proxy.wait(30)
+
+
+def port_forward_echoes(kubectl: list[str], message: str, env: dict[str, str] | None = None) -> None:
+    """`kubectl port-forward` to pod echo's port 7000 outside, and `message` there and back."""
+    local = free_port()
+    forward = subprocess.Popen(
+        [*kubectl, "port-forward", "pod/echo", f"{local}:7000", "-n", "default"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert forward.stdout is not None and "Forwarding from" in readline_within(forward.stdout, 60)
+        client = outside(
+            sys.executable,
+            "-c",
+            f"import socket,sys; s=socket.create_connection(('127.0.0.1', {local}), timeout=10); "
+            f"s.sendall({message.encode()!r}); sys.stdout.write(s.recv(100).decode())",
+            stdout=subprocess.PIPE,
+        )
+        echoed, _ = client.communicate(timeout=60)
+        assert echoed == message.encode()
+    finally:
+        forward.terminate()
+        forward.wait(30)
 
 
 def entra_user_through_guard(world: World) -> None:
@@ -531,6 +537,7 @@ def entra_user_through_the_aad_proxy(world: World, admin_kubeconfig: Path) -> No
         finally:
             follow.terminate()
             follow.wait(30)
+        port_forward_echoes(cmd, "forwarded for frank", env)
     finally:
         proxy.terminate()
         proxy.wait(30)
