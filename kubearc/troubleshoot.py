@@ -24,7 +24,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from foundation.kube import Kube, describe
-from kubearc.clusterside import CLUSTER_CONFIG, ConnectError, kube_call
+from kubearc.clusterside import CLUSTER_CONFIG, ConnectError, cluster_config, kube_call
 from kubearc.helm import NAMESPACE, Helm, HelmError
 from kubearc.onboard import API, IDENTITY_SECRET
 
@@ -112,16 +112,16 @@ def troubleshoot(resource_id: str, hub: httpx.Client, kube: Kube, helm: Helm) ->
 
     # The cluster belongs to this resource.
     try:
-        data = core.read_namespaced_config_map(CLUSTER_CONFIG, NAMESPACE).data or {}
+        data, missing = cluster_config(core), f"{NAMESPACE}/{CLUSTER_CONFIG} is missing"
+    except ConnectError as exc:
+        data, missing = None, str(exc)
+    if data is None:
+        report.add("cluster", False, f"{missing}; run `kubearc connect` again")
+    else:
         report.bundle["azure-clusterconfig.json"] = data
         belongs = data.get("AZURE_RESOURCE_ID", "")
-        report.add(
-            "cluster", belongs.lower() == resource_id.lower(), f"{NAMESPACE}/{CLUSTER_CONFIG} names {belongs}"
-        )
-    except ApiException as exc:
-        report.add(
-            "cluster", False, f"{NAMESPACE}/{CLUSTER_CONFIG}: {describe(exc)}; run `kubearc connect` again"
-        )
+        detail = f"{NAMESPACE}/{CLUSTER_CONFIG} names {belongs}"
+        report.add("cluster", belongs.lower() == resource_id.lower(), detail)
 
     # The release.
     try:

@@ -120,8 +120,37 @@ def kubectl_outside(
     kubeconfig: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 90
 ) -> subprocess.CompletedProcess[str]:
     """kubectl run by the remote user, on the internet's side of the firewall."""
-    cmd = ["ip", "netns", "exec", "kinet", kubectl_binary() or "kubectl", "--kubeconfig", str(kubeconfig)]
-    return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=timeout, env=env)
+    argv = [*kubectl_argv(kubeconfig), *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def kubectl_argv(kubeconfig: Path) -> list[str]:
+    return ["ip", "netns", "exec", "kinet", kubectl_binary() or "kubectl", "--kubeconfig", str(kubeconfig)]
+
+
+def with_plugin(env: dict[str, str]) -> dict[str, str]:
+    """kubectl finds the exec plugin `kubearc` on PATH, as after `pip install kubearc`."""
+    return {**env, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+
+
+def follow_logs(
+    kubectl: list[str], api: ApiServer, line: str, env: dict[str, str] | None = None
+) -> list[str]:
+    """`kubectl logs -f hello`: its first line, then the lines up to `line`, written while it follows
+    (at most three after the first)."""
+    follow = subprocess.Popen(
+        [*kubectl, "logs", "-f", "hello", "-n", "default"], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert follow.stdout is not None
+        lines = [readline_within(follow.stdout, 60)]
+        api.append_log("default", "hello", line)
+        while lines[-1] != f"{line}\n" and len(lines) < 4:
+            lines.append(readline_within(follow.stdout, 60))
+        return lines
+    finally:
+        follow.terminate()
+        follow.wait(30)
 
 
 def wait_for_file(path: Path, process: subprocess.Popen[bytes], log: Path, within: float = 60) -> None:
@@ -313,26 +342,11 @@ def test_a_cluster_behind_a_firewall_is_reached_through_the_tunnel_and_nothing_e
         assert execd.returncode == 0 and execd.stdout == "through the tunnel\n", execd.stderr
 
         # logs -f: a line the pod writes now arrives while kubectl follows.
-        base = [
-            "ip",
-            "netns",
-            "exec",
-            "kinet",
-            kubectl_binary() or "kubectl",
-            "--kubeconfig",
-            str(user_kubeconfig),
+        base = kubectl_argv(user_kubeconfig)
+        assert follow_logs(base, world.api, "written while followed") == [
+            "started\n",
+            "written while followed\n",
         ]
-        follow = subprocess.Popen(
-            [*base, "logs", "-f", "hello", "-n", "default"], stdout=subprocess.PIPE, text=True
-        )
-        try:
-            assert follow.stdout is not None
-            assert readline_within(follow.stdout, 60) == "started\n"
-            world.api.append_log("default", "hello", "written while followed")
-            assert readline_within(follow.stdout, 60) == "written while followed\n"
-        finally:
-            follow.terminate()
-            follow.wait(30)
 
         # port-forward: bytes to a pod port and back, through the tunnel.
         world.api.add_pod("echo", "default", containers=["app"], ports=[7000])
@@ -392,8 +406,7 @@ def entra_user_through_guard(world: World) -> None:
     user_kubeconfig = world.root / "frank.kubeconfig"
     proxy = start_proxy(world, user_kubeconfig, "frank-proxy.log")
     try:
-        # kubectl finds the plugin on PATH, as after `pip install kubearc`.
-        env = {**world.env, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+        env = with_plugin(world.env)
         written = user_kubeconfig.read_text()
         assert "get-token" in written and world.api.token not in written  # no cluster secret on the laptop
 
@@ -489,16 +502,8 @@ def entra_user_through_the_aad_proxy(world: World, admin_kubeconfig: Path) -> No
     wait_ready(world, "kubearc-aad-proxy")
     wait_ready(world, "kubearc-connect")
     user_kubeconfig = world.root / "frank-impersonated.kubeconfig"
-    env = {**world.env, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    cmd = [
-        "ip",
-        "netns",
-        "exec",
-        "kinet",
-        kubectl_binary() or "kubectl",
-        "--kubeconfig",
-        str(user_kubeconfig),
-    ]
+    env = with_plugin(world.env)
+    cmd = kubectl_argv(user_kubeconfig)
 
     def kubectl(*args: str) -> subprocess.CompletedProcess[str]:
         return kubectl_outside(user_kubeconfig, *args, env=env)
@@ -525,18 +530,8 @@ def entra_user_through_the_aad_proxy(world: World, admin_kubeconfig: Path) -> No
         grant(world, "frank@kubearc.test", "Azure Arc Kubernetes Writer", f"{RESOURCE}/namespaces/default")
         execd = kubectl("exec", "hello", "-n", "default", "--", "echo", "as", "frank")
         assert execd.returncode == 0 and execd.stdout == "as frank\n", execd.stderr
-        follow = subprocess.Popen(
-            [*cmd, "logs", "-f", "hello", "-n", "default"], stdout=subprocess.PIPE, text=True, env=env
-        )
-        try:
-            assert follow.stdout is not None
-            assert readline_within(follow.stdout, 60) == "started\n"
-            world.api.append_log("default", "hello", "followed by frank")
-            lines = [readline_within(follow.stdout, 60) for _ in range(2)]
-            assert "followed by frank\n" in lines
-        finally:
-            follow.terminate()
-            follow.wait(30)
+        lines = follow_logs(cmd, world.api, "followed by frank", env)
+        assert lines[0] == "started\n" and lines[-1] == "followed by frank\n"
         port_forward_echoes(cmd, "forwarded for frank", env)
     finally:
         proxy.terminate()

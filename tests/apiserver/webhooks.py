@@ -265,14 +265,20 @@ class Webhooks:
         if hit and hit[0] > time.monotonic():
             allowed, reason = hit[1], hit[2]
         else:
-            allowed, reason = await self._ask(user, groups, attrs)
+            allowed, reason, answered = await self._ask(user, groups, attrs)
+            if answered:  # a failed call is not cached: the next request asks again
+                ttl = self.authz_ttl[0] if allowed else self.authz_ttl[1]
+                self._decisions[key] = (time.monotonic() + ttl, allowed, reason)
         if allowed or (not attrs.resource and attrs.verb in ("get", "head") and _discovery(attrs.path)):
             return
         raise attrs.forbidden(user.username, reason)
 
-    async def _ask(self, user: UserInfo, groups: tuple[str, ...], attrs: Attributes) -> tuple[bool, str]:
+    async def _ask(
+        self, user: UserInfo, groups: tuple[str, ...], attrs: Attributes
+    ) -> tuple[bool, str, bool]:
+        """(allowed, reason, whether the webhook answered)."""
         if self.authz is None:
-            return False, ""
+            return False, "", False
         spec: dict[str, Any] = {**attrs.wire(), "user": user.username, "extra": user.extra}
         spec["group" if self.authz_version == "v1beta1" else "groups"] = list(groups)
         if user.uid:
@@ -288,17 +294,8 @@ class Webhooks:
         try:
             status = (await self.authz.review(body, self.resolve)).get("status") or {}
         except (httpx.HTTPError, ValueError) as exc:  # failure policy NoOpinion: RBAC decides
-            return False, f"the authorization webhook failed: {exc}"
-        allowed, reason = bool(status.get("allowed")), str(status.get("reason") or "")
-        ttl = self.authz_ttl[0] if allowed else self.authz_ttl[1]
-        key = (user.username, groups, json.dumps(user.extra, sort_keys=True), attrs)
-        self._decisions[key] = (time.monotonic() + ttl, allowed, reason)
-        return allowed, reason
-
-    async def aclose(self) -> None:
-        for hook in (self.authn, self.authz):
-            if hook is not None:
-                await hook.client.aclose()
+            return False, f"the authorization webhook failed: {exc}", False
+        return bool(status.get("allowed")), str(status.get("reason") or ""), True
 
 
 def _discovery(path: str) -> bool:
