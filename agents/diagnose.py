@@ -88,7 +88,11 @@ async def _reach(name: str, url: str, verify: ssl.SSLContext) -> tuple[list[Chec
 
 async def diagnose(hub_url: str, hub_ca: Path | None) -> list[Check]:
     """The checks, hub first; the relay's only when the hub's discovery document names it."""
-    verify = ssl.create_default_context(cafile=str(hub_ca)) if hub_ca else ssl.create_default_context()
+    try:
+        verify = ssl.create_default_context(cafile=str(hub_ca) if hub_ca else None)
+    except (OSError, ssl.SSLError) as exc:
+        detail = f"cannot load {hub_ca}: {exc.strerror or exc}; check --hub-ca (KUBEARC_HUB_CA)"
+        return [Check("hub ca", False, detail)]
     checks, response = await _reach("hub", hub_url.rstrip("/") + DISCOVERY_PATH, verify)
     if response is None:
         return checks
