@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import pty
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -59,6 +62,8 @@ def test_the_kept_demo_streams_logs_keeps_heartbeating_hides_its_token_and_clean
             timeout=60,
         )
         assert "hello from the sandbox" in logs.stdout, logs.stderr
+        # `kubectl exec -it hello -- sh` is a shell on a terminal, and Ctrl-D ends it.
+        assert tty_shell(kubeconfig, "echo tty''ok", "ttyok") == 0
         # The metadata agent runs on (heartbeats), not once.
         assert (work / "metadata.log").exists()
         # The sandbox token is in the kubeconfig, never on a command line.
@@ -72,3 +77,40 @@ def test_the_kept_demo_streams_logs_keeps_heartbeating_hides_its_token_and_clean
         demo.send_signal(signal.SIGINT)
         assert demo.wait(60) == 0
     assert not work.exists()
+
+
+def tty_shell(kubeconfig: Path, command: str, expect: str) -> int:
+    """Run `kubectl exec -it hello -- sh` on a pseudo-terminal, type `command`, wait for `expect`,
+    press Ctrl-D; kubectl's exit status (it must end by itself)."""
+    main, child = pty.openpty()
+    kubectl = subprocess.Popen(
+        [kubectl_binary() or "kubectl", "--kubeconfig", str(kubeconfig), "exec", "-it", "hello", "--", "sh"],
+        stdin=child,
+        stdout=child,
+        stderr=child,
+        start_new_session=True,
+    )
+    os.close(child)
+    seen = b""
+
+    def read_until(wanted: bytes, seconds: float) -> bool:
+        nonlocal seen
+        deadline = time.monotonic() + seconds
+        while wanted not in seen and time.monotonic() < deadline:
+            if select.select([main], [], [], 0.2)[0]:
+                try:
+                    seen += os.read(main, 4096)
+                except OSError:  # the terminal's other end closed: kubectl is gone
+                    return wanted in seen
+        return wanted in seen
+
+    try:
+        os.write(main, command.encode() + b"\r")
+        assert read_until(expect.encode(), 60), seen.decode(errors="replace")
+        os.write(main, b"\x04")  # Ctrl-D on an empty line: end of input for the shell
+        return kubectl.wait(30)
+    finally:
+        if kubectl.poll() is None:
+            kubectl.kill()
+            kubectl.wait(10)
+        os.close(main)

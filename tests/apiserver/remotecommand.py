@@ -45,6 +45,8 @@ def exit_status(code: int, command: list[str]) -> dict[str, Any]:
 class StdStreams(Protocol):
     """The standard streams of one process, whatever carries them (websocket channels or SPDY streams)."""
 
+    tty: bool  # kubectl asked for a terminal (`exec -t`)
+
     async def read(self) -> bytes: ...  # stdin; b"" at EOF
     async def out(self, data: bytes) -> None: ...
     async def err(self, data: bytes) -> None: ...
@@ -163,6 +165,8 @@ async def _process(argv: list[str], io_: shell.Stdio) -> int:
 async def run_exec(ch: StdStreams, command: list[str], container: Container) -> None:
     pump = asyncio.create_task(ch.pump())
     io_ = shell.Stdio(ch.read, ch.out, ch.err)
+    if ch.tty and container.runner is None:
+        io_ = shell.Terminal(io_).stdio()  # the container's terminal (a real one has a pty)
     if container.runner is not None:
         work = asyncio.create_task(_process(container.runner(command), io_))
     else:

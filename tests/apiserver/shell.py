@@ -17,6 +17,13 @@ produce stdout, stderr, exit codes and stdin handling on demand:
     tar xf - [-C DIR]      unpack stdin into DIR (`-m`, `--no-same-*` accepted)
     sh -c SCRIPT           SCRIPT: commands joined by `;`, `&&`, `||` and `|`,
                            with a trailing `>&2` sending one command's stdout to stderr
+    sh                     reads scripts a line at a time from stdin until EOF or
+                           `exit`; on a terminal it prompts with "# "
+
+With `kubectl exec -t` the container has a terminal: `Terminal` is its line
+discipline (what the kernel's pty does for a real container): typed bytes are
+echoed, Enter ends a line, Backspace erases, Ctrl-D on an empty line is end of
+input, Ctrl-C interrupts; output newlines become CR LF.
 
 An unknown command fails like a missing executable (exit 127 and a message on stderr).
 """
@@ -47,6 +54,62 @@ class Stdio:
     read: Reader
     out: Writer
     err: Writer
+    tty: bool = False
+
+
+class Terminal:
+    """A cooked-mode terminal in front of a process's standard streams (see the module docstring)."""
+
+    INTERRUPT = 130  # what a shell reports for a command ended by Ctrl-C
+
+    def __init__(self, raw: Stdio) -> None:
+        self.raw = raw
+        self._lines: list[bytes] = []
+        self._line = bytearray()
+        self._eof = False
+
+    def stdio(self) -> Stdio:
+        return Stdio(self.read, self.out, self.out, tty=True)
+
+    async def out(self, data: bytes) -> None:
+        await self.raw.out(data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
+
+    async def read(self) -> bytes:
+        while not self._lines and not self._eof:
+            typed = await self.raw.read()
+            if not typed:
+                self._eof = True
+                break
+            await self._cook(typed)
+        if self._lines:
+            return self._lines.pop(0)
+        return b""
+
+    async def _cook(self, typed: bytes) -> None:
+        echo = bytearray()
+        for byte in typed:
+            if byte in (0x0D, 0x0A):  # Enter: the line goes to the process
+                self._lines.append(bytes(self._line) + b"\n")
+                self._line.clear()
+                echo += b"\r\n"
+            elif byte == 0x04:  # Ctrl-D: what is typed goes as is; on an empty line, end of input
+                if self._line:
+                    self._lines.append(bytes(self._line))
+                    self._line.clear()
+                else:
+                    self._eof = True
+                    break
+            elif byte == 0x03:  # Ctrl-C
+                raise Exit(self.INTERRUPT)
+            elif byte in (0x7F, 0x08):
+                if self._line:
+                    self._line.pop()
+                    echo += b"\b \b"
+            else:
+                self._line.append(byte)
+                echo.append(byte)
+        if echo:
+            await self.raw.out(bytes(echo))
 
 
 async def _read_all(read: Reader) -> bytes:
@@ -191,6 +254,8 @@ async def run_command(argv: list[str], io_: Stdio, fs: Filesystem) -> int:
         return await _tar(args, io_, fs)
     if name == "sh" and len(args) >= 2 and args[0] == "-c":
         return await run_script(args[1], io_, fs)
+    if name == "sh" and args in ([], ["-i"], ["-s"]):
+        return await _interactive(io_, fs)
     await io_.err(f'exec: "{name}": executable file not found in $PATH\n'.encode())
     return 127
 
@@ -242,7 +307,28 @@ async def run_script(script: str, io_: Stdio, fs: Filesystem) -> int:
     return status
 
 
+async def _interactive(io_: Stdio, fs: Filesystem) -> int:
+    """`sh` with no script: one line of stdin at a time, until EOF (the last status) or `exit`."""
+    status, pending = 0, b""
+    while True:
+        if io_.tty:
+            await io_.out(b"# ")
+        while b"\n" not in pending:
+            chunk = await io_.read()
+            if not chunk:
+                if pending.strip():
+                    status = await run_script(pending.decode(errors="replace"), io_, fs)
+                if io_.tty:
+                    await io_.out(b"exit\n")
+                return status
+            pending += chunk
+        line, _, pending = pending.partition(b"\n")
+        if line.strip():
+            status = await run_script(line.decode(errors="replace"), io_, fs)
+
+
 async def run(argv: list[str], io_: Stdio, fs: Filesystem) -> int:
+    """Run a container's command; with `tty`, behind a terminal's line discipline."""
     try:
         return await run_command(argv, io_, fs)
     except Exit as done:
