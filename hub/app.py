@@ -25,7 +25,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from foundation.metrics import RequestMetrics, metrics_endpoint, request_histogram
-from hub import aadproxy, agentapi, clusters, configurations, discovery, identity
+from hub import aadproxy, agentapi, clusters, configurations, discovery, fluxconfig, identity
 from hub.auth import Authenticator
 from hub.context import Hub
 from hub.errors import ApiError, api_error_handler, bad_request, error_response
@@ -106,6 +106,7 @@ def build_app(hub: Hub, extra_routes: list[BaseRoute] | None = None) -> Starlett
         *aadproxy.routes,
         *agentapi.routes,
         *configurations.routes,
+        *fluxconfig.routes,
         *clusters.routes,
     ]
     arm_paths_ignore_case(routes)

@@ -153,6 +153,30 @@ class Configuration(Base):
     __table_args__ = (UniqueConstraint("cluster_id", "name"),)
 
 
+class FluxConfiguration(Base):
+    """A Flux v2 configuration of one cluster: the user's spec, and what its config-agent reported."""
+
+    __tablename__ = "flux_configurations"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    cluster_id: Mapped[int] = mapped_column(ForeignKey("clusters.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(63))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # hub.fluxspec.FluxSpec.desired()
+    # Fernet-encrypted JSON of configurationProtectedSettings; only the cluster's agents read it.
+    protected_settings: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    generation: Mapped[int] = mapped_column(Integer, default=1)  # +1 on every PUT
+    observed_generation: Mapped[int] = mapped_column(Integer, default=0)  # the agent's last applied
+    provisioning_state: Mapped[str] = mapped_column(String(32), default="Creating")
+    compliance_state: Mapped[str] = mapped_column(String(32), default="Pending")
+    statuses: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    source_synced_commit_id: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    source_updated_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    status_updated_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    __table_args__ = (UniqueConstraint("cluster_id", "name"),)
+
+
 class DirectoryObject(Base):
     """A user, group or service principal of the local issuer's directory."""
 
