@@ -105,8 +105,11 @@ async def _put(hub: Hub, rid: str, name: str, body: fluxspec.FluxSpec) -> Respon
             raise bad_request(
                 "scope and namespace of a flux configuration cannot change; delete it and create it again"
             )
+        try:
+            settings = body.protected(_protected(hub, row) if not created else {})
+        except ValueError as exc:
+            raise bad_request(str(exc)) from None
         row.spec = body.desired()
-        settings = body.configurationProtectedSettings
         row.protected_settings = hub.box.seal(json.dumps(settings).encode()) if settings else None
         row.generation += 1
         row.provisioning_state = "Creating" if created else "Updating"

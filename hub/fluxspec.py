@@ -149,7 +149,8 @@ class FluxSpec(BaseModel):
     ociRepository: OciRepository | None = None
     bucket: Bucket | None = None
     kustomizations: dict[str, Kustomization] = Field(default_factory=dict, max_length=64)
-    configurationProtectedSettings: dict[str, str] = Field(default_factory=dict)
+    # A key with a null value keeps the value already stored (what a GET returns, PUT back as is).
+    configurationProtectedSettings: dict[str, str | None] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _consistent(self) -> FluxSpec:
@@ -179,6 +180,17 @@ class FluxSpec(BaseModel):
             except ValueError:
                 raise ValueError(f"configurationProtectedSettings.{key}: not base64") from None
         return self
+
+    def protected(self, stored: dict[str, str]) -> dict[str, str]:
+        """The protected settings to store: the given values, and the stored ones for null keys."""
+        kept: dict[str, str] = {}
+        for key, value in self.configurationProtectedSettings.items():
+            if value is None and key not in stored:
+                raise ValueError(
+                    f"configurationProtectedSettings.{key}: null keeps a stored value, and none is"
+                )
+            kept[key] = value if value is not None else stored[key]
+        return kept
 
     def desired(self) -> dict[str, Any]:
         """The spec as stored and returned (protected settings removed, defaults filled in)."""

@@ -223,3 +223,25 @@ def test_a_suspended_configuration_says_so_until_resumed(hub: RunningHub) -> Non
     with hub.client(owner_of(hub)) as user:
         assert user.put(url, json=body(suspend=True)).json()["properties"]["complianceState"] == "Suspended"
         assert user.put(url, json=body(suspend=False)).json()["properties"]["complianceState"] == "Pending"
+
+
+def test_what_a_get_returns_can_be_put_back_and_keeps_the_secrets(hub: RunningHub) -> None:
+    cluster = connected(hub, "flux-roundtrip", onboarder(hub))
+    url = f"{cluster.resource_id}/{KIND}/fleet"
+    with hub.client(owner_of(hub)) as user, cluster.agent_client() as agent:
+        assert user.put(url, json=body()).status_code == 201
+        shown = user.get(url).json()
+        shown["properties"]["gitRepository"]["repositoryRef"] = {"tag": "v1.2.0"}
+        r = user.put(url, json=shown)
+        assert r.status_code == 200, r.text
+        pulled = agent.get("/agent/v1/fluxConfigurations").json()["value"][0]
+        assert pulled["configurationProtectedSettings"] == {"sshPrivateKey": SSH_KEY}
+        assert pulled["gitRepository"]["repositoryRef"] == {"tag": "v1.2.0"}
+        # Dropping the key drops the secret; a null with nothing stored is a 400.
+        assert user.put(url, json=body(configurationProtectedSettings={})).status_code == 200
+        assert (
+            agent.get("/agent/v1/fluxConfigurations").json()["value"][0]["configurationProtectedSettings"]
+            == {}
+        )
+        r = user.put(url, json=body(configurationProtectedSettings={"sshPrivateKey": None}))
+        assert r.status_code == 400 and "configurationProtectedSettings.sshPrivateKey" in r.text
