@@ -16,6 +16,7 @@ from kubearc.commands import (
     gettoken,
     guard,
     hub,
+    k8sconfig,
     login,
     proxy,
     relay,
@@ -43,6 +44,7 @@ app.add_typer(cluster.app, name="cluster", help="Connected-cluster resources.")
 app.add_typer(role.app, name="role", help="Role definitions and role assignments.")
 app.add_typer(admin.app, name="admin", help="Bootstrap the hub's directory on the hub host.")
 app.add_typer(agent.app, name="agent", help="In-cluster agents.")
+app.add_typer(k8sconfig.app, name="k8s-configuration", help="GitOps (Flux v2) configurations of clusters.")
 
 
 def _print_version(value: bool) -> None:
