@@ -10,7 +10,6 @@ to the hub's usage endpoint, best effort.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import json
 import logging
 import math
@@ -27,11 +26,12 @@ from kubernetes.client.rest import ApiException
 from kubernetes.utils import parse_quantity
 
 from agents import AGENT_VERSION
-from agents.errors import HubRefused, IdentityNotReady
+from agents.errors import HubRefused
 from agents.hubclient import HubClient
-from foundation.identitystore import IdentityStore, StoreError, open_store
+from agents.runtime import use_current_identity
+from foundation.identitystore import IdentityStore, open_store
 from foundation.kube import Kube, KubeError, describe
-from foundation.retry import RetriesExhausted, RetryPolicy, retrying
+from foundation.retry import RetriesExhausted, RetryPolicy
 
 log = logging.getLogger("kubearc.agent.metadata")
 AGENT_NAME = "cluster-metadata-operator"
@@ -147,20 +147,7 @@ class MetadataAgent:
         self._status: str | None = None
 
     async def load_identity(self) -> None:
-        """Use the identity agent's current certificate, waiting for the first one if need be."""
-
-        async def attempt() -> None:
-            stored = await self.store.load()
-            if stored is None:
-                raise IdentityNotReady(f"no identity certificate in {self.store.description} yet")
-            if stored.not_after <= dt.datetime.now(dt.UTC):
-                raise IdentityNotReady(f"the identity certificate in {self.store.description} has expired")
-            self.hub.set_identity(stored.pair)
-
-        def waitable(exc: BaseException) -> float | None:
-            return 0.0 if isinstance(exc, IdentityNotReady | StoreError) else None
-
-        await retrying(attempt, self.settings.retry, waitable, "load the identity certificate")
+        await use_current_identity(self.hub, self.store, self.settings.retry)
 
     async def cycle(self) -> None:
         await self.load_identity()

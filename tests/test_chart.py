@@ -110,9 +110,10 @@ def test_a_missing_hub_url_or_resource_id_says_which() -> None:
 
 
 def test_features_choose_the_agents() -> None:
-    assert set(by_kind(render(), "Deployment")) == {"kubearc-identity", "kubearc-metadata", "kubearc-connect"}
+    always = {"kubearc-identity", "kubearc-metadata", "kubearc-config"}
+    assert set(by_kind(render(), "Deployment")) == always | {"kubearc-connect"}
     off = by_kind(render(*COMBINATIONS["no-cluster-connect"]), "Deployment")
-    assert set(off) == {"kubearc-identity", "kubearc-metadata"}
+    assert set(off) == always
     webhook = by_kind(render(*COMBINATIONS["azure-rbac-webhook"]), "Deployment")
     assert "kubearc-guard" in webhook and "kubearc-aad-proxy" not in webhook
     impersonation = render(*COMBINATIONS["azure-rbac-impersonation"])
@@ -135,6 +136,15 @@ def test_every_agent_gets_only_what_it_needs() -> None:
                 assert rules == [(("",), ("nodes",), ("get", "list"))]
             elif name.startswith("kubearc-guard"):
                 assert rules == [(("authentication.k8s.io",), ("tokenreviews",), ("create",))]
+            elif name.startswith("kubearc-config"):
+                # Flux's objects and their Secrets, namespaces to put them in; nothing else, never "*".
+                flux_kinds = {"gitrepositories", "ocirepositories", "buckets", "kustomizations"}
+                assert {r for _, resources, _ in rules for r in resources} == flux_kinds | {
+                    "secrets",
+                    "namespaces",
+                }
+                assert all("*" not in verbs and "escalate" not in verbs for _, _, verbs in rules)
+                assert dict((res, verbs) for _, res, verbs in rules)[("namespaces",)] == ("get", "create")
             elif name.startswith("kubearc-aad-proxy"):
                 assert all(verbs == ("impersonate",) for _, _, verbs in rules)
             else:

@@ -1,4 +1,4 @@
-"""`kubearc agent identity|metadata`: the in-cluster agents (one Deployment each in the chart).
+"""`kubearc agent identity|metadata|config|connect`: the in-cluster agents (a Deployment each in the chart).
 
 Exit codes: 0 done (or stopped by SIGTERM), 1 a permanent error (the hub or the
 apiserver refused, bad configuration), 3 the hub or apiserver stayed unreachable
@@ -197,6 +197,42 @@ def metadata(
         retry=_retry(retry_deadline, retry_max_delay),
     )
     _execute("metadata", agent.run(settings), _probes_address(probes_listen))
+
+
+@app.command("config")
+def config(
+    hub: str = HubOpt,
+    hub_ca: Path = HubCaOpt,
+    identity: str = IdentityOpt,
+    kubeconfig: Path = KubeconfigOpt,
+    once: bool = OnceOpt,
+    sync_interval: float = typer.Option(
+        30.0, "--sync-interval", min=0.1, help="Seconds between pulls of the desired configurations."
+    ),
+    status_interval: float = typer.Option(
+        5.0, "--status-interval", min=0.1, help="Seconds between reads of the Flux objects' conditions."
+    ),
+    retry_deadline: float = RetryDeadlineOpt,
+    retry_max_delay: float = RetryMaxDelayOpt,
+    probes_listen: str | None = ProbesOpt,
+    log_level: str = LogLevelOpt,
+    log_format: str = LogFormatOpt,
+) -> None:
+    """config-agent: turn the cluster's flux configurations into Flux objects; report compliance."""
+    from agents import config as agent
+
+    setup_logging(log_level, log_format)
+    settings = agent.ConfigSettings(
+        hub_url=hub,
+        hub_ca=hub_ca,
+        identity=identity,
+        kubeconfig=kubeconfig,
+        once=once,
+        sync_interval=sync_interval,
+        status_interval=status_interval,
+        retry=_retry(retry_deadline, retry_max_delay),
+    )
+    _execute("config", agent.run(settings), _probes_address(probes_listen))
 
 
 @app.command("connect")

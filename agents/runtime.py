@@ -1,0 +1,68 @@
+"""What every lighter agent's loop shares: the current identity, and its reconcile metrics.
+
+Each agent is one reconcile pass (read desired state from the hub, actual state
+from the apiserver, act, report) run on an interval; these helpers keep that
+pass short. The metrics are the ones an operator alerts on: passes by result and
+the time of the last good one (`kubearc_agent_last_success_timestamp_seconds`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
+
+from agents.errors import IdentityNotReady
+from agents.hubclient import HubClient
+from foundation.identitystore import IdentityStore, StoreError
+from foundation.retry import RetryPolicy, retrying
+
+
+async def use_current_identity(hub: HubClient, store: IdentityStore, retry: RetryPolicy) -> None:
+    """Use the identity agent's current certificate, waiting for the first one if need be."""
+
+    async def attempt() -> None:
+        stored = await store.load()
+        if stored is None:
+            raise IdentityNotReady(f"no identity certificate in {store.description} yet")
+        if stored.not_after <= dt.datetime.now(dt.UTC):
+            raise IdentityNotReady(f"the identity certificate in {store.description} has expired")
+        hub.set_identity(stored.pair)
+
+    def waitable(exc: BaseException) -> float | None:
+        return 0.0 if isinstance(exc, IdentityNotReady | StoreError) else None
+
+    await retrying(attempt, retry, waitable, "load the identity certificate")
+
+
+class LoopMetrics:
+    """Reconcile passes of one agent, by result, and when the last one succeeded."""
+
+    _shared: dict[int, tuple[Counter, Gauge]] = {}
+
+    def __init__(self, agent: str, registry: CollectorRegistry = REGISTRY) -> None:
+        if id(registry) not in self._shared:  # one family per registry, a label per agent
+            self._shared[id(registry)] = (
+                Counter(
+                    "kubearc_agent_reconciles", "Reconcile passes.", ["agent", "result"], registry=registry
+                ),
+                Gauge(
+                    "kubearc_agent_last_success_timestamp_seconds",
+                    "When the last reconcile pass succeeded (Unix time).",
+                    ["agent"],
+                    registry=registry,
+                ),
+            )
+        passes, last = self._shared[id(registry)]
+        self.ok, self.failed = passes.labels(agent, "ok"), passes.labels(agent, "error")
+        self.last = last.labels(agent)
+        self.succeeded_once = False
+
+    def success(self) -> None:
+        self.ok.inc()
+        self.last.set(time.time())
+        self.succeeded_once = True
+
+    def failure(self) -> None:
+        self.failed.inc()
