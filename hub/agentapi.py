@@ -24,8 +24,8 @@ from hub.auth import Principal, agent_token_serial, current_agent, revoked
 from hub.context import Hub, hub_of
 from hub.errors import not_found, read_model
 from hub.status import connectivity_status
-from hub.store.models import AgentLog, AgentUsage, Cluster, IdentityCertificate
-from hub.store.queries import configuration_named, configurations_of
+from hub.store.models import AgentLog, AgentUsage, AgentUsageSample, Cluster, IdentityCertificate
+from hub.store.queries import configuration_named, configurations_of, purge_telemetry
 
 MAX_LOG_ENTRIES = 1000
 MAX_LOG_MESSAGE = 16_384
@@ -151,17 +151,15 @@ async def metadata(request: Request) -> Response:
 async def usage(request: Request) -> Response:
     hub, agent = hub_of(request), await current_agent(request)
     body = await read_model(request, UsageReport)
+    now = hub.now()
     async with hub.sessions() as session:
         for item in body.agents:
+            values = {"cpu_millicores": item.cpuMillicores, "memory_bytes": item.memoryBytes}
             await session.merge(
-                AgentUsage(
-                    cluster_id=agent.cluster_id,
-                    agent=item.name,
-                    cpu_millicores=item.cpuMillicores,
-                    memory_bytes=item.memoryBytes,
-                    reported_at=hub.now(),
-                )
+                AgentUsage(cluster_id=agent.cluster_id, agent=item.name, reported_at=now, **values)
             )
+            session.add(AgentUsageSample(cluster_id=agent.cluster_id, agent=item.name, ts=now, **values))
+        await purge_telemetry(session, _own(agent), now - hub.config.telemetry_retention)
         await session.commit()
     return JSONResponse({"accepted": len(body.agents)})
 
@@ -177,12 +175,13 @@ async def logs(request: Request) -> Response:
                     cluster_id=agent.cluster_id,
                     agent=e.agent,
                     ts=e.timestamp or now,
-                    level=e.level,
+                    level={"warn": "warning", "fatal": "critical"}.get(e.level.lower(), e.level.lower()),
                     message=e.message,
                 )
                 for e in body.entries
             ]
         )
+        await purge_telemetry(session, _own(agent), now - hub.config.telemetry_retention)
         await session.commit()
     return JSONResponse({"accepted": len(body.entries)})
 

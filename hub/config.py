@@ -53,6 +53,8 @@ class HubConfig:
     relay_url: str | None = None
     relay_port: int = 8444
     latest_agent_version: str = __version__
+    # How long agents' log lines and usage samples are kept.
+    telemetry_retention: dt.timedelta = dt.timedelta(days=7)
     # What unauthenticated peers may hold on the API port and on the in-process relay's port.
     limits: Limits = field(default_factory=Limits)
     relay_limits: Limits = field(default_factory=Limits)

@@ -11,6 +11,7 @@ from kubearc.commands import (
     admin,
     agent,
     cluster,
+    clusterlogs,
     connect,
     demo,
     gettoken,
@@ -40,6 +41,8 @@ guard_app.command("serve")(guard.guard)
 guard_app.command("kubeconfig")(guard.guard_kubeconfig)
 guard_app.command("proxy")(aadproxy.aad_proxy)
 app.add_typer(guard_app, name="guard")
+cluster.app.command("logs")(clusterlogs.logs)
+cluster.app.command("usage")(clusterlogs.usage)
 app.add_typer(cluster.app, name="cluster", help="Connected-cluster resources.")
 app.add_typer(role.app, name="role", help="Role definitions and role assignments.")
 app.add_typer(admin.app, name="admin", help="Bootstrap the hub's directory on the hub host.")

@@ -118,7 +118,8 @@ def test_usage_and_logs_are_stored_for_the_callers_cluster(hub: RunningHub) -> N
                         "agent": "metadata",
                         "level": "info",
                         "message": "pushed",
-                        "timestamp": "2026-01-01T00:00:00Z",
+                        # recent: lines older than the retention (7 days) are dropped at once
+                        "timestamp": hub.config.clock().isoformat(),
                     },
                     {"agent": "metadata", "level": "error", "message": "apiserver timeout"},
                 ]

@@ -119,6 +119,19 @@ class AgentUsage(Base):
     reported_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
 
 
+class AgentUsageSample(Base):
+    """Every usage report of one agent: the time series behind `AgentUsage`'s latest value."""
+
+    __tablename__ = "agent_usage_samples"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    cluster_id: Mapped[int] = mapped_column(ForeignKey("clusters.id", ondelete="CASCADE"))
+    agent: Mapped[str] = mapped_column(String(63))
+    ts: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    cpu_millicores: Mapped[int] = mapped_column(Integer)
+    memory_bytes: Mapped[int] = mapped_column(BigInteger)
+    __table_args__ = (Index("ix_agent_usage_samples_cluster_agent_ts", "cluster_id", "agent", "ts"),)
+
+
 class AgentLog(Base):
     __tablename__ = "agent_logs"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

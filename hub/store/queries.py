@@ -7,14 +7,15 @@ modules share them without importing one another (`hub.clusters`,
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.errors import not_found
 from hub.resources import scope_key
-from hub.store.models import Cluster, Configuration
+from hub.store.models import AgentLog, AgentUsageSample, Cluster, Configuration
 
 
 async def cluster_at(session: AsyncSession, resource_id: str) -> Cluster | None:
@@ -39,3 +40,13 @@ async def configurations_of(session: AsyncSession, cluster_id: int) -> Sequence[
 async def configuration_named(session: AsyncSession, cluster_id: int, name: str) -> Configuration | None:
     query = select(Configuration).where(Configuration.cluster_id == cluster_id, Configuration.name == name)
     return (await session.execute(query)).scalar_one_or_none()
+
+
+async def purge_telemetry(session: AsyncSession, cluster_id: int, before: dt.datetime) -> None:
+    """Drop one cluster's log lines and usage samples older than `before` (the retention)."""
+    await session.execute(delete(AgentLog).where(AgentLog.cluster_id == cluster_id, AgentLog.ts < before))
+    await session.execute(
+        delete(AgentUsageSample).where(
+            AgentUsageSample.cluster_id == cluster_id, AgentUsageSample.ts < before
+        )
+    )

@@ -61,6 +61,7 @@ RelayUrl = Annotated[
 LatestAgent = Annotated[
     str | None, _opt("KUBEARC_LATEST_AGENT_VERSION", "Agent version offered for upgrade (default: this one).")
 ]
+Retention = Annotated[str, _opt("KUBEARC_LOG_RETENTION", "How long agents' logs and usage are kept.")]
 LogLevel = Annotated[str, typer.Option(envvar="KUBEARC_LOG_LEVEL")]
 LogFormat = Annotated[str, _opt("KUBEARC_LOG_FORMAT", "text or json.")]
 
@@ -102,6 +103,7 @@ def hub(
     header_timeout: str = listenopts.HeaderTimeoutOpt,
     idle_timeout: str = listenopts.IdleTimeoutOpt,
     latest_agent_version: LatestAgent = None,
+    log_retention: Retention = "7d",
     log_level: LogLevel = "info",
     log_format: LogFormat = "text",
 ) -> None:
@@ -133,6 +135,7 @@ def hub(
         identity_validity=_duration(identity_validity, "--identity-validity"),
         renewal_after=_duration(renewal_after, "--renewal-after"),
         relay_credential_ttl=_duration(relay_credential_ttl, "--relay-credential-ttl"),
+        telemetry_retention=_duration(log_retention, "--log-retention"),
         relay_port=relay_port,
         relay_url=relay_url,
         limits=api_limits,
