@@ -1,4 +1,4 @@
-"""What every lighter agent's loop shares: the current identity, and its reconcile metrics.
+"""What every agent shares: the current identity, reconcile metrics, and its logs shipped to the hub.
 
 Each agent is one reconcile pass (read desired state from the hub, actual state
 from the apiserver, act, report) run on an interval; these helpers keep that
@@ -9,13 +9,18 @@ the time of the last good one (`kubearc_agent_last_success_timestamp_seconds`).
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import time
+from pathlib import Path
+from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
 from agents.errors import IdentityNotReady
 from agents.hubclient import HubClient
-from foundation.identitystore import IdentityStore, StoreError
+from foundation.identitystore import IdentityStore, StoreError, open_store
+from foundation.kube import Kube
+from foundation.logship import LogShipper
 from foundation.retry import RetryPolicy, retrying
 
 
@@ -66,3 +71,36 @@ class LoopMetrics:
 
     def failure(self) -> None:
         self.failed.inc()
+
+
+async def ship_logs(
+    agent: str, hub_url: str, hub_ca: Path | None, identity: str, kubeconfig: Path | None, **options: Any
+) -> None:
+    """Ship this process's log lines to the hub as `agent` until cancelled (see foundation.logship).
+
+    The lines are signed for with the identity agent's current certificate; until there is
+    one (the identity agent's first minutes) they wait in the buffer.
+    """
+    shipper = LogShipper(agent, **options)
+    kube = Kube(kubeconfig) if identity.startswith("secret:") else None
+    store = open_store(identity, kube)
+    root = logging.getLogger()
+    root.addHandler(shipper)
+    once = RetryPolicy(base=0.2, cap=1.0, attempts=2, deadline=10.0)
+    try:
+        async with HubClient(hub_url, hub_ca, retry=once) as hub:
+
+            async def post(entries: list[dict[str, str]]) -> None:
+                stored = await store.load()
+                if stored is None:
+                    raise IdentityNotReady(f"no identity certificate in {store.description} yet")
+                current = hub.identity
+                if current is None or current.cert.serial_number != stored.pair.cert.serial_number:
+                    hub.set_identity(stored.pair)
+                await hub.post_logs(entries)
+
+            await shipper.run(post)
+    finally:
+        root.removeHandler(shipper)
+        if kube is not None:
+            kube.close()

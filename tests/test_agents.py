@@ -204,6 +204,21 @@ def test_identity_then_metadata_with_secret_store(
     for line in (ident.stderr + meta.stderr).splitlines():  # no key material or tokens in the logs
         assert "PRIVATE KEY" not in line and "eyJ" not in line
 
+    # Both agents shipped their own log lines to the hub (the identity agent's once it had one).
+    async def shipped() -> list[tuple[str, str, str]]:
+        from sqlalchemy import select
+
+        from hub.store.models import AgentLog
+
+        async with hub.hub.sessions() as session:
+            rows = (await session.execute(select(AgentLog).order_by(AgentLog.id))).scalars().all()
+            return [(r.agent, r.level, r.message) for r in rows]
+
+    lines = hub.run(shipped())
+    assert ("cluster-metadata-operator", "info", "pushed cluster metadata") in lines
+    assert any(agent == "clusteridentityoperator" for agent, _, _ in lines), lines
+    assert all("PRIVATE KEY" not in m and "eyJ" not in m for _, _, m in lines)
+
 
 def test_onboarding_key_from_a_secret(hub: RunningHub, standin: ApiServer, tmp_path: Path) -> None:
     cluster = connect_cluster(hub, tmp_path)

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,11 +70,27 @@ def _probes_address(value: str | None) -> tuple[str, int] | None:
     return host or "0.0.0.0", int(port)
 
 
-def _execute(agent: str, main: Coroutine[Any, Any, None], probes: tuple[str, int] | None = None) -> None:
+@dataclass(frozen=True)
+class Shipping:
+    """Where an agent's own log lines go: the hub, signed for with the cluster's identity."""
+
+    agent: str  # the name they carry (Arc's: clusteridentityoperator, config-agent, ...)
+    hub: str
+    hub_ca: Path | None
+    identity: str
+    kubeconfig: Path | None
+
+
+def _execute(
+    agent: str,
+    main: Coroutine[Any, Any, None],
+    probes: tuple[str, int] | None = None,
+    shipping: Shipping | None = None,
+) -> None:
     """Run an agent until done or SIGTERM; turn its errors into a message and an exit code.
 
     With `probes`, the agent's process also answers /healthz, /readyz and /metrics there
-    for as long as the agent runs.
+    for as long as the agent runs; with `shipping`, its log lines go to the hub meanwhile.
     """
     from agents.errors import AgentError
     from foundation.identitystore import StoreConflict, StoreError
@@ -82,17 +99,24 @@ def _execute(agent: str, main: Coroutine[Any, Any, None], probes: tuple[str, int
     from foundation.retry import RetriesExhausted
 
     async def with_probes() -> None:
-        if probes is None:
-            await main
-            return
+        # The helpers are owned here and cancelled (and awaited) when the agent ends; not a
+        # TaskGroup, so the agent's own error reaches the exit-code mapping below unwrapped.
         from prometheus_client import REGISTRY
 
-        async with asyncio.TaskGroup() as tasks:
-            served = tasks.create_task(serve_probes(probes[0], probes[1], REGISTRY, lambda: None))
-            try:
-                await main
-            finally:
-                served.cancel()
+        from agents.runtime import ship_logs
+
+        helpers = []
+        if probes is not None:
+            helpers.append(asyncio.create_task(serve_probes(probes[0], probes[1], REGISTRY, lambda: None)))
+        if shipping is not None:
+            s = shipping
+            helpers.append(asyncio.create_task(ship_logs(s.agent, s.hub, s.hub_ca, s.identity, s.kubeconfig)))
+        try:
+            await main
+        finally:
+            for helper in helpers:
+                helper.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
 
     async def supervised() -> None:
         task = asyncio.ensure_future(with_probes())
@@ -166,7 +190,8 @@ def identity(
         now_offset=now_offset_seconds,
         retry=_retry(retry_deadline, retry_max_delay),
     )
-    _execute("identity", agent.run(settings), _probes_address(probes_listen))
+    shipping = Shipping("clusteridentityoperator", hub, hub_ca, store, kubeconfig)
+    _execute("identity", agent.run(settings), _probes_address(probes_listen), shipping)
 
 
 @app.command("metadata")
@@ -196,7 +221,8 @@ def metadata(
         interval=interval,
         retry=_retry(retry_deadline, retry_max_delay),
     )
-    _execute("metadata", agent.run(settings), _probes_address(probes_listen))
+    shipping = Shipping("cluster-metadata-operator", hub, hub_ca, identity, kubeconfig)
+    _execute("metadata", agent.run(settings), _probes_address(probes_listen), shipping)
 
 
 @app.command("config")
@@ -232,7 +258,8 @@ def config(
         status_interval=status_interval,
         retry=_retry(retry_deadline, retry_max_delay),
     )
-    _execute("config", agent.run(settings), _probes_address(probes_listen))
+    shipping = Shipping(agent.AGENT_NAME, hub, hub_ca, identity, kubeconfig)
+    _execute("config", agent.run(settings), _probes_address(probes_listen), shipping)
 
 
 @app.command("connect")
@@ -289,7 +316,8 @@ def connect(
         hub_url=hub,
         hub_ca=str(hub_ca) if hub_ca else None,
     )
-    _execute("connect", agent.run(), _probes_address(probes_listen))
+    shipping = Shipping("clusterconnect-agent", hub, hub_ca, identity_store, kubeconfig)
+    _execute("connect", agent.run(), _probes_address(probes_listen), shipping)
 
 
 @app.command("diagnose")
