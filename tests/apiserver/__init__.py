@@ -5,6 +5,7 @@ agents, guard, the tunnel and helm against this. It grows with what they need; t
 serves discovery and OpenAPI v2 and v3, namespaces, nodes, pods, configmaps, secrets,
 services, serviceaccounts and deployments (`resources.py`, `workloads.py`,
 `services.py`), roles, rolebindings, clusterroles and clusterrolebindings (`rbac.py`),
+CustomResourceDefinitions and the kinds they define, served at once (`crds.py`),
 watch, JSON and protobuf bodies, every patch type with field ownership and server-side
 apply (`patch.py`, `managed.py`), pod logs, and exec/attach/port-forward over websockets
 and direct SPDY upgrades, on HTTP/1.1 and HTTP/2 (ALPN, as a real apiserver). Tests

@@ -169,7 +169,7 @@ def _validated(request: Request, rt: ResourceType, obj: Any, warnings: list[str]
     directive = request.query_params.get("fieldValidation", "Warn")
     if directive not in ("Ignore", "Warn", "Strict"):
         raise errors.bad_request(f"fieldValidation must be one of Ignore, Warn, Strict, not {directive!r}")
-    unknown = fields.unknown_fields(rt.kind, obj)
+    unknown = [] if rt.custom else fields.unknown_fields(rt.kind, obj)  # custom objects keep every field
     if unknown and directive == "Strict":
         listed = ", ".join(f'unknown field "{u}"' for u in unknown)
         raise errors.bad_request(
@@ -223,6 +223,12 @@ def _json_with(doc: Any, warnings: list[str], status: int = 200) -> Response:
     return response
 
 
+def _check_patch_type(rt: ResourceType, content_type: str) -> None:
+    """Custom resources take JSON, merge and apply patches; strategic merge is a 415, as kubectl expects."""
+    if rt.custom and content_type.split(";", 1)[0].strip().lower() == patch.STRATEGIC:
+        raise errors.unsupported_patch(patch.CUSTOM_PATCH_TYPES)
+
+
 async def _serve_subresource(request: Request, state: ApiServerState, t: Target) -> Response:
     rt, store, method, sub = t.rt, state.store, request.method, t.subresource
     assert t.name is not None and sub is not None
@@ -250,6 +256,7 @@ async def _serve_subresource(request: Request, state: ApiServerState, t: Target)
             )
         if method == "PATCH":
             content_type = request.headers.get("content-type", "")
+            _check_patch_type(rt, content_type)
             body = await _body(request)
             return _json(
                 store.patch(
@@ -352,6 +359,7 @@ async def _serve_resource(request: Request, state: ApiServerState, t: Target) ->
     if verb == "patch":
         content_type = request.headers.get("content-type", "")
         is_apply = content_type.split(";", 1)[0].strip() == patch.APPLY
+        _check_patch_type(rt, content_type)
         manager, force = _write_options(request, verb, is_apply)
         body = await _body(request)
         if isinstance(body, dict):
@@ -380,6 +388,9 @@ async def _route(request: Request, state: ApiServerState) -> Response:
         return PlainTextResponse("ok")
     if parts == ["version"]:
         return _json(discovery.version_info(state.git_version))
+    if parts in (["api"], ["apis"]) and discovery.wants_aggregated(request.headers.get("accept", "")):
+        listing = discovery.aggregated(state.registry, core=parts == ["api"])
+        return _json(listing, media_type=discovery.AGGREGATED_MEDIA)
     if parts == ["api"]:
         return _json(discovery.api_versions(state.server_address))
     if parts == ["apis"]:

@@ -1,7 +1,12 @@
-"""Discovery documents (legacy, non-aggregated form) derived from the registry.
+"""Discovery documents derived from the registry, in both the legacy and the aggregated form.
 
-kubectl asks for aggregated discovery first and falls back to these when the
-response's Content-Type is plain `application/json`, so these alone suffice.
+kubectl and helm (client-go 1.3x) ask `/api` and `/apis` for aggregated discovery
+(`apidiscovery.k8s.io/v2` APIGroupDiscoveryList, every group's resources in one
+answer) and fall back to the legacy documents (`/apis`, then one APIResourceList per
+group-version) when the answer is plain `application/json`. A real v1.36 apiserver
+answers the aggregated form, so the stand-in does too when asked; both are derived
+from the registry at the time of the request, so a CRD's kinds appear (and disappear)
+at once.
 """
 
 from __future__ import annotations
@@ -109,4 +114,72 @@ def group_list(registry: Registry) -> dict[str, Any]:
         "kind": "APIGroupList",
         "apiVersion": "v1",
         "groups": [_group(name, versions) for name, versions in registry.groups().items()],
+    }
+
+
+AGGREGATED = ("apidiscovery.k8s.io", "v2", "APIGroupDiscoveryList")
+AGGREGATED_MEDIA = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
+
+
+def wants_aggregated(accept: str) -> bool:
+    """Whether the Accept header offers the aggregated v2 JSON form (the first choice of client-go)."""
+    for option in accept.split(","):
+        media, *params = (p.strip() for p in option.split(";"))
+        values = dict(p.partition("=")[::2] for p in params)
+        if (
+            media.lower() == "application/json"
+            and (values.get("g"), values.get("v"), values.get("as")) == AGGREGATED
+        ):
+            return True
+    return False
+
+
+def _gvk(group: str, version: str, kind: str) -> dict[str, str]:
+    return {"group": group, "version": version, "kind": kind}
+
+
+def _aggregated_resource(rt: ResourceType) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "resource": rt.plural,
+        "responseKind": _gvk(rt.group, rt.version, rt.kind),
+        "scope": "Namespaced" if rt.namespaced else "Cluster",
+        "singularResource": rt.singular,
+        "verbs": sorted(rt.verbs),
+    }
+    if rt.short_names:
+        doc["shortNames"] = list(rt.short_names)
+    if rt.categories:
+        doc["categories"] = list(rt.categories)
+    subresources = []
+    for sub in rt.subresources:
+        kind, verbs, group, version = SUBRESOURCES[sub]
+        kind_of = _gvk(rt.group if group is None else group, version or rt.version, kind or rt.kind)
+        subresources.append({"subresource": sub, "responseKind": kind_of, "verbs": verbs})
+    if subresources:
+        doc["subresources"] = subresources
+    return doc
+
+
+def aggregated(registry: Registry, core: bool) -> dict[str, Any]:
+    """`/api` (core) or `/apis` as an APIGroupDiscoveryList; a group's first version is its preferred."""
+    groups = {"": ["v1"]} if core else registry.groups()
+    items = []
+    for name, versions in groups.items():
+        entries = [
+            {
+                "version": version,
+                "resources": [_aggregated_resource(rt) for rt in registry.in_group_version(name, version)],
+                "freshness": "Current",
+            }
+            for version in versions
+        ]
+        meta: dict[str, Any] = (
+            {"name": name, "creationTimestamp": None} if name else {"creationTimestamp": None}
+        )
+        items.append({"metadata": meta, "versions": entries})
+    return {
+        "kind": AGGREGATED[2],
+        "apiVersion": f"{AGGREGATED[0]}/{AGGREGATED[1]}",
+        "metadata": {},
+        "items": items,
     }

@@ -125,3 +125,10 @@ def method_not_allowed(message: str) -> StatusError:
 def unsupported_media_type(content_type: str) -> StatusError:
     message = f"the body of the request was in an unknown format: {content_type}"
     return StatusError(415, "UnsupportedMediaType", message)
+
+
+def unsupported_patch(accepted: tuple[str, ...]) -> StatusError:
+    """A patch type the resource does not take (strategic merge on a custom resource)."""
+    listed = ", ".join(accepted)
+    message = f"the body of the request was in an unknown format - accepted media types include: {listed}"
+    return StatusError(415, "UnsupportedMediaType", message)

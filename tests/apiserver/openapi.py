@@ -47,6 +47,8 @@ def gv_path(group: str, version: str) -> str:
 
 
 def schema_name(rt: ResourceType) -> str:
+    if rt.custom:  # a CRD's kinds are named by their reversed group, as the apiserver publishes them
+        return f"{'.'.join(reversed(rt.group.split('.')))}.{rt.version}.{rt.kind}"
     package = f"core.{rt.version}" if not rt.group else f"{rt.group.split('.')[0]}.{rt.version}"
     return f"io.k8s.api.{package}.{rt.kind}"
 

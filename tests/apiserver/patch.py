@@ -22,6 +22,7 @@ MERGE = "application/merge-patch+json"
 STRATEGIC = "application/strategic-merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 APPLY = "application/apply-patch+yaml"
+CUSTOM_PATCH_TYPES = (JSON_PATCH, MERGE, APPLY)  # a custom resource has no strategic merge patch
 
 
 def merge_patch(target: Any, patch: Any) -> Any:

@@ -58,6 +58,9 @@ class ResourceType:
     generation: bool = False  # metadata.generation counts spec changes
     categories: tuple[str, ...] = ()  # e.g. "all", for `kubectl get all`
     path_segment_names: bool = False  # RBAC: any name that is a URL path segment, not a DNS subdomain
+    # A custom resource (crds.py): no strategic merge patch, no known fields to check, and
+    # metadata.generation counts every change but metadata (and status, with a status subresource).
+    custom: bool = False
 
     @property
     def group_version(self) -> str:
@@ -73,8 +76,14 @@ class Registry:
     types: list[ResourceType] = field(default_factory=list)
 
     def add(self, rt: ResourceType) -> ResourceType:
-        self.types.append(rt)
+        self.types = [*self.types, rt]  # a new list: requests may be iterating the old one
         return rt
+
+    def replace(self, group: str, plural: str, types: list[ResourceType]) -> list[ResourceType]:
+        """Serve `types` in place of every version of `group`/`plural` (a CRD changed); returns the old."""
+        old = [rt for rt in self.types if (rt.group, rt.plural) == (group, plural)]
+        self.types = [rt for rt in self.types if rt not in old] + types
+        return old
 
     def lookup(self, group: str, version: str, plural: str) -> ResourceType | None:
         for rt in self.types:
@@ -265,6 +274,7 @@ SECRETS = ResourceType(
 
 
 def default_registry() -> Registry:
+    from tests.apiserver.crds import CRDS
     from tests.apiserver.rbac import RBAC_TYPES, SERVICEACCOUNTS
     from tests.apiserver.services import SERVICES
     from tests.apiserver.workloads import CONFIGMAPS, DEPLOYMENTS, PODS
@@ -280,6 +290,7 @@ def default_registry() -> Registry:
         SERVICES,
         DEPLOYMENTS,
         *RBAC_TYPES,
+        CRDS,
     ):
         registry.add(rt)
     return registry

@@ -29,6 +29,7 @@ from websockets.server import ServerProtocol
 
 from foundation import pki
 from tests.apiserver.app import ApiServerState, Seen, build_app
+from tests.apiserver.crds import CrdController
 from tests.apiserver.front import ALPN, front_protocol
 from tests.apiserver.kubeconfig import write_kubeconfig
 from tests.apiserver.kubelet import Kubelet
@@ -187,6 +188,7 @@ class ApiServer:
             kubelet=self.kubelet,
         )
         self.store.mutators.append(allocator(self.store))
+        self.crds = CrdController(self.store, self.registry)
         default_service_accounts(self.store)
         for ns in SYSTEM_NAMESPACES:
             self.store.create(NAMESPACES, None, {"metadata": {"name": ns}})

@@ -100,6 +100,23 @@ def _matches_fields(obj: Obj, selector: str) -> bool:
     return True
 
 
+def _generation_fields(rt: ResourceType, obj: Obj) -> Any:
+    """What a change must touch to count as a new generation: the spec, or for a custom resource
+    everything but metadata (and status, when it has its own subresource), as the apiserver counts."""
+    if not rt.custom:
+        return obj.get("spec")
+    skip = {"metadata", "apiVersion", "kind"} | ({"status"} if "status" in rt.subresources else set())
+    return {k: v for k, v in obj.items() if k not in skip}
+
+
+def as_version(rt: ResourceType, obj: Obj) -> Obj:
+    """An object as read through `rt`'s version: a CRD's versions share one store, and the
+    apiserver's `None` conversion between them changes only `apiVersion`."""
+    if obj.get("apiVersion") != rt.group_version and "apiVersion" in obj:
+        obj["apiVersion"] = rt.group_version
+    return obj
+
+
 class ObjectStore:
     def __init__(self, clock: Callable[[], dt.datetime] = utcnow) -> None:
         self.clock = clock
@@ -223,7 +240,7 @@ class ObjectStore:
     def _admit(self, rt: ResourceType, obj: Obj, old: Obj | None, owner: Owner) -> None:
         if rt.generation:
             generation = (old or {}).get("metadata", {}).get("generation", 0)
-            changed = old is None or old.get("spec") != obj.get("spec")
+            changed = old is None or _generation_fields(rt, old) != _generation_fields(rt, obj)
             obj["metadata"]["generation"] = generation + 1 if changed else generation
         rt.default(obj)
         problems = rt.validate(obj)
@@ -287,7 +304,7 @@ class ObjectStore:
             obj = self._objects.get(self._key(rt, namespace, name))
             if obj is None:
                 raise errors.not_found(rt.plural, name, rt.group)
-            return copy.deepcopy(obj)
+            return as_version(rt, copy.deepcopy(obj))
 
     def list(
         self,
@@ -329,7 +346,7 @@ class ObjectStore:
                 ).decode()
                 meta["remainingItemCount"] = len(items) - limit
                 items = items[:limit]
-            return copy.deepcopy(items), meta
+            return [as_version(rt, o) for o in copy.deepcopy(items)], meta
 
     def _update(
         self,
@@ -347,8 +364,11 @@ class ObjectStore:
         if subresource == "status":  # a status write changes only the status
             new = {**copy.deepcopy(current), "status": new.get("status")}
             meta = new["metadata"]
-        elif "status" in rt.subresources and "status" in current:  # ... and only a status write does
-            new["status"] = copy.deepcopy(current["status"])
+        elif "status" in rt.subresources:  # ... and only a status write does
+            if "status" in current:
+                new["status"] = copy.deepcopy(current["status"])
+            else:
+                new.pop("status", None)
         for fixed in ("name", "namespace", "uid", "creationTimestamp", "generation"):
             if fixed in old_meta:
                 meta[fixed] = old_meta[fixed]
@@ -402,7 +422,9 @@ class ObjectStore:
             current = self._objects.get(self._key(rt, namespace, name))
             if current is None:
                 raise errors.not_found(rt.plural, name, rt.group)
-            patched = self._check_type(rt, patch.apply(content_type, copy.deepcopy(current), body))
+            patched = self._check_type(
+                rt, patch.apply(content_type, as_version(rt, copy.deepcopy(current)), body)
+            )
             # Only an explicit, different resourceVersion in the patch is a precondition.
             if patched["metadata"].get("resourceVersion") == current["metadata"]["resourceVersion"]:
                 patched["metadata"].pop("resourceVersion")

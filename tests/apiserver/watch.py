@@ -23,7 +23,7 @@ from starlette.responses import Response, StreamingResponse
 
 from tests.apiserver import errors, tables
 from tests.apiserver.resources import Obj, ResourceType
-from tests.apiserver.store import Event, ObjectStore, _matches_fields, _matches_labels
+from tests.apiserver.store import Event, ObjectStore, _matches_fields, _matches_labels, as_version
 
 INITIAL_EVENTS_END = "k8s.io/initial-events-end"
 
@@ -89,6 +89,8 @@ async def serve_watch(
     started = store.watch(rt, since, listener)
 
     def encode(kind: str, obj: Obj) -> bytes:
+        if kind not in ("ERROR", "BOOKMARK"):
+            obj = as_version(rt, dict(obj))
         if as_table and kind != "ERROR" and kind != "BOOKMARK":
             meta = {"resourceVersion": obj["metadata"].get("resourceVersion", "")}
             obj = tables.table(rt, [obj], meta, store.clock(), include)
