@@ -151,8 +151,23 @@ def _apply_object(api: client.ApiClient, desired: flux.Desired, obj: Obj) -> boo
     return True
 
 
+def _check_ours(api: client.ApiClient, desired: flux.Desired) -> None:
+    """Refuse before writing anything when an object the configuration names is someone else's."""
+    for obj, live in zip(desired.objects, live_objects(api, desired), strict=True):
+        if live is not None and not _owned_by(live, desired):
+            meta = obj["metadata"]
+            raise NotOurs(
+                f"{obj['kind']} {meta['namespace']}/{meta['name']} exists and is not this configuration's"
+            )
+
+
 def apply(api: client.ApiClient, desired: flux.Desired) -> int:
     """Make the cluster hold what `desired` says; how many objects were written."""
+    try:
+        _check_ours(api, desired)
+    except ApiException as exc:
+        if exc.status != 404:  # no namespace yet: nothing there to be someone else's
+            raise
     _ensure_namespace(api, desired.namespace)
     written = 0
     if desired.secret is not None:
