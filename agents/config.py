@@ -250,7 +250,7 @@ class ConfigAgent:
         configs = (await self.hub.call("GET", "/agent/v1/fluxConfigurations"))["value"]
         self.desired = [flux.manifests(c) for c in configs]
         self.blocked = {}
-        kinds = {o["kind"] for d in self.desired for o in d.objects} | {"Kustomization"}
+        kinds = {o["kind"] for d in self.desired for o in d.objects}
         missing = await self.kube.call(lambda api: missing_kinds(api, kinds), "look for Flux's CRDs")
         if missing:
             for d in self.desired:

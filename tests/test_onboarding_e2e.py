@@ -7,6 +7,7 @@ namespaces; the hub is reached over the node's bridge, as from a data center.
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import subprocess
@@ -16,8 +17,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
+from kubernetes import client, config
 from typer.testing import CliRunner
 
 from hub import directory
@@ -26,6 +30,7 @@ from tests import node_emulator
 from tests.apiserver import ApiServer, NodeSpec
 from tests.clusters import SUB, signed_in_cli
 from tests.conftest import RunningHub
+from tests.flux_crds import flux_crds, mark
 
 pytestmark = pytest.mark.sqlite_only
 
@@ -191,6 +196,8 @@ def test_connect_brings_the_cluster_to_connected_is_idempotent_and_delete_leaves
     for agent in ("kubearc-identity", "kubearc-metadata"):
         site.wait_ready(agent)
 
+    gitops_through_the_chart(site, tmp_path=site.kubeconfig.parent)
+
     # Break two things: the connect agent stops, the identity Secret is gone.
     for change in (
         ["scale", "deploy/kubearc-connect", "--replicas=0"],
@@ -231,6 +238,97 @@ def test_connect_brings_the_cluster_to_connected_is_idempotent_and_delete_leaves
     assert site.helm("list", "-o", "json").stdout.strip() in ("[]", "")
     secrets = site.api.store.list_all("", "secrets")
     assert not [s for s in secrets if s["metadata"].get("namespace") == "azure-arc"]
+
+
+def gitops_through_the_chart(site: Site, tmp_path: Path) -> None:
+    """A flux configuration made with the CLI, applied by the chart's config-agent, reported back."""
+    chart = Path(__file__).resolve().parents[1] / "charts" / "kubearc-agents"
+    tuned = site.helm(
+        "upgrade",
+        "kubearc",
+        str(chart),
+        "--reuse-values",
+        "--set",
+        "gitops.syncInterval=1",
+        "--set",
+        "gitops.statusInterval=1",
+    )
+    assert tuned.returncode == 0, tuned.stderr
+    site.wait_ready("kubearc-config")
+    crds = tmp_path / "flux-crds.yaml"
+    crds.write_text(yaml.safe_dump_all(flux_crds()))
+    kubectl = ["kubectl", "--kubeconfig", str(site.kubeconfig)]
+    done = subprocess.run([*kubectl, "apply", "-f", str(crds)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    key = tmp_path / "deploy-key"
+    key.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nchart-e2e\n-----END OPENSSH PRIVATE KEY-----\n")
+    where = ["-c", "c1", "-g", "rg1"]
+    code, _, err = site.cli(
+        "k8s-configuration",
+        "flux",
+        "create",
+        "-n",
+        "fleet",
+        *where,
+        "--namespace",
+        "flux-system",
+        "-u",
+        "ssh://git@github.com/example/fleet.git",
+        "--branch",
+        "main",
+        "--ssh-private-key-file",
+        str(key),
+        "--kustomization",
+        "name=apps path=./apps prune=true",
+    )
+    assert code == 0, err
+
+    def found(group: str, plural: str, name: str) -> dict[str, Any]:
+        deadline = time.monotonic() + 60
+        while (obj := site.api.store.find(group, plural, "flux-system", name)) is None:
+            assert time.monotonic() < deadline, f"no {plural}/{name}\n{site.node.logs('kubearc-config')}"
+            time.sleep(0.3)
+        return obj
+
+    repo = found("source.toolkit.fluxcd.io", "gitrepositories", "fleet")
+    apps = found("kustomize.toolkit.fluxcd.io", "kustomizations", "fleet-apps")
+    assert repo["spec"]["secretRef"] == {"name": "fleet-auth"} and apps["spec"]["prune"] is True
+    secret = found("", "secrets", "fleet-auth")
+    assert base64.b64decode(secret["data"]["identity"]) == key.read_bytes()
+
+    # Playing Flux's controllers: both Ready, the source at a commit.
+    k8s: Any = client.CustomObjectsApi(config.new_client_from_config(str(site.kubeconfig)))
+    for gv, plural, obj, revision in (
+        (("source.toolkit.fluxcd.io", "v1"), "gitrepositories", repo, "main@sha1:9b1f00d"),
+        (("kustomize.toolkit.fluxcd.io", "v1"), "kustomizations", apps, None),
+    ):
+        marked = mark(obj, True, "Succeeded", "reconciled", revision)
+        k8s.patch_namespaced_custom_object_status(*gv, "flux-system", plural, obj["metadata"]["name"], marked)
+    deadline = time.monotonic() + 60
+    while True:
+        code, out, err = site.cli("k8s-configuration", "flux", "show", "-n", "fleet", *where)
+        shown = json.loads(out)["properties"] if code == 0 else {}
+        if shown.get("complianceState") == "Compliant":
+            break
+        assert time.monotonic() < deadline, f"{out}{err}\n{site.node.logs('kubearc-config')}"
+        time.sleep(0.5)
+    assert shown["sourceSyncedCommitId"] == "main@sha1:9b1f00d"
+
+    # The config-agent's own log lines reached the hub from the chart's pod.
+    deadline = time.monotonic() + 30  # they go out every 5 s
+    while True:
+        code, out, _ = site.cli("cluster", "logs", "-n", "c1", "-g", "rg1", "--agent", "config-agent")
+        if code == 0 and "applied flux configuration" in out:
+            break
+        assert time.monotonic() < deadline, out
+        time.sleep(1)
+
+    assert site.cli("k8s-configuration", "flux", "delete", "-n", "fleet", *where, "--yes")[0] == 0
+    deadline = time.monotonic() + 60
+    while site.api.store.find("source.toolkit.fluxcd.io", "gitrepositories", "flux-system", "fleet"):
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    assert site.api.store.find("", "secrets", "flux-system", "fleet-auth") is None
 
 
 def test_a_connect_whose_agents_cannot_reach_the_hub_stops_at_the_timeout_naming_the_step(site: Site) -> None:
