@@ -8,6 +8,7 @@ RBAC (assigning a role to a user by UPN needs both), and neither imports it back
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -15,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub import directory
 from hub.directory import GROUP, SERVICE_PRINCIPAL, USER, DirectoryError, UnknownPrincipal
+from hub.errors import InvalidRequest
 from hub.rbac.assignments import assignment_to_arm, create_assignment
 from hub.store import db
 from hub.store.models import DirectoryObject
@@ -116,3 +118,70 @@ async def role_assignment_create(
         principal_id, kind = assignee.lower(), principal_type
     row = await create_assignment(session, scope, role, principal_id, kind)
     return assignment_to_arm(row)
+
+
+# ---------------------------------------------------------------- the extension catalogue
+
+
+async def extension_type_set(
+    session: AsyncSession,
+    name: str,
+    repository: str,
+    chart: str,
+    versions: list[str],
+    release_namespace: str,
+    default_values: dict[str, Any],
+    ca_cert: str | None,
+) -> Any:
+    """Create or replace a catalogue entry; `versions` are `1.2.3` (stable) or `1.3.0-rc.1:preview`."""
+    from hub import extensionspec
+    from hub.store.models import ExtensionType
+
+    name = name.lower()
+    if not extensionspec.TYPE_NAME.fullmatch(name):
+        raise InvalidRequest(f"extension type {name!r}: lowercase letters, digits, '-' and '.'")
+    if not repository.startswith(("https://", "oci://", "http://")):
+        raise InvalidRequest(
+            f"--repository {repository!r}: an https:// Helm repository or an oci:// registry"
+        )
+    if not versions:
+        raise InvalidRequest("give at least one --version")
+    parsed = []
+    for text in versions:
+        version, _, train = text.partition(":")
+        try:
+            entry = extensionspec.CatalogueVersion(version=version, releaseTrain=train or "stable")
+        except ValueError:
+            raise InvalidRequest(
+                f"--version {text!r}: a version like 1.2.3, optionally :train (e.g. :preview)"
+            ) from None
+        parsed.append(entry.model_dump())
+    row = await session.get(ExtensionType, name)
+    if row is None:
+        row = ExtensionType(name=name, created_at=dt.datetime.now(dt.UTC))
+        session.add(row)
+    row.repository, row.chart, row.versions = repository, chart, parsed
+    row.release_namespace, row.default_values, row.ca_cert = release_namespace, default_values, ca_cert
+    await session.commit()
+    return extensionspec.catalogue_to_json(row)
+
+
+async def extension_type_list(session: AsyncSession) -> Any:
+    from sqlalchemy import select
+
+    from hub import extensionspec
+    from hub.store.models import ExtensionType
+
+    rows = (await session.execute(select(ExtensionType).order_by(ExtensionType.name))).scalars().all()
+    return [extensionspec.catalogue_to_json(t) for t in rows]
+
+
+async def extension_type_remove(session: AsyncSession, name: str) -> Any:
+    from hub.store.models import ExtensionType
+
+    row = await session.get(ExtensionType, name.lower())
+    if row is None:
+        raise InvalidRequest(f"no extension type {name!r} in the catalogue")
+    await session.delete(row)
+    await session.commit()
+    return {"removed": name.lower()}

@@ -25,7 +25,17 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from foundation.metrics import RequestMetrics, metrics_endpoint, request_histogram
-from hub import aadproxy, agentapi, clusters, configurations, discovery, fluxconfig, identity, telemetry
+from hub import (
+    aadproxy,
+    agentapi,
+    clusters,
+    configurations,
+    discovery,
+    extensions,
+    fluxconfig,
+    identity,
+    telemetry,
+)
 from hub.auth import Authenticator
 from hub.context import Hub
 from hub.errors import ApiError, api_error_handler, bad_request, error_response
@@ -107,6 +117,7 @@ def build_app(hub: Hub, extra_routes: list[BaseRoute] | None = None) -> Starlett
         *agentapi.routes,
         *configurations.routes,
         *fluxconfig.routes,
+        *extensions.routes,
         *telemetry.routes,
         *clusters.routes,
     ]

@@ -190,6 +190,44 @@ class FluxConfiguration(Base):
     __table_args__ = (UniqueConstraint("cluster_id", "name"),)
 
 
+class ExtensionType(Base):
+    """One entry of the extension catalogue admins keep: where its Helm chart is, its versions."""
+
+    __tablename__ = "extension_types"
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)  # e.g. microsoft.flux (lowercase)
+    repository: Mapped[str] = mapped_column(Text)  # https:// Helm repository, or oci://registry/path
+    chart: Mapped[str] = mapped_column(String(253))
+    # [{"version": "2.4.0", "releaseTrain": "stable"}, ...]
+    versions: Mapped[list[dict[str, str]]] = mapped_column(JSON)
+    default_values: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    release_namespace: Mapped[str] = mapped_column(String(63))  # the default for cluster scope
+    ca_cert: Mapped[str | None] = mapped_column(Text, nullable=True)  # PEM, for a private repository
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+
+class Extension(Base):
+    """An extension of one cluster: what the user asked for, and what the extension-manager reported."""
+
+    __tablename__ = "extensions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    cluster_id: Mapped[int] = mapped_column(ForeignKey("clusters.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(253))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # hub.extensionspec.ExtensionSpec.desired()
+    protected_settings: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # Fernet JSON
+    target_version: Mapped[str] = mapped_column(String(64))  # what the agent is told to install
+    generation: Mapped[int] = mapped_column(Integer, default=1)
+    observed_generation: Mapped[int] = mapped_column(Integer, default=0)
+    deleting: Mapped[bool] = mapped_column(Boolean, default=False)
+    provisioning_state: Mapped[str] = mapped_column(String(32), default="Creating")
+    installed_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    statuses: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    __table_args__ = (UniqueConstraint("cluster_id", "name"),)
+
+
 class DirectoryObject(Base):
     """A user, group or service principal of the local issuer's directory."""
 
