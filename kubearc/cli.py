@@ -18,6 +18,7 @@ from kubearc.commands import (
     guard,
     hub,
     k8sconfig,
+    k8sext,
     login,
     proxy,
     relay,
@@ -48,6 +49,9 @@ app.add_typer(role.app, name="role", help="Role definitions and role assignments
 app.add_typer(admin.app, name="admin", help="Bootstrap the hub's directory on the hub host.")
 app.add_typer(agent.app, name="agent", help="In-cluster agents.")
 app.add_typer(k8sconfig.app, name="k8s-configuration", help="GitOps (Flux v2) configurations of clusters.")
+app.add_typer(
+    k8sext.app, name="k8s-extension", help="Extensions of clusters (Helm charts from the catalogue)."
+)
 
 
 def _print_version(value: bool) -> None:

@@ -3,13 +3,17 @@ settings kept from users, versions from release trains, and deletion through the
 
 from __future__ import annotations
 
+import json
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
 from hub import admin
-from tests.clusters import SUB, connected, onboarder
+from kubearc.cli import app
+from tests.clusters import SUB, connected, onboarder, signed_in_cli
 from tests.conftest import RunningHub
 
 KIND = "providers/Microsoft.KubernetesConfiguration/extensions"
@@ -190,3 +194,85 @@ def test_reports_upgrades_within_the_major_and_deletion_through_the_cluster(hub:
         assert user.put(url, json=body()).status_code == 201
         assert user.delete(url, params={"force": "true"}).status_code == 200
         assert user.get(url).status_code == 404
+
+
+@pytest.mark.sqlite_only
+def test_the_catalogue_and_extensions_on_the_command_line(
+    hub: RunningHub, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    values = tmp_path / "defaults.yaml"
+    values.write_text("replicas: 1\nimage:\n  tag: stable\n")
+    admin_cli = CliRunner()
+    db = ["--database-url", database_url]
+    added = admin_cli.invoke(
+        app,
+        [
+            *[
+                "admin",
+                "extension-type",
+                "set",
+                "Demo",
+                "--repository",
+                "https://charts.example/demo",
+                "--chart",
+            ],
+            *["demo", "--version", "1.0.0", "--version", "1.1.0", "--version", "2.0.0-rc.1:preview"],
+            *["--release-namespace", "demo-system", "--values-file", str(values), *db],
+        ],
+    )
+    assert added.exit_code == 0, added.output
+    assert json.loads(added.stdout)["versions"][2] == {"version": "2.0.0-rc.1", "releaseTrain": "preview"}
+    bad = admin_cli.invoke(
+        app,
+        [
+            "admin",
+            "extension-type",
+            "set",
+            "x",
+            "--repository",
+            "ftp://x",
+            "--chart",
+            "x",
+            "--version",
+            "1",
+            "--release-namespace",
+            "x",
+            *db,
+        ],
+    )
+    assert bad.exit_code == 1 and "--repository 'ftp://x'" in bad.stderr and bad.stderr.count("\n") == 1
+
+    cluster = connected(hub, "cli-ext", onboarder(hub))
+    monkeypatch.setenv("KUBEARC_CONFIG_DIR", str(tmp_path / "config"))
+    cli = signed_in_cli(hub, tmp_path / "config", "jo@kubearc.test", "Owner", f"/subscriptions/{SUB}")
+    where = ["-c", "cli-ext", "-g", "rg1", "-t", "connectedClusters"]
+    types = cli.invoke(app, ["k8s-extension", "extension-types", "list"])
+    assert "demo: demo from https://charts.example/demo; 1.0.0 (stable)" in types.stdout, types.output
+    secret = tmp_path / "protected.yaml"
+    secret.write_text(f"auth.password: {SECRET}\n")
+    made = cli.invoke(
+        app,
+        [
+            *["k8s-extension", "create", "-n", "demo", *where, "--extension-type", "demo"],
+            *["--configuration-settings", "image.tag=v2", "--config-protected-file", str(secret)],
+        ],
+    )
+    assert made.exit_code == 0, made.output
+    assert SECRET not in made.output
+    props = json.loads(made.stdout)["properties"]
+    assert props["targetVersion"] == "1.1.0" and props["configurationSettings"] == {"image.tag": "v2"}
+    pinned = cli.invoke(
+        app, ["k8s-extension", "update", "-n", "demo", *where, "--version", "1.0.0", "-o", "table"]
+    )
+    assert "demo: Updating (demo -, target 1.0.0)" in pinned.stdout, pinned.output
+    with cluster.agent_client() as agent:
+        [pulled] = agent.get("/agent/v1/extensions").json()["value"]
+    assert pulled["configurationProtectedSettings"] == {"auth.password": SECRET}  # kept by the update
+    listed = cli.invoke(app, ["k8s-extension", "list", *where])
+    assert "demo" in listed.stdout and "Updating" in listed.stdout
+    wrong = cli.invoke(app, ["k8s-extension", "create", "-n", "x", *where, "--extension-type", "nope"])
+    assert wrong.exit_code == 1 and "not in the hub's catalogue (it has: demo)" in wrong.output
+    gone = cli.invoke(app, ["k8s-extension", "delete", "-n", "demo", *where, "--yes"])
+    assert gone.exit_code == 0 and "deleting extension demo" in gone.stdout
+    shown = cli.invoke(app, ["k8s-extension", "show", "-n", "demo", *where])
+    assert json.loads(shown.stdout)["properties"]["provisioningState"] == "Deleting"

@@ -25,10 +25,12 @@ user_app = typer.Typer(no_args_is_help=True, help="Users of the hub's local issu
 group_app = typer.Typer(no_args_is_help=True, help="Security groups (may nest).")
 sp_app = typer.Typer(no_args_is_help=True, help="Service principals (client id + secret).")
 ra_app = typer.Typer(no_args_is_help=True, help="Role assignments.")
+ext_app = typer.Typer(no_args_is_help=True, help="The extension catalogue (what k8s-extension installs).")
 app.add_typer(user_app, name="user")
 app.add_typer(group_app, name="group")
 app.add_typer(sp_app, name="sp")
 app.add_typer(ra_app, name="role-assignment")
+app.add_typer(ext_app, name="extension-type")
 
 StateDir = Annotated[
     Path | None,
@@ -257,3 +259,61 @@ def role_assignment_create(
         scope=scope.strip(),
         principal_type=principal_type,
     )
+
+
+# ---------------------------------------------------------------- the extension catalogue
+
+
+@ext_app.command("set")
+def extension_type_set(
+    name: str = typer.Argument(..., help="The extensionType users name, e.g. microsoft.flux"),
+    repository: str = typer.Option(
+        ..., "--repository", help="https:// Helm repository or oci://registry/path"
+    ),
+    chart: str = typer.Option(..., "--chart", help="The chart's name in that repository"),
+    version: list[str] = typer.Option(
+        ..., "--version", help="1.2.3, or 1.3.0-rc.1:preview for another train"
+    ),
+    release_namespace: str = typer.Option(
+        ..., "--release-namespace", help="Default namespace of its release"
+    ),
+    values_file: Path | None = typer.Option(None, "--values-file", help="Default values (YAML)"),
+    ca_file: Path | None = typer.Option(None, "--ca-file", help="CA of a private repository (PEM)"),
+    state_dir: StateDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Create or replace a catalogue entry."""
+    import yaml
+
+    try:
+        values = yaml.safe_load(values_file.read_text()) if values_file else {}
+        ca = ca_file.read_text() if ca_file else None
+    except (OSError, yaml.YAMLError) as exc:
+        raise _fail(f"cannot read {values_file or ca_file}: {exc}") from None
+    if not isinstance(values, dict):
+        raise _fail(f"--values-file {values_file}: a YAML mapping of values")
+    _run(
+        state_dir,
+        database_url,
+        "extension_type_set",
+        name=name,
+        repository=repository,
+        chart=chart,
+        versions=version,
+        release_namespace=release_namespace,
+        default_values=values,
+        ca_cert=ca,
+    )
+
+
+@ext_app.command("list")
+def extension_type_list(state_dir: StateDir = None, database_url: DatabaseUrl = None) -> None:
+    _run(state_dir, database_url, "extension_type_list")
+
+
+@ext_app.command("remove")
+def extension_type_remove(
+    name: str = typer.Argument(...), state_dir: StateDir = None, database_url: DatabaseUrl = None
+) -> None:
+    """Remove a catalogue entry (installed extensions of it can still be deleted)."""
+    _run(state_dir, database_url, "extension_type_remove", name=name)
