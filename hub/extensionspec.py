@@ -199,6 +199,8 @@ def to_agent(row: Extension, catalogue: ExtensionType, protected: Settings) -> d
     return {
         "name": row.name,
         "generation": row.generation,
+        "observedGeneration": row.observed_generation,
+        "provisioningState": row.provisioning_state,
         "deleting": row.deleting,
         "extensionType": catalogue.name,
         "releaseNamespace": namespace,

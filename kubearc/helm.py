@@ -1,4 +1,4 @@
-"""The real helm binary, as `kubearc connect` and `kubearc cluster delete` drive it.
+"""The agents' release, as `kubearc connect` and `kubearc cluster delete` drive helm (foundation.helm).
 
 Values go to helm in a private temporary file, never on its command line; the
 kubeconfig and context are the ones the user chose for the whole command.
@@ -7,10 +7,7 @@ kubeconfig and context are the ones the user chose for the whole command.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,24 +15,13 @@ from typing import Any
 
 import yaml
 
+from foundation.helm import HelmError, find_helm, run
+
+__all__ = ["CHART", "NAMESPACE", "RELEASE", "Helm", "HelmError", "find_helm"]
+
 RELEASE = "kubearc"
 NAMESPACE = "azure-arc"
 CHART = Path(__file__).resolve().parents[1] / "charts" / "kubearc-agents"
-
-
-class HelmError(Exception):
-    """helm could not be found or a helm command failed; the message is helm's own last line."""
-
-
-def find_helm(explicit: str | None = None) -> str:
-    """`--helm`, else helm on PATH, else beside this Python (a venv's bin)."""
-    candidates = [explicit] if explicit else [shutil.which("helm"), str(Path(sys.executable).parent / "helm")]
-    for candidate in candidates:
-        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
-            return candidate
-    if explicit:
-        raise HelmError(f"--helm {explicit}: no such executable")
-    raise HelmError("helm not found: install helm 3.8 or later, or pass --helm PATH")
 
 
 @dataclass
@@ -46,19 +32,14 @@ class Helm:
     namespace: str = NAMESPACE
 
     def _run(self, *args: str, timeout: float = 120) -> str:
-        cmd = [self.binary, *args, "--namespace", self.namespace]
-        if self.kubeconfig:
-            cmd += ["--kubeconfig", str(self.kubeconfig)]
-        if self.context:
-            cmd += ["--kube-context", self.context]
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-        except subprocess.TimeoutExpired:
-            raise HelmError(f"helm {args[0]} did not finish within {timeout:.0f}s") from None
-        if done.returncode != 0:
-            last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-            raise HelmError(f"helm {args[0]} failed: {last}")
-        return done.stdout
+        return run(
+            self.binary,
+            *args,
+            namespace=self.namespace,
+            kubeconfig=self.kubeconfig,
+            context=self.context,
+            timeout=timeout,
+        )
 
     def version(self) -> str:
         done = subprocess.run(

@@ -184,6 +184,10 @@ def test_guards_mtls_port_bounds_idle_connections_and_still_answers_the_apiserve
             assert wait_closed_by_peer(idle.held, within=15) == 0
         finally:
             idle.close()
+        # The port has let go of the idle ones (else a stranger could meet the per-address cap instead).
+        deadline = time.monotonic() + 15
+        while thread.server.gate.pending["127.0.0.1"] and time.monotonic() < deadline:
+            time.sleep(0.05)
         # Without a client certificate of the apiserver's CA no connection is kept at all.
         stranger = (str(tmp_path / "o.crt"), str(tmp_path / "o.key"))
         strangers = flood(port, 20, client_context(str(tmp_path / "ca.crt"), stranger), settle=0.5)
