@@ -29,6 +29,7 @@ REQUIRED = ["--set", "hub.url=https://hub.example:8443", "--set", f"resourceId={
 COMBINATIONS = {
     "defaults": [],
     "no-cluster-connect": ["--set", "features.clusterConnect=false"],
+    "no-extensions": ["--set", "features.extensions=false"],
     "azure-rbac-webhook": ["--set", "features.azureRbac=true", "--set", "guard.entraTenants={t1}"],
     "azure-rbac-impersonation": [
         "--set",
@@ -110,10 +111,15 @@ def test_a_missing_hub_url_or_resource_id_says_which() -> None:
 
 
 def test_features_choose_the_agents() -> None:
-    always = {"kubearc-identity", "kubearc-metadata", "kubearc-config"}
+    always = {"kubearc-identity", "kubearc-metadata", "kubearc-config", "kubearc-extensions"}
     assert set(by_kind(render(), "Deployment")) == always | {"kubearc-connect"}
     off = by_kind(render(*COMBINATIONS["no-cluster-connect"]), "Deployment")
     assert set(off) == always
+    without = by_kind(render(*COMBINATIONS["no-extensions"]), "Deployment")
+    assert "kubearc-extensions" not in without and "kubearc-config" in without
+    assert not [
+        r for r in by_kind(render(*COMBINATIONS["no-extensions"]), "ClusterRole") if "extensions" in r
+    ]
     webhook = by_kind(render(*COMBINATIONS["azure-rbac-webhook"]), "Deployment")
     assert "kubearc-guard" in webhook and "kubearc-aad-proxy" not in webhook
     impersonation = render(*COMBINATIONS["azure-rbac-impersonation"])
@@ -127,9 +133,17 @@ def test_features_choose_the_agents() -> None:
 def test_every_agent_gets_only_what_it_needs() -> None:
     for combination in COMBINATIONS.values():
         docs = render(*combination)
+        roles = by_kind(docs, "ClusterRole")
+        # The one exception, on purpose and off with features.extensions=false: extensions are charts that
+        # may create anything, so the extension-manager holds every permission, as Arc's does.
+        if "kubearc-extensions-azure-arc" in roles:
+            assert roles.pop("kubearc-extensions-azure-arc")["rules"] == [
+                {"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]},
+                {"nonResourceURLs": ["*"], "verbs": ["*"]},
+            ]
         cluster_rules = {
             name: [(tuple(r["apiGroups"]), tuple(r["resources"]), tuple(r["verbs"])) for r in role["rules"]]
-            for name, role in by_kind(docs, "ClusterRole").items()
+            for name, role in roles.items()
         }
         for name, rules in cluster_rules.items():
             if name.startswith("kubearc-metadata"):

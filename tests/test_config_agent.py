@@ -5,94 +5,33 @@ the hub, and what a configuration owned goes when it goes, nothing else."""
 from __future__ import annotations
 
 import base64
-import datetime as dt
-import os
-import subprocess
-import sys
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
-from kubernetes import client, config
-from kubernetes.client.rest import ApiException
 
-from foundation.identitystore import FileStore, StoredIdentity
+from tests.agent_site import AgentSite, exists, until
 from tests.apiserver import ApiServer
-from tests.clusters import SUB, ConnectedCluster, connected, onboarder
 from tests.conftest import RunningHub
 from tests.flux_crds import flux_crds, mark
 
 pytestmark = pytest.mark.sqlite_only
-T = TypeVar("T")
 KIND = "providers/Microsoft.KubernetesConfiguration/fluxConfigurations"
 SOURCE, KUSTOMIZE = ("source.toolkit.fluxcd.io", "v1"), ("kustomize.toolkit.fluxcd.io", "v1")
 SSH_KEY = base64.b64encode(b"-----BEGIN OPENSSH PRIVATE KEY-----\nagent-test\n").decode()
 
 
-def until(what: str, probe: Callable[[], T | None], timeout: float = 60) -> T:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            value = probe()
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
-            last = f"404: {exc.reason}"
-        else:
-            if value:
-                return value
-            last = value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}; last: {last}")
-
-
-class Setup:
+class Setup(AgentSite):
     def __init__(self, hub: RunningHub, api: ApiServer, tmp_path: Path) -> None:
-        self.hub, self.api, self.tmp = hub, api, tmp_path
-        self.cluster: ConnectedCluster = connected(hub, f"gitops-{uuid.uuid4().hex[:6]}", onboarder(hub))
-        assert self.cluster.identity is not None
-        store = FileStore(tmp_path / "identity")
-        pair = self.cluster.identity
-        hub.run(
-            store.save(StoredIdentity(pair, pair.cert, dt.datetime.now(dt.UTC), self.cluster.resource_id))
-        )
-        self.kubeconfig = api.kubeconfig(tmp_path / "kubeconfig")
-        self.k8s = config.new_client_from_config(str(self.kubeconfig))
-        self.custom: Any = client.CustomObjectsApi(self.k8s)  # plain dicts in and out
-        self.core: Any = client.CoreV1Api(self.k8s)
-        self.ext: Any = client.ApiextensionsV1Api(self.k8s)
-        owner = str(uuid.uuid4())
-        hub.assign(owner, "Owner", f"/subscriptions/{SUB}")
-        self.user = hub.client(hub.token(owner))
-        self.agent: subprocess.Popen[str] | None = None
+        super().__init__(hub, api, tmp_path, "gitops")
 
     def start_agent(self) -> None:
-        log = open(self.tmp / "config-agent.log", "a")  # noqa: SIM115 - closed with the process
-        self.agent = subprocess.Popen(
-            [
-                *[sys.executable, "-m", "kubearc.cli", "agent", "config", "--hub", self.hub.url],
-                *["--hub-ca", self.hub.ca, "--identity", f"file:{self.tmp / 'identity'}"],
-                *["--kubeconfig", str(self.kubeconfig), "--sync-interval", "0.5", "--status-interval", "0.2"],
-                *["--log-format", "text", "--retry-max-delay", "0.5"],
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env={k: v for k, v in os.environ.items() if not k.startswith(("KUBEARC_", "KUBECONFIG"))},
-        )
+        self.start("config", "--sync-interval", "0.5", "--status-interval", "0.2")
 
     def stop_agent(self) -> None:
-        if self.agent is not None:
-            self.agent.terminate()
-            assert self.agent.wait(30) == 0, self.log()
-            self.agent = None
-
-    def log(self) -> str:
-        return (self.tmp / "config-agent.log").read_text()
+        self.stop()
 
     def url(self, name: str = "fleet") -> str:
         return f"{self.cluster.resource_id}/{KIND}/{name}"
@@ -116,10 +55,7 @@ def setup(hub: RunningHub, tmp_path: Path) -> Iterator[Setup]:
         try:
             yield s
         finally:
-            if s.agent is not None and s.agent.poll() is None:
-                s.agent.kill()
-                s.agent.wait(10)
-            s.user.close()
+            s.close()
 
 
 def body(**changes: Any) -> dict[str, Any]:
@@ -219,7 +155,7 @@ def test_a_flux_configuration_becomes_flux_objects_and_their_conditions_its_comp
 
     # A kustomization removed from the configuration goes; the new spec is applied.
     assert s.user.put(s.url(), json=body(kustomizations={"infra": {"path": "./infra-v2"}})).status_code == 200
-    until("fleet-apps deleted", lambda: not _exists(lambda: s.get(KUSTOMIZE, "kustomizations", "fleet-apps")))
+    until("fleet-apps deleted", lambda: not exists(lambda: s.get(KUSTOMIZE, "kustomizations", "fleet-apps")))
     until(
         "the new path",
         lambda: s.get(KUSTOMIZE, "kustomizations", "fleet-infra")["spec"]["path"] == "./infra-v2",
@@ -227,27 +163,17 @@ def test_a_flux_configuration_becomes_flux_objects_and_their_conditions_its_comp
 
     # Deleting the configuration removes exactly what it created.
     assert s.user.delete(s.url()).status_code == 200
-    until("the source deleted", lambda: not _exists(lambda: s.get(SOURCE, "gitrepositories", "fleet")))
+    until("the source deleted", lambda: not exists(lambda: s.get(SOURCE, "gitrepositories", "fleet")))
     until(
-        "fleet-infra deleted", lambda: not _exists(lambda: s.get(KUSTOMIZE, "kustomizations", "fleet-infra"))
+        "fleet-infra deleted", lambda: not exists(lambda: s.get(KUSTOMIZE, "kustomizations", "fleet-infra"))
     )
     until(
         "the Secret deleted",
-        lambda: not _exists(lambda: s.core.read_namespaced_secret("fleet-auth", "flux-system")),
+        lambda: not exists(lambda: s.core.read_namespaced_secret("fleet-auth", "flux-system")),
     )
     assert s.get(SOURCE, "gitrepositories", "someone-elses")["spec"]["url"] == "https://example.com/x.git"
     s.stop_agent()
     assert "Traceback" not in s.log()
-
-
-def _exists(read: Callable[[], Any]) -> bool:
-    try:
-        read()
-    except ApiException as exc:
-        if exc.status == 404:
-            return False
-        raise
-    return True
 
 
 def test_a_configuration_whose_objects_belong_to_someone_else_says_so_and_takes_nothing(setup: Setup) -> None:

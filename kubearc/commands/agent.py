@@ -1,4 +1,4 @@
-"""`kubearc agent identity|metadata|config|connect`: the in-cluster agents (a Deployment each in the chart).
+"""`kubearc agent identity|metadata|config|extensions|connect`: the in-cluster agents (a Deployment each).
 
 Exit codes: 0 done (or stopped by SIGTERM), 1 a permanent error (the hub or the
 apiserver refused, bad configuration), 3 the hub or apiserver stayed unreachable
@@ -93,6 +93,7 @@ def _execute(
     for as long as the agent runs; with `shipping`, its log lines go to the hub meanwhile.
     """
     from agents.errors import AgentError
+    from foundation.helm import HelmError
     from foundation.identitystore import StoreConflict, StoreError
     from foundation.kube import KubeError
     from foundation.metrics import serve_probes
@@ -133,7 +134,7 @@ def _execute(
     except RetriesExhausted as exc:
         typer.echo(f"error: {agent}: gave up: {exc}", err=True)
         raise typer.Exit(3) from None
-    except (AgentError, KubeError, StoreError, StoreConflict) as exc:
+    except (AgentError, KubeError, StoreError, StoreConflict, HelmError) as exc:
         typer.echo(f"error: {agent}: {exc}", err=True)
         raise typer.Exit(1) from None
 
@@ -260,6 +261,48 @@ def config(
     )
     shipping = Shipping(agent.AGENT_NAME, hub, hub_ca, identity, kubeconfig)
     _execute("config", agent.run(settings), _probes_address(probes_listen), shipping)
+
+
+@app.command("extensions")
+def extensions(
+    hub: str = HubOpt,
+    hub_ca: Path = HubCaOpt,
+    identity: str = IdentityOpt,
+    kubeconfig: Path = KubeconfigOpt,
+    helm: str = typer.Option(None, "--helm", envvar="KUBEARC_HELM", help="helm binary (default: on PATH)."),
+    once: bool = OnceOpt,
+    interval: float = typer.Option(
+        30.0, "--interval", min=0.1, help="Seconds between pulls of the extensions."
+    ),
+    step_timeout: float = typer.Option(
+        600.0,
+        "--step-timeout",
+        min=1,
+        help="Seconds one helm install, upgrade, rollback or uninstall may take.",
+    ),
+    retry_deadline: float = RetryDeadlineOpt,
+    retry_max_delay: float = RetryMaxDelayOpt,
+    probes_listen: str | None = ProbesOpt,
+    log_level: str = LogLevelOpt,
+    log_format: str = LogFormatOpt,
+) -> None:
+    """extension-manager: install, upgrade, roll back and remove the cluster's extensions with helm."""
+    from agents import extensions as agent
+
+    setup_logging(log_level, log_format)
+    settings = agent.ExtensionSettings(
+        hub_url=hub,
+        hub_ca=hub_ca,
+        identity=identity,
+        kubeconfig=kubeconfig,
+        helm=helm,
+        once=once,
+        interval=interval,
+        step_timeout=step_timeout,
+        retry=_retry(retry_deadline, retry_max_delay),
+    )
+    shipping = Shipping(agent.AGENT_NAME, hub, hub_ca, identity, kubeconfig)
+    _execute("extensions", agent.run(settings), _probes_address(probes_listen), shipping)
 
 
 @app.command("connect")
