@@ -114,10 +114,9 @@ class ExtensionManager:
         )
 
     async def release(self, name: str, namespace: str) -> Obj | None:
-        rows = json.loads(
-            await self._helm("list", "--filter", f"^{name}$", "--deployed", "--failed", "--pending", "-o", "json", namespace=namespace)
-            or "[]"
-        )
+        states = ("--deployed", "--failed", "--pending")
+        listed = await self._helm("list", "--filter", f"^{name}$", *states, "-o", "json", namespace=namespace)
+        rows = json.loads(listed or "[]")
         return rows[0] if rows else None
 
     async def report(
