@@ -35,7 +35,14 @@ RID = (
     "/providers/Microsoft.Kubernetes/connectedClusters/c1"
 )
 REQUIRED = ("--set", "hub.url=https://hub.example:8443", "--set", f"resourceId={RID}")
-AGENTS = ("kubearc-identity", "kubearc-metadata", "kubearc-config", "kubearc-extensions", "kubearc-connect")
+AGENTS = (
+    "kubearc-identity",
+    "kubearc-metadata",
+    "kubearc-config",
+    "kubearc-metrics",
+    "kubearc-extensions",
+    "kubearc-connect",
+)
 RBAC_ON = ("--set", "features.azureRbac=true")
 
 

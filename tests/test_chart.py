@@ -111,7 +111,13 @@ def test_a_missing_hub_url_or_resource_id_says_which() -> None:
 
 
 def test_features_choose_the_agents() -> None:
-    always = {"kubearc-identity", "kubearc-metadata", "kubearc-config", "kubearc-extensions"}
+    always = {
+        "kubearc-identity",
+        "kubearc-metadata",
+        "kubearc-config",
+        "kubearc-metrics",
+        "kubearc-extensions",
+    }
     assert set(by_kind(render(), "Deployment")) == always | {"kubearc-connect"}
     off = by_kind(render(*COMBINATIONS["no-cluster-connect"]), "Deployment")
     assert set(off) == always
@@ -163,12 +169,16 @@ def test_every_agent_gets_only_what_it_needs() -> None:
                 assert all(verbs == ("impersonate",) for _, _, verbs in rules)
             else:
                 raise AssertionError(f"unexpected ClusterRole {name}")
-        for role in by_kind(docs, "Role").values():
+        for name, role in by_kind(docs, "Role").items():
             for rule in role["rules"]:
                 assert "*" not in rule["verbs"] and "*" not in rule["resources"]
+                if name == "kubearc-metrics" and rule["resources"] == ["pods"]:
+                    # the agents' pods (and their PodMetrics) in its own namespace, listed only
+                    assert rule["verbs"] == ["list"] and rule["apiGroups"] in ([""], ["metrics.k8s.io"])
+                    continue
                 assert rule["resources"] == ["secrets"]
                 if rule["verbs"] != ["create"]:  # create cannot be narrowed by name
-                    assert rule["resourceNames"], role["metadata"]["name"]
+                    assert rule["resourceNames"], name
         assert not by_kind(docs, "Secret"), "no secret is rendered from values"
 
 

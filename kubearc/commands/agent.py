@@ -1,4 +1,4 @@
-"""`kubearc agent identity|metadata|config|extensions|connect`: the in-cluster agents (a Deployment each).
+"""`kubearc agent NAME`: the in-cluster agents (a Deployment each).
 
 Exit codes: 0 done (or stopped by SIGTERM), 1 a permanent error (the hub or the
 apiserver refused, bad configuration), 3 the hub or apiserver stayed unreachable
@@ -303,6 +303,39 @@ def extensions(
     )
     shipping = Shipping(agent.AGENT_NAME, hub, hub_ca, identity, kubeconfig)
     _execute("extensions", agent.run(settings), _probes_address(probes_listen), shipping)
+
+
+@app.command("metrics")
+def metrics(
+    hub: str = HubOpt,
+    hub_ca: Path = HubCaOpt,
+    identity: str = IdentityOpt,
+    kubeconfig: Path = KubeconfigOpt,
+    namespace: str = typer.Option("azure-arc", "--namespace", help="Where the agents run."),
+    once: bool = OnceOpt,
+    interval: float = typer.Option(60.0, "--interval", min=0.1, help="Seconds between readings."),
+    retry_deadline: float = RetryDeadlineOpt,
+    retry_max_delay: float = RetryMaxDelayOpt,
+    probes_listen: str | None = ProbesOpt,
+    log_level: str = LogLevelOpt,
+    log_format: str = LogFormatOpt,
+) -> None:
+    """metrics-agent: CPU and memory of every agent, pushed to the hub per agent."""
+    from agents import metrics as agent
+
+    setup_logging(log_level, log_format)
+    settings = agent.MetricsSettings(
+        hub_url=hub,
+        hub_ca=hub_ca,
+        namespace=namespace,
+        identity=identity,
+        kubeconfig=kubeconfig,
+        once=once,
+        interval=interval,
+        retry=_retry(retry_deadline, retry_max_delay),
+    )
+    shipping = Shipping(agent.AGENT_NAME, hub, hub_ca, identity, kubeconfig)
+    _execute("metrics", agent.run(settings), _probes_address(probes_listen), shipping)
 
 
 @app.command("connect")
