@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -22,7 +22,7 @@ from foundation import pki
 from foundation.wire import AGENT_WHOAMI_PATH
 from hub.auth import Principal, agent_token_serial, current_agent, revoked
 from hub.context import Hub, hub_of
-from hub.errors import not_found, read_model
+from hub.errors import bad_request, not_found, read_model
 from hub.status import connectivity_status
 from hub.store.models import AgentLog, AgentUsage, AgentUsageSample, Cluster, IdentityCertificate
 from hub.store.queries import configuration_named, configurations_of, purge_telemetry
@@ -249,6 +249,21 @@ async def configuration_status(request: Request) -> Response:
     return JSONResponse({"name": name, "complianceState": body.complianceState})
 
 
+async def latest_log(request: Request) -> Response:
+    """When the newest line the hub holds from `agent` (of the caller's cluster) was logged: where a
+    log shipper that restarted carries on, without sending a line twice."""
+    hub, agent = hub_of(request), await current_agent(request)
+    name = request.query_params.get("agent", "")
+    if not name:
+        raise bad_request("agent: the agent whose newest line to find")
+    query = select(func.max(AgentLog.ts)).where(AgentLog.cluster_id == _own(agent), AgentLog.agent == name)
+    async with hub.sessions() as session:
+        newest = (await session.execute(query)).scalar_one_or_none()
+    return JSONResponse(
+        {"agent": name, "timestamp": newest.isoformat().replace("+00:00", "Z") if newest else None}
+    )
+
+
 async def whoami(request: Request) -> Response:
     agent = await current_agent(request)
     return JSONResponse({"resourceId": agent.object_id, "certificateSerial": agent.cert_serial})
@@ -259,6 +274,7 @@ routes = [
     Route("/agent/v1/metadata", metadata, methods=["PUT"]),
     Route("/agent/v1/usage", usage, methods=["PUT"]),
     Route("/agent/v1/logs", logs, methods=["POST"]),
+    Route("/agent/v1/logs/latest", latest_log, methods=["GET"]),
     Route("/agent/v1/upgrade", upgrade, methods=["GET"]),
     Route("/agent/v1/configurations", configurations, methods=["GET"]),
     Route("/agent/v1/configurations/{name}/status", configuration_status, methods=["PUT"]),

@@ -40,6 +40,7 @@ AGENTS = (
     "kubearc-metadata",
     "kubearc-config",
     "kubearc-metrics",
+    "kubearc-flux-logs",
     "kubearc-extensions",
     "kubearc-connect",
 )

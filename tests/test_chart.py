@@ -116,6 +116,7 @@ def test_features_choose_the_agents() -> None:
         "kubearc-metadata",
         "kubearc-config",
         "kubearc-metrics",
+        "kubearc-flux-logs",
         "kubearc-extensions",
     }
     assert set(by_kind(render(), "Deployment")) == always | {"kubearc-connect"}
@@ -165,6 +166,8 @@ def test_every_agent_gets_only_what_it_needs() -> None:
                 }
                 assert all("*" not in verbs and "escalate" not in verbs for _, _, verbs in rules)
                 assert dict((res, verbs) for _, res, verbs in rules)[("namespaces",)] == ("get", "create")
+            elif name.startswith("kubearc-flux-logs"):  # pods and their logs, read only
+                assert rules == [(("",), ("pods",), ("list",)), (("",), ("pods/log",), ("get",))]
             elif name.startswith("kubearc-aad-proxy"):
                 assert all(verbs == ("impersonate",) for _, _, verbs in rules)
             else:

@@ -338,6 +338,41 @@ def metrics(
     _execute("metrics", agent.run(settings), _probes_address(probes_listen), shipping)
 
 
+@app.command("flux-logs")
+def flux_logs(
+    hub: str = HubOpt,
+    hub_ca: Path = HubCaOpt,
+    identity: str = IdentityOpt,
+    kubeconfig: Path = KubeconfigOpt,
+    flux_namespace: str = typer.Option(
+        "flux-system", "--flux-namespace", help="Where Flux's controllers run."
+    ),
+    once: bool = OnceOpt,
+    interval: float = typer.Option(5.0, "--interval", min=0.1, help="Seconds between reads of their logs."),
+    retry_deadline: float = RetryDeadlineOpt,
+    retry_max_delay: float = RetryMaxDelayOpt,
+    probes_listen: str | None = ProbesOpt,
+    log_level: str = LogLevelOpt,
+    log_format: str = LogFormatOpt,
+) -> None:
+    """flux-logs-agent: follow the Flux controllers' logs and push them to the hub."""
+    from agents import fluxlogs as agent
+
+    setup_logging(log_level, log_format)
+    settings = agent.FluxLogsSettings(
+        hub_url=hub,
+        hub_ca=hub_ca,
+        flux_namespace=flux_namespace,
+        identity=identity,
+        kubeconfig=kubeconfig,
+        once=once,
+        interval=interval,
+        retry=_retry(retry_deadline, retry_max_delay),
+    )
+    shipping = Shipping(agent.AGENT_NAME, hub, hub_ca, identity, kubeconfig)
+    _execute("flux-logs", agent.run(settings), _probes_address(probes_listen), shipping)
+
+
 @app.command("connect")
 def connect(
     hub: str = HubOpt,
