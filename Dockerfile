@@ -27,6 +27,8 @@ RUN groupadd --system --gid 10001 kubearc \
     && useradd --system --uid 10001 --gid kubearc --home-dir /nonexistent --shell /usr/sbin/nologin kubearc
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+# The agents' own chart: the controller-manager upgrades their release with it.
+COPY charts /usr/share/kubearc/charts
 ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 USER 10001:10001
 ENTRYPOINT ["kubearc"]

@@ -41,6 +41,7 @@ AGENTS = (
     "kubearc-config",
     "kubearc-metrics",
     "kubearc-flux-logs",
+    "kubearc-controller",
     "kubearc-extensions",
     "kubearc-connect",
 )

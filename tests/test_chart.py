@@ -117,6 +117,7 @@ def test_features_choose_the_agents() -> None:
         "kubearc-config",
         "kubearc-metrics",
         "kubearc-flux-logs",
+        "kubearc-controller",
         "kubearc-extensions",
     }
     assert set(by_kind(render(), "Deployment")) == always | {"kubearc-connect"}
@@ -143,11 +144,13 @@ def test_every_agent_gets_only_what_it_needs() -> None:
         roles = by_kind(docs, "ClusterRole")
         # The one exception, on purpose and off with features.extensions=false: extensions are charts that
         # may create anything, so the extension-manager holds every permission, as Arc's does.
-        if "kubearc-extensions-azure-arc" in roles:
-            assert roles.pop("kubearc-extensions-azure-arc")["rules"] == [
-                {"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]},
-                {"nonResourceURLs": ["*"], "verbs": ["*"]},
-            ]
+        # The controller-manager too: it upgrades the release that holds that role.
+        for everything in ("kubearc-extensions-azure-arc", "kubearc-controller-azure-arc"):
+            if everything in roles:
+                assert roles.pop(everything)["rules"] == [
+                    {"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]},
+                    {"nonResourceURLs": ["*"], "verbs": ["*"]},
+                ]
         cluster_rules = {
             name: [(tuple(r["apiGroups"]), tuple(r["resources"]), tuple(r["verbs"])) for r in role["rules"]]
             for name, role in roles.items()

@@ -373,6 +373,56 @@ def flux_logs(
     _execute("flux-logs", agent.run(settings), _probes_address(probes_listen), shipping)
 
 
+@app.command("controller")
+def controller(
+    hub: str = HubOpt,
+    hub_ca: Path = HubCaOpt,
+    identity: str = IdentityOpt,
+    kubeconfig: Path = KubeconfigOpt,
+    chart: Path = typer.Option(
+        Path("/usr/share/kubearc/charts/kubearc-agents"),
+        "--chart",
+        help="The agents' chart (the image carries it).",
+    ),
+    release: str = typer.Option("kubearc", "--release", help="The agents' helm release."),
+    namespace: str = typer.Option("azure-arc", "--namespace", help="Its namespace."),
+    helm: str = typer.Option(None, "--helm", envvar="KUBEARC_HELM", help="helm binary (default: on PATH)."),
+    once: bool = OnceOpt,
+    interval: float = typer.Option(300.0, "--interval", min=0.1, help="Seconds between passes."),
+    health_timeout: float = typer.Option(
+        300.0,
+        "--health-timeout",
+        min=1,
+        help="Seconds upgraded agents have to become ready before a rollback.",
+    ),
+    retry_deadline: float = RetryDeadlineOpt,
+    retry_max_delay: float = RetryMaxDelayOpt,
+    probes_listen: str | None = ProbesOpt,
+    log_level: str = LogLevelOpt,
+    log_format: str = LogFormatOpt,
+) -> None:
+    """controller-manager: keep the agents' release whole; roll out offered versions, roll back failures."""
+    from agents import controller as agent
+
+    setup_logging(log_level, log_format)
+    settings = agent.ControllerSettings(
+        hub_url=hub,
+        hub_ca=hub_ca,
+        chart=chart,
+        release=release,
+        namespace=namespace,
+        identity=identity,
+        kubeconfig=kubeconfig,
+        helm=helm,
+        once=once,
+        interval=interval,
+        health_timeout=health_timeout,
+        retry=_retry(retry_deadline, retry_max_delay),
+    )
+    shipping = Shipping(agent.AGENT_NAME, hub, hub_ca, identity, kubeconfig)
+    _execute("controller", agent.run(settings), _probes_address(probes_listen), shipping)
+
+
 @app.command("connect")
 def connect(
     hub: str = HubOpt,

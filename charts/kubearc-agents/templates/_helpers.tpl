@@ -106,6 +106,7 @@ readinessProbe:
   env (YAML list), volumes and mounts (YAML lists), ports (YAML list). */}}
 {{- define "kubearc.deployment" -}}
 {{- $root := .root -}}
+{{- $tag := .tag | default $root.Values.image.tag | default $root.Chart.AppVersion -}}
 apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -134,7 +135,7 @@ spec:
         {{- include "kubearc.podSecurity" $root | nindent 8 }}
       containers:
         - name: {{ .agent }}
-          image: {{ include "kubearc.image" $root | quote }}
+          image: {{ printf "%s:%s" $root.Values.image.repository $tag | quote }}
           imagePullPolicy: {{ $root.Values.image.pullPolicy }}
           args:
             {{- toYaml .args | nindent 12 }}
@@ -144,6 +145,8 @@ spec:
               valueFrom:
                 fieldRef:
                   fieldPath: metadata.namespace
+            - name: KUBEARC_AGENT_VERSION  # what this agent reports as the cluster's agent version
+              value: {{ $tag | quote }}
             {{- with .env }}
             {{- . | nindent 12 }}
             {{- end }}
