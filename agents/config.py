@@ -20,7 +20,6 @@ writes, so nothing finished is redone.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import time
@@ -34,10 +33,10 @@ from kubernetes.client.rest import ApiException
 from agents import flux
 from agents.errors import HubRefused
 from agents.hubclient import HubClient
-from agents.runtime import LoopMetrics, use_current_identity
-from foundation.identitystore import IdentityStore, open_store
-from foundation.kube import Kube, KubeError, describe
-from foundation.retry import RetriesExhausted, RetryPolicy
+from agents.runtime import LoopMetrics, reconcile_forever, run_with_cluster, use_current_identity
+from foundation.identitystore import IdentityStore
+from foundation.kube import Kube, KubeError
+from foundation.retry import RetryPolicy
 
 log = logging.getLogger("kubearc.agent.config")
 AGENT_NAME = "config-agent"
@@ -290,35 +289,20 @@ class ConfigAgent:
             self.reported[d.name] = doc
             log.info("reported %s %s", d.name, doc["complianceState"], extra={"configuration": d.name})
 
+    def _start_over(self) -> None:
+        self._pulled_at = -float("inf")  # after a failure, from the hub again
+
     async def cycle(self) -> None:
         if time.monotonic() - self._pulled_at >= self.settings.sync_interval:
             await self.sync()
         await self.report()
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self.cycle()
-                self.metrics.success()
-                if self.settings.once:
-                    return
-            except (RetriesExhausted, HubRefused, KubeError, ApiException) as exc:
-                self.metrics.failure()
-                if self.settings.once:
-                    raise
-                self._pulled_at = -float("inf")  # start from the hub again
-                detail = describe(exc) if isinstance(exc, ApiException) else exc
-                log.warning(
-                    "config pass failed, next try in %.0fs: %s", self.settings.status_interval, detail
-                )
-            await asyncio.sleep(self.settings.status_interval)
+        s = self.settings
+        await reconcile_forever(
+            AGENT_NAME, self.cycle, self.metrics, s.status_interval, s.once, on_failure=self._start_over
+        )
 
 
 async def run(settings: ConfigSettings) -> None:
-    kube = Kube(settings.kubeconfig, settings.retry)
-    try:
-        store = open_store(settings.identity, kube)
-        async with HubClient(settings.hub_url, settings.hub_ca, retry=settings.retry) as hub:
-            await ConfigAgent(settings, hub, store, kube).run()
-    finally:
-        kube.close()
+    await run_with_cluster(settings, lambda hub, store, kube: ConfigAgent(settings, hub, store, kube))

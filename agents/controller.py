@@ -33,16 +33,14 @@ from typing import Any
 
 import yaml
 from kubernetes import client
-from kubernetes.client.rest import ApiException
 
 from agents import AGENT_VERSION
-from agents.errors import HubRefused
 from agents.hubclient import HubClient
-from agents.runtime import LoopMetrics, use_current_identity
+from agents.runtime import LoopMetrics, reconcile_forever, run_with_cluster, use_current_identity
 from foundation import helm
-from foundation.identitystore import IdentityStore, open_store
-from foundation.kube import Kube, KubeError, describe
-from foundation.retry import RetriesExhausted, RetryPolicy
+from foundation.identitystore import IdentityStore
+from foundation.kube import Kube
+from foundation.retry import RetryPolicy
 
 log = logging.getLogger("kubearc.agent.controller")
 AGENT_NAME = "controller-manager"
@@ -178,26 +176,9 @@ class ControllerManager:
             await self.upgrade(str(latest), found)
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self.cycle()
-                self.metrics.success()
-                if self.settings.once:
-                    return
-            except (RetriesExhausted, HubRefused, KubeError, ApiException, helm.HelmError) as exc:
-                self.metrics.failure()
-                if self.settings.once:
-                    raise
-                detail = describe(exc) if isinstance(exc, ApiException) else exc
-                log.warning("controller pass failed, next try in %.0fs: %s", self.settings.interval, detail)
-            await asyncio.sleep(self.settings.interval)
+        s = self.settings
+        await reconcile_forever(AGENT_NAME, self.cycle, self.metrics, s.interval, s.once)
 
 
 async def run(settings: ControllerSettings) -> None:
-    kube = Kube(settings.kubeconfig, settings.retry)
-    try:
-        store = open_store(settings.identity, kube)
-        async with HubClient(settings.hub_url, settings.hub_ca, retry=settings.retry) as hub:
-            await ControllerManager(settings, hub, store, kube).run()
-    finally:
-        kube.close()
+    await run_with_cluster(settings, lambda hub, store, kube: ControllerManager(settings, hub, store, kube))

@@ -35,11 +35,10 @@ import yaml
 
 from agents.errors import HubRefused
 from agents.hubclient import HubClient
-from agents.runtime import LoopMetrics, use_current_identity
+from agents.runtime import LoopMetrics, reconcile_forever, run_with_cluster, use_current_identity
 from foundation import helm
-from foundation.identitystore import IdentityStore, open_store
-from foundation.kube import Kube
-from foundation.retry import RetriesExhausted, RetryPolicy
+from foundation.identitystore import IdentityStore
+from foundation.retry import RetryPolicy
 
 log = logging.getLogger("kubearc.agent.extensions")
 AGENT_NAME = "extension-manager"
@@ -287,18 +286,8 @@ class ExtensionManager:
                     raise
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self.cycle()
-                self.metrics.success()
-                if self.settings.once:
-                    return
-            except (RetriesExhausted, HubRefused, helm.HelmError) as exc:
-                self.metrics.failure()
-                if self.settings.once:
-                    raise
-                log.warning("extensions pass failed, next try in %.0fs: %s", self.settings.interval, exc)
-            await asyncio.sleep(self.settings.interval)
+        s = self.settings
+        await reconcile_forever(AGENT_NAME, self.cycle, self.metrics, s.interval, s.once)
 
 
 def _chart_args(chart: Obj, tmp: Path) -> list[str]:
@@ -329,11 +318,4 @@ def _deployed(release: Obj | None) -> str:
 
 
 async def run(settings: ExtensionSettings) -> None:
-    kube = Kube(settings.kubeconfig, settings.retry) if settings.identity.startswith("secret:") else None
-    try:
-        store = open_store(settings.identity, kube)
-        async with HubClient(settings.hub_url, settings.hub_ca, retry=settings.retry) as hub:
-            await ExtensionManager(settings, hub, store).run()
-    finally:
-        if kube is not None:
-            kube.close()
+    await run_with_cluster(settings, lambda hub, store, kube: ExtensionManager(settings, hub, store))

@@ -13,7 +13,6 @@ restarted is a new pod: its lines are all new.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import functools
 import json
@@ -26,12 +25,11 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from agents.errors import HubRefused
 from agents.hubclient import HubClient
-from agents.runtime import LoopMetrics, use_current_identity
-from foundation.identitystore import IdentityStore, open_store
-from foundation.kube import Kube, KubeError, describe
-from foundation.retry import RetriesExhausted, RetryPolicy
+from agents.runtime import LoopMetrics, reconcile_forever, run_with_cluster, use_current_identity
+from foundation.identitystore import IdentityStore
+from foundation.kube import Kube
+from foundation.retry import RetryPolicy
 
 log = logging.getLogger("kubearc.agent.fluxlogs")
 AGENT_NAME = "flux-logs-agent"
@@ -158,26 +156,9 @@ class FluxLogsAgent:
         self.shipped = {k: v for k, v in self.shipped.items() if k in alive}
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self.cycle()
-                self.metrics.success()
-                if self.settings.once:
-                    return
-            except (RetriesExhausted, HubRefused, KubeError, ApiException) as exc:
-                self.metrics.failure()
-                if self.settings.once:
-                    raise
-                detail = describe(exc) if isinstance(exc, ApiException) else exc
-                log.warning("flux logs pass failed, next try in %.0fs: %s", self.settings.interval, detail)
-            await asyncio.sleep(self.settings.interval)
+        s = self.settings
+        await reconcile_forever(AGENT_NAME, self.cycle, self.metrics, s.interval, s.once)
 
 
 async def run(settings: FluxLogsSettings) -> None:
-    kube = Kube(settings.kubeconfig, settings.retry)
-    try:
-        store = open_store(settings.identity, kube)
-        async with HubClient(settings.hub_url, settings.hub_ca, retry=settings.retry) as hub:
-            await FluxLogsAgent(settings, hub, store, kube).run()
-    finally:
-        kube.close()
+    await run_with_cluster(settings, lambda hub, store, kube: FluxLogsAgent(settings, hub, store, kube))

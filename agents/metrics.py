@@ -15,7 +15,6 @@ The readings go to `PUT /agent/v1/usage` under Arc's agent names, one batch per 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -29,12 +28,11 @@ from kubernetes.client.rest import ApiException
 from kubernetes.utils import parse_quantity
 from prometheus_client.parser import text_string_to_metric_families
 
-from agents.errors import HubRefused
 from agents.hubclient import HubClient
-from agents.runtime import LoopMetrics, use_current_identity
-from foundation.identitystore import IdentityStore, open_store
-from foundation.kube import Kube, KubeError, describe
-from foundation.retry import RetriesExhausted, RetryPolicy
+from agents.runtime import LoopMetrics, reconcile_forever, run_with_cluster, use_current_identity
+from foundation.identitystore import IdentityStore
+from foundation.kube import Kube
+from foundation.retry import RetryPolicy
 
 log = logging.getLogger("kubearc.agent.metrics")
 AGENT_NAME = "metrics-agent"
@@ -177,26 +175,9 @@ class MetricsAgent:
             )
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self.cycle()
-                self.metrics.success()
-                if self.settings.once:
-                    return
-            except (RetriesExhausted, HubRefused, KubeError, ApiException) as exc:
-                self.metrics.failure()
-                if self.settings.once:
-                    raise
-                detail = describe(exc) if isinstance(exc, ApiException) else exc
-                log.warning("metrics pass failed, next try in %.0fs: %s", self.settings.interval, detail)
-            await asyncio.sleep(self.settings.interval)
+        s = self.settings
+        await reconcile_forever(AGENT_NAME, self.cycle, self.metrics, s.interval, s.once)
 
 
 async def run(settings: MetricsSettings) -> None:
-    kube = Kube(settings.kubeconfig, settings.retry)
-    try:
-        store = open_store(settings.identity, kube)
-        async with HubClient(settings.hub_url, settings.hub_ca, retry=settings.retry) as hub:
-            await MetricsAgent(settings, hub, store, kube).run()
-    finally:
-        kube.close()
+    await run_with_cluster(settings, lambda hub, store, kube: MetricsAgent(settings, hub, store, kube))

@@ -1,4 +1,5 @@
-"""What every agent shares: the current identity, reconcile metrics, and its logs shipped to the hub.
+"""What every agent shares: its clients, its reconcile loop and metrics, the current identity, and
+its log lines shipped to the hub.
 
 Each agent is one reconcile pass (read desired state from the hub, actual state
 from the apiserver, act, report) run on an interval; these helpers keep that
@@ -8,20 +9,28 @@ the time of the last good one (`kubearc_agent_last_success_timestamp_seconds`).
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from kubernetes.client.rest import ApiException
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
-from agents.errors import IdentityNotReady
+from agents.errors import HubRefused, IdentityNotReady
 from agents.hubclient import HubClient
+from foundation.helm import HelmError
 from foundation.identitystore import IdentityStore, StoreError, open_store
-from foundation.kube import Kube
+from foundation.kube import Kube, KubeError, describe
 from foundation.logship import LogShipper
-from foundation.retry import RetryPolicy, retrying
+from foundation.retry import RetriesExhausted, RetryPolicy, retrying
+
+log = logging.getLogger("kubearc.agent")
+# What a pass rides out (the next pass tries again); anything else ends the agent.
+PASS_FAILURES = (RetriesExhausted, HubRefused, KubeError, ApiException, HelmError)
 
 
 async def use_current_identity(hub: HubClient, store: IdentityStore, retry: RetryPolicy) -> None:
@@ -104,3 +113,59 @@ async def ship_logs(
         root.removeHandler(shipper)
         if kube is not None:
             kube.close()
+
+
+class AgentSettings(Protocol):
+    @property
+    def hub_url(self) -> str: ...
+    @property
+    def hub_ca(self) -> Path | None: ...
+    @property
+    def identity(self) -> str: ...
+    @property
+    def kubeconfig(self) -> Path | None: ...
+    @property
+    def retry(self) -> RetryPolicy: ...
+
+
+class Runnable(Protocol):
+    async def run(self) -> None: ...
+
+
+async def run_with_cluster(
+    settings: AgentSettings, make: Callable[[HubClient, IdentityStore, Kube], Runnable]
+) -> None:
+    """Open what an agent works with (the apiserver, its identity store, the hub), run it, close them."""
+    kube = Kube(settings.kubeconfig, settings.retry)
+    try:
+        store = open_store(settings.identity, kube)
+        async with HubClient(settings.hub_url, settings.hub_ca, retry=settings.retry) as hub:
+            await make(hub, store, kube).run()
+    finally:
+        kube.close()
+
+
+async def reconcile_forever(
+    name: str,
+    cycle: Callable[[], Awaitable[None]],
+    metrics: LoopMetrics,
+    interval: float,
+    once: bool,
+    on_failure: Callable[[], None] | None = None,
+) -> None:
+    """Run `cycle` every `interval` seconds; with `once`, one pass whose failure is the agent's."""
+    while True:
+        try:
+            await cycle()
+            metrics.success()
+            if once:
+                return
+        except PASS_FAILURES as exc:
+            metrics.failure()
+            if once:
+                raise
+            if on_failure is not None:
+                on_failure()
+            detail = describe(exc) if isinstance(exc, ApiException) else exc
+            log.warning("%s pass failed, next try in %.0fs: %s", name, interval, detail)
+        await asyncio.sleep(interval)
