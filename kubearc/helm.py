@@ -70,3 +70,6 @@ class Helm:
             return False
         self._run("uninstall", RELEASE)
         return True
+
+    def rollback(self, revision: int) -> None:
+        self._run("rollback", RELEASE, str(revision))

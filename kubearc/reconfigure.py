@@ -3,7 +3,8 @@
 Each reads the release's values, changes what was asked and runs `helm upgrade`
 with the same chart, on the kube context whose `azure-clusterconfig` names the
 resource (any other cluster is refused). `upgrade` is refused while the agents
-upgrade themselves (`autoUpgrade`), as Arc refuses it.
+upgrade themselves (`autoUpgrade`), as Arc refuses it; it then waits for the agents
+by the controller-manager's rule and rolls back when they are not ready in time.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from kubernetes import client
 
 from foundation.kube import Kube, KubeError
 from kubearc.clusterside import CLUSTER_CONFIG, ConnectError, cluster_config
-from kubearc.helm import NAMESPACE, Helm, HelmError
+from kubearc.helm import NAMESPACE, RELEASE, Helm, HelmError
 
 Values = dict[str, Any]
 
@@ -89,6 +90,7 @@ def upgrade(version: str) -> Callable[[Values, dict[str, str]], str]:
                 "turn it off first: kubearc cluster update --auto-upgrade false"
             )
         values.setdefault("image", {})["tag"] = version
+        values.setdefault("controller", {})["imageTag"] = ""  # the controller-manager moves with them
         return f"agents set to version {version}"
 
     return edit
@@ -118,3 +120,27 @@ def settings(
         return ", ".join(done) or "no change"
 
     return edit
+
+
+def wait_rolled_out(kube: Kube, helm: Helm, version: str, previous: int, timeout: float) -> None:
+    """Until every agent runs `version` ready (and stays so for a few seconds, the controller-manager's
+    rule); else roll the release back to `previous` and say which agents were not ready."""
+    import time
+
+    from agents.controller import deployments, not_ready
+
+    deadline, ready_since = time.monotonic() + timeout, None
+    while True:
+        found = deployments(kube.api, NAMESPACE, RELEASE)
+        waiting = not_ready(found, sorted(found), version)
+        now = time.monotonic()
+        ready_since = (ready_since or now) if not waiting else None
+        if ready_since is not None and now - ready_since >= min(5.0, timeout / 3):
+            return
+        if now > deadline:
+            helm.rollback(previous)
+            raise ConnectError(
+                f"the agents were not ready on {version} within {timeout:.0f}s "
+                f"({'; '.join(waiting) or 'not for long'}); rolled back to revision {previous}"
+            )
+        time.sleep(1)

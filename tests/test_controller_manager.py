@@ -16,10 +16,13 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+from typer.testing import CliRunner
 
+from kubearc.cli import app
 from tests.agent_site import AgentSite, until
 from tests.apiserver import ApiServer
 from tests.apiserver.workloads import DEPLOYMENTS
+from tests.clusters import SUB
 from tests.conftest import RunningHub
 from tests.helm_repo import helm
 
@@ -125,3 +128,32 @@ def test_a_broken_version_is_rolled_back_with_the_reason_and_a_good_one_is_rolle
     assert len(s.history()) == revisions + 1
     s.stop()
     assert "Traceback" not in s.log()
+
+
+def test_cluster_upgrade_from_the_cli_rolls_back_agents_that_do_not_become_ready(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = site
+    installed = s.helm(
+        *["install", "kubearc", str(CHART), "--create-namespace", "--set", "autoUpgrade=false"],
+        *["--set", f"hub.url={s.hub.url}", "--set", f"resourceId={s.cluster.resource_id}"],
+    )
+    assert installed.returncode == 0, installed.stderr
+    monkeypatch.setenv("KUBEARC_SUBSCRIPTION", SUB)
+    name = s.cluster.resource_id.rsplit("/", 1)[1]
+    where = ["-n", name, "-g", "rg1", "--kube-config", str(s.kubeconfig), "--chart", str(CHART)]
+    broken = CliRunner().invoke(
+        app, ["cluster", "upgrade", *where, "--agent-version", "0.3.0-broken", "--timeout", "6s"]
+    )
+    assert broken.exit_code == 1, broken.output
+    assert (
+        "not ready on 0.3.0-broken within 6s" in broken.stderr
+        and "rolled back to revision 1" in broken.stderr
+    )
+    assert "kubearc-identity: 0/1 ready" in broken.stderr and broken.stderr.count("\n") == 1
+    assert s.image("kubearc-identity").endswith(":0.1.0")
+    good = CliRunner().invoke(
+        app, ["cluster", "upgrade", *where, "--agent-version", "0.3.0", "--timeout", "30s"]
+    )
+    assert good.exit_code == 0, good.output
+    assert s.image("kubearc-identity").endswith(":0.3.0") and s.image("kubearc-controller").endswith(":0.3.0")

@@ -167,14 +167,19 @@ def _reconfigure(
     helm: str | None,
     chart: str | None,
     edit: Any,
+    then: Any = None,
 ) -> None:
+    """`edit` the release's values and upgrade it; `then(kube, helm, previous revision)` afterwards."""
     from kubearc.helm import CHART
     from kubearc.reconfigure import change
 
     sub = subscription_or_fail(subscription)
     resource_id = f"/subscriptions/{sub}/resourceGroups/{resource_group}/{CC}/{name}"
     with cluster_side(kube_config, kube_context, helm) as (kube, binary):
+        release = binary.release() if then is not None else None
         done = change(resource_id, kube, binary, chart or CHART, edit)
+        if then is not None and release is not None:
+            then(kube, binary, int(release["revision"]))
     typer.echo(f"{resource_group}/{name}: {done}", err=True)
 
 
@@ -262,12 +267,29 @@ def upgrade(
     kube_context: str = KubeContextOpt,
     helm: str = HelmOpt,
     chart: str = ChartOpt,
+    timeout: str = typer.Option(
+        "5m", "--timeout", help="How long the agents have to be ready before a rollback."
+    ),
 ) -> None:
-    """Run another version of the agents; refused while auto-upgrade is on."""
+    """Run another version of the agents (not while auto-upgrade is on); roll back if they are not ready."""
+    from foundation.settings import parse_duration
     from kubearc.reconfigure import upgrade as edit
+    from kubearc.reconfigure import wait_rolled_out
 
+    try:
+        seconds = parse_duration(timeout)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--timeout") from None
     _reconfigure(
-        name, resource_group, subscription, kube_config, kube_context, helm, chart, edit(agent_version)
+        name,
+        resource_group,
+        subscription,
+        kube_config,
+        kube_context,
+        helm,
+        chart,
+        edit(agent_version),
+        then=lambda kube, binary, previous: wait_rolled_out(kube, binary, agent_version, previous, seconds),
     )
 
 
