@@ -20,7 +20,7 @@ from hub.auth import current_user
 from hub.context import Hub, hub_of
 from hub.errors import bad_request, not_found, read_model
 from hub.rbac.access import require
-from hub.resources import CC, cluster_id, validate_names
+from hub.resources import CC, cluster_child
 from hub.store.models import Configuration
 from hub.store.queries import configuration_named, configurations_of, find_cluster
 
@@ -72,9 +72,7 @@ def to_arm(hub: Hub, rid: str, c: Configuration) -> dict[str, Any]:
 
 
 def _ids(request: Request) -> tuple[str, str]:
-    p = request.path_params
-    validate_names(p["sub"], p["rg"], p["name"])
-    return cluster_id(p["sub"], p["rg"], p["name"]), p.get("config", "")
+    return cluster_child(request.path_params, "config")
 
 
 async def configuration_item(request: Request) -> Response:
@@ -126,7 +124,7 @@ async def _put(hub: Hub, rid: str, name: str, body: ConfigurationProperties) -> 
         row.operator_params = body.operatorParams
         row.ssh_known_hosts = body.sshKnownHostsContents
         settings = body.configurationProtectedSettings
-        row.protected_settings = hub.box.seal(json.dumps(settings).encode()) if settings else None
+        row.protected_settings = hub.box.seal_json(settings)
         row.compliance_state = "Pending"
         row.compliance_message = None
         row.updated_at = now

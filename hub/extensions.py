@@ -11,7 +11,6 @@ the same major in the catalogue becomes the target when the agent next pulls.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,7 +25,7 @@ from hub.auth import current_agent, current_user
 from hub.context import Hub, hub_of
 from hub.errors import ApiError, bad_request, not_found, read_model
 from hub.rbac.access import require
-from hub.resources import CC, cluster_id, validate_names
+from hub.resources import CC, cluster_child
 from hub.store.models import Extension, ExtensionType
 from hub.store.queries import find_cluster
 
@@ -42,7 +41,7 @@ async def _rows(session: AsyncSession, cluster: int, name: str | None = None) ->
 
 
 def _protected(hub: Hub, row: Extension) -> dict[str, str]:
-    return json.loads(hub.box.open(row.protected_settings)) if row.protected_settings else {}
+    return dict(hub.box.open_json(row.protected_settings))
 
 
 def _arm(hub: Hub, rid: str, row: Extension) -> dict[str, Any]:
@@ -50,9 +49,7 @@ def _arm(hub: Hub, rid: str, row: Extension) -> dict[str, Any]:
 
 
 def _ids(request: Request) -> tuple[str, str]:
-    p = request.path_params
-    validate_names(p["sub"], p["rg"], p["name"])
-    return cluster_id(p["sub"], p["rg"], p["name"]), p.get("extension", "")
+    return cluster_child(request.path_params, "extension")
 
 
 async def _catalogue(session: AsyncSession, name: str) -> ExtensionType:
@@ -132,7 +129,7 @@ async def _put(hub: Hub, rid: str, name: str, body: spec.ExtensionSpec) -> Respo
             )
             session.add(row)
         row.spec, row.target_version = desired, target
-        row.protected_settings = hub.box.seal(json.dumps(settings).encode()) if settings else None
+        row.protected_settings = hub.box.seal_json(settings)
         row.generation += 1
         row.provisioning_state = "Creating" if created else "Updating"
         row.updated_at = now

@@ -12,7 +12,6 @@ generation updates the statuses but not the provisioning state.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,7 +26,7 @@ from hub.auth import current_agent, current_user
 from hub.context import Hub, hub_of
 from hub.errors import bad_request, not_found, read_model
 from hub.rbac.access import require
-from hub.resources import CC, cluster_id, validate_names
+from hub.resources import CC, cluster_child
 from hub.store.models import FluxConfiguration
 from hub.store.queries import find_cluster
 
@@ -42,7 +41,7 @@ async def _rows(session: AsyncSession, cluster: int, name: str | None = None) ->
 
 
 def _protected(hub: Hub, row: FluxConfiguration) -> dict[str, str]:
-    return json.loads(hub.box.open(row.protected_settings)) if row.protected_settings else {}
+    return dict(hub.box.open_json(row.protected_settings))
 
 
 def _arm(hub: Hub, rid: str, row: FluxConfiguration) -> dict[str, Any]:
@@ -50,9 +49,7 @@ def _arm(hub: Hub, rid: str, row: FluxConfiguration) -> dict[str, Any]:
 
 
 def _ids(request: Request) -> tuple[str, str]:
-    p = request.path_params
-    validate_names(p["sub"], p["rg"], p["name"])
-    return cluster_id(p["sub"], p["rg"], p["name"]), p.get("config", "")
+    return cluster_child(request.path_params, "config")
 
 
 async def configuration_item(request: Request) -> Response:
@@ -110,7 +107,7 @@ async def _put(hub: Hub, rid: str, name: str, body: fluxspec.FluxSpec) -> Respon
         except ValueError as exc:
             raise bad_request(str(exc)) from None
         row.spec = body.desired()
-        row.protected_settings = hub.box.seal(json.dumps(settings).encode()) if settings else None
+        row.protected_settings = hub.box.seal_json(settings)
         row.generation += 1
         row.provisioning_state = "Creating" if created else "Updating"
         row.compliance_state = "Suspended" if body.suspend else "Pending"

@@ -4,6 +4,7 @@ caller's spelling for display and a lowercased *key* for lookups."""
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 from hub.errors import bad_request
 
@@ -61,3 +62,10 @@ def parse_scope(scope: str) -> dict[str, str]:
             out["namespace"] = v
         i += 2
     return out
+
+
+def cluster_child(path_params: Mapping[str, str], child: str) -> tuple[str, str]:
+    """The cluster's resource id and the child's name (`child` names the path parameter) of a
+    `.../connectedClusters/{name}/providers/.../{child}` route; bad names are a 400."""
+    validate_names(path_params["sub"], path_params["rg"], path_params["name"])
+    return cluster_id(path_params["sub"], path_params["rg"], path_params["name"]), path_params.get(child, "")

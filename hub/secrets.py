@@ -9,10 +9,12 @@ encrypted in `hub_secrets`, so stateless replicas on one database agree on them.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -46,6 +48,14 @@ class SecretBox:
 
     def seal(self, data: bytes) -> bytes:
         return self._fernet.encrypt(data)
+
+    def seal_json(self, value: Any) -> bytes | None:
+        """`value` as sealed JSON; None for an empty one (nothing to keep)."""
+        return self.seal(json.dumps(value).encode()) if value else None
+
+    def open_json(self, token: bytes | None, empty: Any = None) -> Any:
+        """What `seal_json` sealed; `empty` (default {}) when nothing was."""
+        return json.loads(self.open(token)) if token else ({} if empty is None else empty)
 
     def open(self, token: bytes) -> bytes:
         try:
