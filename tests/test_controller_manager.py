@@ -9,7 +9,9 @@ a store mutator here keeps the Deployments of a `-broken` image unready, as pods
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -119,7 +121,32 @@ def test_a_broken_version_is_rolled_back_with_the_reason_and_a_good_one_is_rolle
         assert s.image(agent).endswith(":0.2.0")
     deployment = s.api.store.find("apps", "deployments", NS, "kubearc-metadata") or {}
     env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env["KUBEARC_AGENT_VERSION"] == "0.2.0"  # what the metadata agent reports as agentVersion
+    assert env["KUBEARC_AGENT_VERSION"] == "0.2.0"
+    # The metadata agent of that pod (its env, as the kubelet gives it) reports it to the hub.
+    pod_env = {k: v for k, v in env.items() if v is not None and k != "KUBEARC_HUB_URL"}
+    done = subprocess.run(
+        [
+            *[
+                sys.executable,
+                "-m",
+                "kubearc.cli",
+                "agent",
+                "metadata",
+                "--hub",
+                s.hub.url,
+                "--hub-ca",
+                s.hub.ca,
+            ],
+            *["--identity", f"file:{s.tmp / 'identity'}", "--kubeconfig", str(s.kubeconfig), "--once"],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("KUBEARC_")}, **pod_env},
+    )
+    assert done.returncode == 0, done.stderr
+    shown = s.user.get(s.cluster.resource_id, params={"api-version": "2024-01-01"}).json()["properties"]
+    assert shown["agentVersion"] == "0.2.0"
     revisions = len(s.history())
 
     # A Deployment the release holds but the cluster lost comes back.
