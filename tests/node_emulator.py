@@ -132,6 +132,10 @@ class NodeEmulator:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(15)
+        for pod in self.pods.values():  # all at once: each may take seconds to drain its work
+            if pod.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pod.process.pid, 15)
         for key in list(self.pods):
             self._kill(key)
         shutil.rmtree(self.root, ignore_errors=True)
