@@ -1429,9 +1429,44 @@ def report(bench: Bench, res: Results) -> list[str]:
                 continue
             parts = " ".join(f"{g} {100 * cpu[g] / wall:3.0f}" for g in groups[path])
             out(f"  {test:20} {LABEL[path]:8} {parts}  | all {100 * cpu['all'] / wall:3.0f}")
+    out("")
+    out("CPU per MB moved, ms of one core (bulk tests; tunnel = its processes together, as sshd + ssh)")
+    tunnel = {"ssh": ["sshd", "ssh"], "kubearc": ["proxy", "relay", "agent"]}
+    relay_vs_sshd: list[tuple[float, float]] = []
+    for test in bulk_tests:
+        for path in PATHS:
+            spent = cpu_per_mb(res, test, path)
+            if spent is None:
+                continue
+            parts = " ".join(f"{g} {spent[g]:5.2f}" for g in groups[path])
+            mine = f" | tunnel {sum(spent[g] for g in tunnel[path]):5.2f}" if path in tunnel else ""
+            out(f"  {test:20} {LABEL[path]:8} {parts}{mine}")
+        ours, theirs = cpu_per_mb(res, test, "kubearc"), cpu_per_mb(res, test, "ssh")
+        if ours and theirs:
+            relay_vs_sshd.append((ours["relay"], theirs["sshd"]))
+    if relay_vs_sshd:
+        relay, sshd = (statistics.median(v) for v in zip(*relay_vs_sshd, strict=True))
+        check(
+            "relay CPU per MB <= sshd's (median of the bulk tests)",
+            f"{relay:.2f} vs {sshd:.2f} ms/MB",
+            relay <= sshd,
+        )
     for note in bench.notes + res.warnings:
         out(f"note: {note}")
     return lines
+
+
+def cpu_per_mb(res: Results, test: str, path: str) -> dict[str, float] | None:
+    """ms of CPU each process group spent per MB moved in `test` through `path`.
+
+    The CPU is sampled over whole attempts (connect and warm-up included), the rate over the
+    measured window; CPU time over wall time is a group's mean load, divided by the rate.
+    """
+    cpu, wall, rates = res.cpu.get((test, path)), res.wall.get((test, path)), res.rates.get((test, path))
+    if not cpu or not wall or not rates:
+        return None
+    rate = statistics.mean(rates)  # MB/s
+    return {g: 1000 * cpu[g] / wall / rate for g in cpu} if rate > 0 else None
 
 
 # --------------------------------------------------------------------------- main
