@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,7 +16,7 @@ from hub.auth import current_user
 from hub.context import Hub, hub_of
 from hub.errors import ApiError, bad_request, read_model
 from hub.rbac.access import require, scope_filter
-from hub.resources import CC, CLUSTER_TYPE, cluster_id, scope_key, validate_names
+from hub.resources import CC, CLUSTER_TYPE, arm_time, cluster_id, scope_key, validate_names
 from hub.status import connectivity_status
 from hub.store.models import Cluster
 from hub.store.queries import cluster_at, find_cluster
@@ -49,10 +48,6 @@ class ClusterPatch(BaseModel):
     properties: dict[str, bool] | None = None  # {"autoUpgrade": bool}
 
 
-def _iso(value: dt.datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None
-
-
 def to_arm(hub: Hub, c: Cluster) -> dict[str, Any]:
     status = connectivity_status(
         created_at=c.created_at,
@@ -78,15 +73,15 @@ def to_arm(hub: Hub, c: Cluster) -> dict[str, Any]:
             "infrastructure": c.infrastructure,
             "provisioningState": c.provisioning_state,
             "connectivityStatus": status.value,
-            "lastConnectivityTime": _iso(c.last_connectivity_time),
-            "managedIdentityCertificateExpirationTime": _iso(c.identity_expires_at),
+            "lastConnectivityTime": arm_time(c.last_connectivity_time),
+            "managedIdentityCertificateExpirationTime": arm_time(c.identity_expires_at),
             "autoUpgrade": c.auto_upgrade,
             "clusterConnect": {
                 "apiserverServerName": c.apiserver_server_name,
                 "certificateAuthorityReported": c.cluster_ca is not None,
             },
         },
-        "systemData": {"createdAt": _iso(c.created_at), "createdBy": c.created_by},
+        "systemData": {"createdAt": arm_time(c.created_at), "createdBy": c.created_by},
     }
 
 

@@ -12,12 +12,13 @@ configurations.
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from hub.resources import arm_time
+from hub.secrets import keep_stored
 from hub.store.models import Extension, ExtensionType
 
 KIND = "Microsoft.KubernetesConfiguration/extensions"
@@ -87,14 +88,8 @@ class ExtensionSpec(BaseModel):
         return spec
 
     def protected(self, stored: Settings) -> Settings:
-        kept: Settings = {}
-        for key, value in self.configurationProtectedSettings.items():
-            if value is None and key not in stored:
-                raise ValueError(
-                    f"configurationProtectedSettings.{key}: null keeps a stored value, and none is"
-                )
-            kept[key] = value if value is not None else stored[key]
-        return kept
+        """The protected settings to store (`hub.secrets.keep_stored`)."""
+        return keep_stored(self.configurationProtectedSettings, stored)
 
 
 class ExtensionBody(BaseModel):
@@ -175,7 +170,7 @@ def to_arm(resource_id: str, row: Extension, protected_keys: list[str]) -> dict[
         "id": f"{resource_id}/providers/{KIND}/{row.name}",
         "name": row.name,
         "type": KIND,
-        "systemData": {"createdAt": _iso(row.created_at), "lastModifiedAt": _iso(row.updated_at)},
+        "systemData": {"createdAt": arm_time(row.created_at), "lastModifiedAt": arm_time(row.updated_at)},
         "properties": {
             **spec,
             "configurationProtectedSettings": {k: None for k in protected_keys},
@@ -230,7 +225,3 @@ def catalogue_to_json(t: ExtensionType) -> dict[str, Any]:
 
 def valid_name(name: str) -> bool:
     return bool(NAME.fullmatch(name))
-
-
-def _iso(value: dt.datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None

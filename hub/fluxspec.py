@@ -18,6 +18,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from hub.resources import arm_time
+from hub.secrets import keep_stored
 from hub.store.models import FluxConfiguration
 
 KIND = "Microsoft.KubernetesConfiguration/fluxConfigurations"
@@ -182,15 +184,8 @@ class FluxSpec(BaseModel):
         return self
 
     def protected(self, stored: dict[str, str]) -> dict[str, str]:
-        """The protected settings to store: the given values, and the stored ones for null keys."""
-        kept: dict[str, str] = {}
-        for key, value in self.configurationProtectedSettings.items():
-            if value is None and key not in stored:
-                raise ValueError(
-                    f"configurationProtectedSettings.{key}: null keeps a stored value, and none is"
-                )
-            kept[key] = value if value is not None else stored[key]
-        return kept
+        """The protected settings to store (`hub.secrets.keep_stored`)."""
+        return keep_stored(self.configurationProtectedSettings, stored)
 
     def desired(self) -> dict[str, Any]:
         """The spec as stored and returned (protected settings removed, defaults filled in)."""
@@ -272,7 +267,7 @@ def to_arm(resource_id: str, row: FluxConfiguration, protected_keys: list[str]) 
         "id": f"{resource_id}/providers/{KIND}/{row.name}",
         "name": row.name,
         "type": KIND,
-        "systemData": {"createdAt": _iso(row.created_at), "lastModifiedAt": _iso(row.updated_at)},
+        "systemData": {"createdAt": arm_time(row.created_at), "lastModifiedAt": arm_time(row.updated_at)},
         "properties": {
             **row.spec,
             "configurationProtectedSettings": {k: None for k in protected_keys},
@@ -280,8 +275,8 @@ def to_arm(resource_id: str, row: FluxConfiguration, protected_keys: list[str]) 
             "complianceState": row.compliance_state,
             "statuses": row.statuses,
             "sourceSyncedCommitId": row.source_synced_commit_id,
-            "sourceUpdatedAt": _iso(row.source_updated_at),
-            "statusUpdatedAt": _iso(row.status_updated_at),
+            "sourceUpdatedAt": arm_time(row.source_updated_at),
+            "statusUpdatedAt": arm_time(row.status_updated_at),
             "errorMessage": row.error_message,
         },
     }
@@ -295,7 +290,3 @@ def to_agent(row: FluxConfiguration, protected: dict[str, str]) -> dict[str, Any
         **row.spec,
         "configurationProtectedSettings": protected,
     }
-
-
-def _iso(value: dt.datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None

@@ -3,6 +3,7 @@ caller's spelling for display and a lowercased *key* for lookups."""
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from collections.abc import Mapping
 
@@ -69,3 +70,8 @@ def cluster_child(path_params: Mapping[str, str], child: str) -> tuple[str, str]
     `.../connectedClusters/{name}/providers/.../{child}` route; bad names are a 400."""
     validate_names(path_params["sub"], path_params["rg"], path_params["name"])
     return cluster_id(path_params["sub"], path_params["rg"], path_params["name"]), path_params.get(child, "")
+
+
+def arm_time(value: dt.datetime | None) -> str | None:
+    """A time as ARM writes it: ISO 8601 in UTC with a trailing Z (None stays None)."""
+    return value.isoformat().replace("+00:00", "Z") if value else None

@@ -32,6 +32,17 @@ class SecretError(HubError):
     """A hub secret that cannot be opened (another data key sealed it) or created."""
 
 
+def keep_stored(given: dict[str, str | None], stored: dict[str, str]) -> dict[str, str]:
+    """Protected settings to store: the given values, and the stored one where a key is null
+    (what a GET shows, PUT back as is); a null with nothing stored is a ValueError naming the key."""
+    kept: dict[str, str] = {}
+    for key, value in given.items():
+        if value is None and key not in stored:
+            raise ValueError(f"configurationProtectedSettings.{key}: null keeps a stored value, and none is")
+        kept[key] = value if value is not None else stored[key]
+    return kept
+
+
 class SecretBox:
     def __init__(self, key: bytes) -> None:
         self._fernet = Fernet(key)

@@ -26,17 +26,13 @@ from hub.auth import current_user
 from hub.context import hub_of
 from hub.errors import bad_request
 from hub.rbac.access import require
-from hub.resources import CC, CLUSTER_TYPE, cluster_id, validate_names
+from hub.resources import CC, CLUSTER_TYPE, arm_time, cluster_id, validate_names
 from hub.store.models import AgentLog, AgentUsage, AgentUsageSample
 from hub.store.queries import find_cluster
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 MAX_PAGE = 1000
 DEFAULT_PAGE = 200
-
-
-def _iso(value: dt.datetime) -> str:
-    return value.isoformat().replace("+00:00", "Z")
 
 
 def _time(request: Request, name: str, default: dt.datetime | None = None) -> dt.datetime | None:
@@ -109,7 +105,8 @@ async def agent_logs(request: Request) -> Response:
     page, more = rows[:top], len(rows) > top
     body: dict[str, Any] = {
         "value": [
-            {"agent": r.agent, "timestamp": _iso(r.ts), "level": r.level, "message": r.message} for r in page
+            {"agent": r.agent, "timestamp": arm_time(r.ts), "level": r.level, "message": r.message}
+            for r in page
         ]
     }
     if more:
@@ -137,7 +134,7 @@ async def agent_usage(request: Request) -> Response:
                     "agent": r.agent,
                     "cpuMillicores": r.cpu_millicores,
                     "memoryBytes": r.memory_bytes,
-                    "reportedAt": _iso(r.reported_at),
+                    "reportedAt": arm_time(r.reported_at),
                 }
                 for r in rows
             ]
@@ -162,7 +159,7 @@ async def agent_usage_series(request: Request) -> Response:
     async with hub_of(request).sessions() as session:
         rows = (await session.execute(query)).scalars().all()
     points = [
-        {"timestamp": _iso(r.ts), "cpuMillicores": r.cpu_millicores, "memoryBytes": r.memory_bytes}
+        {"timestamp": arm_time(r.ts), "cpuMillicores": r.cpu_millicores, "memoryBytes": r.memory_bytes}
         for r in rows
     ]
     return JSONResponse({"agent": agent, "value": points})
