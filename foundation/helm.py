@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+INTERRUPT_GRACE = 30.0  # seconds helm gets to record a cancelled operation before it is killed
+
 
 class HelmError(Exception):
     """helm could not be found or a helm command failed.
@@ -50,12 +52,25 @@ def run(
         cmd += ["--kubeconfig", str(kubeconfig)]
     if context:
         cmd += ["--kube-context", context]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-        raise HelmError(f"helm {args[0]} did not finish within {timeout:.0f}s") from None
-    if done.returncode != 0:
-        stderr = done.stderr.strip()
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _interrupt(proc)
+            raise HelmError(f"helm {args[0]} did not finish within {timeout:.0f}s") from None
+    if proc.returncode != 0:
+        stderr = stderr.strip()
         last = (stderr.splitlines() or ["(no output)"])[-1]
         raise HelmError(f"helm {args[0]} failed: {last}", stderr)
-    return done.stdout
+    return stdout
+
+
+def _interrupt(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM first: helm (3.7 and later) then marks the release failed rather than leaving it
+    pending, which would refuse every later command with "another operation is in progress"."""
+    proc.terminate()
+    try:
+        proc.communicate(timeout=INTERRUPT_GRACE)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()

@@ -200,7 +200,7 @@ class Onboarding:
 
     def install(self) -> None:
         self.say("installing the agents (helm upgrade --install)...")
-        self.helm.upgrade_install(self.o.chart, self.values(), timeout=self.o.timeout)
+        self.helm.upgrade_install(self.o.chart, self.values())  # --timeout bounds the wait, not helm
 
     # ---- 5. the wait ------------------------------------------------------------------------------
 
