@@ -19,8 +19,8 @@ import httpx
 import jwt
 
 from foundation.tokens import check_claim_types, check_header_types
+from foundation.wire import ENTRA_AUTHORITY
 
-ENTRA_AUTHORITY = "https://login.microsoftonline.com"
 ALLOWED_ALGORITHMS = ["RS256", "RS384", "RS512", "ES256", "ES384", "PS256"]
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+# Entra ID's public-cloud authority: the issuer host of tenant tokens and the sign-in endpoint.
+ENTRA_AUTHORITY = "https://login.microsoftonline.com"
 # The hub's discovery document: what `kubearc login`, the relay and the agents read first.
 DISCOVERY_PATH = "/.well-known/kubearc-configuration"
 # The agent API path that names the cluster an agent token belongs to (the relay asks it).

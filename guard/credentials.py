@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from foundation.msalhttp import confidential_client
-from foundation.oidc import ENTRA_AUTHORITY
+from foundation.wire import ENTRA_AUTHORITY
 from guard.errors import CredentialError
 
 ARM_SCOPE = "https://management.azure.com/.default"

@@ -22,9 +22,8 @@ import httpx
 import msal
 
 from foundation.msalhttp import issuer_http_client
-from foundation.oidc import ENTRA_AUTHORITY
 from foundation.settings import client_config_dir, load_client_config, save_client_config
-from foundation.wire import DISCOVERY_PATH, Discovery, WireError
+from foundation.wire import DISCOVERY_PATH, ENTRA_AUTHORITY, Discovery, WireError
 
 CACHE_FILE = "msal_token_cache.json"
 SECRET_FILE = "service_principal.json"

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from foundation.oidc import ENTRA_AUTHORITY
+from foundation.wire import ENTRA_AUTHORITY
 from guard.authn.chain import AuthnChain
 from guard.authn.graph import GRAPH_BASE, GraphGroups, GraphSettings
 from guard.authn.oidc import OidcAuthenticator

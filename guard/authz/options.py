@@ -23,7 +23,7 @@ from pathlib import Path
 from foundation.agenttoken import AgentTokens
 from foundation.identitystore import IdentityStore, StoreError, open_store
 from foundation.kube import Kube
-from foundation.oidc import ENTRA_AUTHORITY
+from foundation.wire import ENTRA_AUTHORITY
 from guard.authz.actions import CONNECTED_CLUSTERS, MANAGED_CLUSTERS
 from guard.authz.checkaccess import ARM, CheckAccessClient, Credential
 from guard.authz.provider import AuthorizerConfig, AzureAuthorizer

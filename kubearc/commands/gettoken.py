@@ -27,8 +27,7 @@ from typing import Any
 
 import typer
 
-from foundation.oidc import ENTRA_AUTHORITY
-from foundation.wire import CLUSTER_AUDIENCE
+from foundation.wire import CLUSTER_AUDIENCE, ENTRA_AUTHORITY
 
 EXEC_APIS = ("client.authentication.k8s.io/v1", "client.authentication.k8s.io/v1beta1")
 INSTALL_HINT = (

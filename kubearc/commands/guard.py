@@ -25,8 +25,8 @@ import yaml
 
 from foundation import aio
 from foundation.logs import setup_logging
-from foundation.oidc import ENTRA_AUTHORITY
 from foundation.settings import parse_duration
+from foundation.wire import ENTRA_AUTHORITY
 from guard import webhook_config
 from kubearc.commands import listenopts
 

@@ -7,12 +7,14 @@ process may really open.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from foundation.gate import Limits, default_max_connections, raise_fd_limit
 from foundation.settings import parse_duration
+
+if TYPE_CHECKING:
+    from foundation.gate import Limits
 
 
 def max_connections_option(
@@ -70,6 +72,8 @@ def limits(
     flag: str = "--max-connections",
 ) -> Limits:
     """The flags as `Limits` (a bad value is a usage error); the fd limit is raised first."""
+    from foundation.gate import Limits, default_max_connections, raise_fd_limit
+
     raise_fd_limit()
     if max_connections is not None and max_connections < 1:
         raise typer.BadParameter("must be at least 1", param_hint=flag)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, NoReturn
 
-import httpx
 import typer
 
 
@@ -15,6 +14,8 @@ def fail(message: str) -> NoReturn:
 
 def request_json(method: str, path: str, **kwargs: Any) -> Any:
     """Call the hub as the signed-in user; errors become a one-line message and exit 1."""
+    import httpx  # here, not at the top: every command imports this module, few call the hub
+
     from kubearc.session import hub_client
 
     try:

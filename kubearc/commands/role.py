@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import uuid
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-import httpx
 import typer
+
+if TYPE_CHECKING:
+    import httpx
 
 app = typer.Typer(no_args_is_help=True, help="Role definitions and role assignments.")
 assignment_app = typer.Typer(no_args_is_help=True, help="Role assignments: who holds which role where.")
@@ -37,6 +39,8 @@ def _print(data: Any) -> None:
 
 def _client() -> httpx.Client:
     # Imported here: the session module pulls in msal, which `kubearc --help` does not need.
+    import httpx
+
     from kubearc.session import SessionError, hub_client
 
     try:
@@ -51,6 +55,8 @@ def _call(
     client: httpx.Client, method: str, path: str, *, params: dict[str, str] | None = None, **kw: Any
 ) -> Any:
     """One hub request; the hub's `{"error": {...}}` becomes the error line."""
+    import httpx
+
     from kubearc.session import SessionError
 
     try:
