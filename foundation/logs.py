@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 import time
+from typing import Any
 
 import orjson
 
@@ -77,8 +78,21 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever `sys.stderr` is when a record is emitted, not when logging was set up:
+    a command run in-process (typer's CliRunner, a test) swaps stderr and closes its copy after."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def setup_logging(level: str = "info", fmt: str = "json") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _Stderr()
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
