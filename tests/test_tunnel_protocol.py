@@ -427,6 +427,58 @@ def test_a_window_grows_on_a_long_path_and_stays_small_on_a_short_one() -> None:
     assert d.window(sid2) == 256 * 1024
 
 
+def test_a_window_limited_stream_doubles_once_per_round_trip_like_slow_start() -> None:
+    # 50 ms round trip, the receiver consumes 100 MB/s: from 256 KiB to 4 MiB is four doublings,
+    # one per round trip (TCP's slow start), not one per several round trips.
+    clock = FakeClock()
+    a = Session(Role.DIALLER, Settings())
+    b = Session(Role.LISTENER, Settings(max_window=4 * 1024 * 1024), clock=clock)
+    _pump(a, b)
+    sid = _open_accepted(a, b)
+    _measured_rtt(a, b, clock, 0.050)
+    start = clock.now
+    while b.window(sid) < 4 * 1024 * 1024:
+        size = min(a.send_capacity(sid), 64 * 1024)
+        a.send(sid, bytes(size))
+        for message in a.frames_to_send():
+            for event in b.receive(message):
+                if isinstance(event, ev.DataReceived):
+                    clock.now += len(event.data) * 1e-8
+                    b.consumed(sid, len(event.data))
+        for message in b.frames_to_send():
+            a.receive(message)
+        assert clock.now - start < 1.0, "the window did not reach 4 MiB within 20 round trips"
+    assert b.windows_grown == 4
+    assert clock.now - start <= 5 * 0.050
+
+
+def test_a_new_stream_starts_at_half_the_window_the_session_learned() -> None:
+    # A long path taught the session a 4 MiB window; the next stream (a `kubectl cp`) starts at
+    # 2 MiB of credit at once, announced by a WINDOW frame right after its OPEN.
+    clock = FakeClock()
+    a = Session(Role.DIALLER, Settings())
+    b = Session(Role.LISTENER, Settings(max_window=4 * 1024 * 1024), clock=clock)
+    _pump(a, b)
+    first = _open_accepted(a, b)
+    _measured_rtt(a, b, clock, 0.050)
+    _consume_all(a, b, first, clock, 1e-8)
+    assert b.window(first) == 4 * 1024 * 1024
+    # The peer opens the next stream: b grants it 2 MiB before it has consumed a byte.
+    second = _open_accepted(a, b)
+    assert b.window(second) == 2 * 1024 * 1024
+    assert a.send_capacity(second) == 2 * 1024 * 1024
+    # b opens one itself: OPEN first, then its WINDOW (a WINDOW for an unknown stream is an error).
+    third = b.open_stream({})
+    frames = [fr.decode(m) for m in b.frames_to_send()]
+    assert [(f.type, f.stream_id) for f in frames] == [(FrameType.OPEN, third), (FrameType.WINDOW, third)]
+    for message in (f.encode() for f in frames):
+        a.receive(message)
+    a.accept(third)
+    _pump(a, b)
+    assert b.send_capacity(third) == 256 * 1024  # a learned nothing: it grants its initial window
+    assert a.closed is None and b.closed is None
+
+
 def test_a_window_never_grows_past_half_the_connection_window() -> None:
     """A stalled stream holds its whole window; the other streams must keep credit to move."""
     clock = FakeClock()

@@ -114,6 +114,7 @@ class Session:
         self.peer_going_away = False
         self._pings: dict[bytes, float] = {}  # payload -> when sent, until its PONG
         self.windows_grown = 0  # times a stream window doubled (a metric)
+        self._learned_window = 0  # the last window a stream grew to: where new streams start (half)
         self._rtts: deque[float] = deque(maxlen=self.RTT_SAMPLES)
         self._queue(
             fr.json_frame(
@@ -217,15 +218,32 @@ class Session:
             raise SessionClosed("stream ids exhausted; reconnect")
         frame = fr.json_frame(FrameType.OPEN, sid, target)  # may raise: then nothing is left behind
         self._next_sid += 2
-        self._streams[sid] = self._new_stream(sid, accepted=False)
+        self._streams[sid] = stream = self._new_stream(sid, accepted=False)
         self._queue(frame)
+        self._grant_start(stream)
         return sid
 
     def _new_stream(self, sid: int, accepted: bool) -> _Stream:
-        window = self.settings.initial_window
+        """A stream's state; its window starts at half what the last grown window reached.
+
+        The sender only knows `initial_window` from HELLO, so the difference goes out at once
+        as a WINDOW frame (`_grant_start`): a `kubectl cp` on a session that has already learned
+        a long path starts near its bandwidth-delay product instead of doubling up from 256 KiB.
+        """
+        window = max(self.settings.initial_window, min(self._learned_window // 2, self.window_cap))
         return _Stream(
-            sid, self._peer_settings.initial_window, window, accepted, window=window, epoch_start=self.clock()
+            sid,
+            self._peer_settings.initial_window,
+            window,
+            accepted,
+            window=window,
+            epoch_start=self.clock(),
         )
+
+    def _grant_start(self, stream: _Stream) -> None:
+        """Send the credit a stream starts with beyond `initial_window`; after its OPEN is queued."""
+        if stream.window > self.settings.initial_window:
+            self._queue(fr.window(stream.sid, stream.window - self.settings.initial_window))
 
     def accept(self, sid: int) -> None:
         stream = self._streams.get(sid)
@@ -302,9 +320,10 @@ class Session:
     def _grow(self, stream: _Stream) -> int:
         """How much to enlarge `stream`'s window now (see the module docstring); 0 mostly.
 
-        The consumption rate is averaged over an epoch of at least `MIN_EPOCH` and four round
-        trips: a process that was descheduled drains its backlog in a burst, and a burst's rate
-        says nothing about the path. The window doubles while it is under twice rate x RTT.
+        The consumption rate is averaged over an epoch of at least `MIN_EPOCH` and one round
+        trip, so a window-limited stream doubles once per round trip, as TCP's slow start does;
+        `MIN_EPOCH` keeps a burst (a descheduled process draining its backlog) from passing for
+        the path's rate on a short path. The window doubles while it is under twice rate x RTT.
         """
         stream.epoch_bytes += stream.unacked
         rtt, cap = self.rtt, self.window_cap
@@ -312,7 +331,7 @@ class Session:
             return 0
         now = self.clock()
         elapsed = now - stream.epoch_start
-        if elapsed < max(self.MIN_EPOCH, 4 * rtt):
+        if elapsed < max(self.MIN_EPOCH, rtt):
             return 0
         rate = stream.epoch_bytes / elapsed
         stream.epoch_start, stream.epoch_bytes = now, 0
@@ -321,6 +340,7 @@ class Session:
         grown = min(2 * stream.window, cap)
         extra, stream.window = grown - stream.window, grown
         self.windows_grown += 1
+        self._learned_window = grown
         return extra
 
     def ping(self, payload: bytes) -> None:
@@ -462,7 +482,8 @@ class Session:
                 )
             )
             return []
-        self._streams[sid] = self._new_stream(sid, accepted=False)
+        self._streams[sid] = stream = self._new_stream(sid, accepted=False)
+        self._grant_start(stream)
         return [ev.StreamOpened(sid, target)]
 
     def _on_data(self, frame: Frame) -> list[ev.Event]:
