@@ -181,16 +181,11 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def ip(*args: str) -> None:
-    done = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+def sh(*cmd: str) -> None:
+    """`ip ...` or `tc ...`; its own error message when it fails."""
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise RuntimeError(f"ip {' '.join(args)}: {done.stderr.strip()}")
-
-
-def tc(ns: str, *args: str) -> None:
-    done = subprocess.run(["tc", "-n", ns, *args], capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"tc -n {ns} {' '.join(args)}: {done.stderr.strip()}")
+        raise RuntimeError(f"{' '.join(cmd)}: {done.stderr.strip()}")
 
 
 @dataclass
@@ -220,8 +215,8 @@ class WanLink:
 
     def _up(self) -> None:
         for ns in (self.hub_ns, self.dc_ns):
-            ip("netns", "add", ns)
-            ip("-n", ns, "link", "set", "lo", "up")
+            sh("ip", "netns", "add", ns)
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
         ready = self.workdir / "wan.ready"
         cmd = [
             sys.executable,
@@ -253,9 +248,11 @@ class WanLink:
         burst = max(2 * 65536 + 2 * MTU, int(self.profile.rate_bps / 8 / 1000))
         limit = max(self.profile.bdp_bytes, 4 * burst)
         for ns, mine, peer in ((self.hub_ns, HUB_ADDR, DC_ADDR), (self.dc_ns, DC_ADDR, HUB_ADDR)):
-            ip("-n", ns, "link", "set", DEVICE, "mtu", str(MTU), "up")
-            ip("-n", ns, "addr", "add", mine, "peer", f"{peer}/32", "dev", DEVICE)
-            tc(
+            sh("ip", "-n", ns, "link", "set", DEVICE, "mtu", str(MTU), "up")
+            sh("ip", "-n", ns, "addr", "add", mine, "peer", f"{peer}/32", "dev", DEVICE)
+            sh(
+                "tc",
+                "-n",
                 ns,
                 "qdisc",
                 "add",

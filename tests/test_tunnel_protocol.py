@@ -427,15 +427,21 @@ def test_a_window_grows_on_a_long_path_and_stays_small_on_a_short_one() -> None:
     assert d.window(sid2) == 256 * 1024
 
 
-def test_a_window_limited_stream_doubles_once_per_round_trip_like_slow_start() -> None:
-    # 50 ms round trip, the receiver consumes 100 MB/s: from 256 KiB to 4 MiB is four doublings,
-    # one per round trip (TCP's slow start), not one per several round trips.
+def _long_path() -> tuple[FakeClock, Session, Session, int]:
+    """a sends to b over a 50 ms round trip (measured); b's windows may grow to 4 MiB."""
     clock = FakeClock()
     a = Session(Role.DIALLER, Settings())
     b = Session(Role.LISTENER, Settings(max_window=4 * 1024 * 1024), clock=clock)
     _pump(a, b)
     sid = _open_accepted(a, b)
     _measured_rtt(a, b, clock, 0.050)
+    return clock, a, b, sid
+
+
+def test_a_window_limited_stream_doubles_once_per_round_trip_like_slow_start() -> None:
+    # 50 ms round trip, the receiver consumes 100 MB/s: from 256 KiB to 4 MiB is four doublings,
+    # one per round trip (TCP's slow start), not one per several round trips.
+    clock, a, b, sid = _long_path()
     start = clock.now
     while b.window(sid) < 4 * 1024 * 1024:
         size = min(a.send_capacity(sid), 64 * 1024)
@@ -455,12 +461,7 @@ def test_a_window_limited_stream_doubles_once_per_round_trip_like_slow_start() -
 def test_a_new_stream_starts_at_half_the_window_the_session_learned() -> None:
     # A long path taught the session a 4 MiB window; the next stream (a `kubectl cp`) starts at
     # 2 MiB of credit at once, announced by a WINDOW frame right after its OPEN.
-    clock = FakeClock()
-    a = Session(Role.DIALLER, Settings())
-    b = Session(Role.LISTENER, Settings(max_window=4 * 1024 * 1024), clock=clock)
-    _pump(a, b)
-    first = _open_accepted(a, b)
-    _measured_rtt(a, b, clock, 0.050)
+    clock, a, b, first = _long_path()
     _consume_all(a, b, first, clock, 1e-8)
     assert b.window(first) == 4 * 1024 * 1024
     # The peer opens the next stream: b grants it 2 MiB before it has consumed a byte.
