@@ -78,7 +78,7 @@ class TextFormatter(logging.Formatter):
         return line
 
 
-class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to whatever `sys.stderr` is when a record is emitted, not when logging was set up:
     a command run in-process (typer's CliRunner, a test) swaps stderr and closes its copy after."""
 
@@ -92,7 +92,7 @@ class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 def setup_logging(level: str = "info", fmt: str = "json") -> None:
-    handler = _Stderr()
+    handler = StderrHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

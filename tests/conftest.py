@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import logging
 import os
 import ssl
 import uuid
@@ -21,6 +22,7 @@ import asyncpg
 import httpx
 import pytest
 
+from foundation.logs import StderrHandler
 from hub.config import HubConfig
 from hub.issuer.tokens import issue_access_token
 from hub.rbac.assignments import create_assignment
@@ -83,6 +85,18 @@ def database(kind: str, directory: Path) -> Iterator[str]:
         yield PG_ADMIN.rsplit("/", 1)[0] + "/" + name
     finally:
         _pg(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(autouse=True)
+def _logging_set_up_by_a_command_ends_with_its_test() -> Iterator[None]:
+    """A command run in-process (typer's CliRunner) sets the root logger up as a process would;
+    the next test must not get its handler (it would write into that test's captured stderr)."""
+    root = logging.getLogger()
+    level = root.level
+    yield
+    for handler in [h for h in root.handlers if isinstance(h, StderrHandler)]:
+        root.removeHandler(handler)
+    root.setLevel(level)
 
 
 @pytest.fixture(params=BACKENDS)
