@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import errno
 import fcntl
 import json
 import os
@@ -134,7 +135,10 @@ class Direction:
         while True:
             try:
                 packet = os.read(self.src, 65536 + 64)
-            except OSError:
+            except OSError as exc:
+                if exc.errno == errno.EIO:  # the device is not up yet (the parent configures it)
+                    time.sleep(0.01)
+                    continue
                 return
             if self.loss and self.rng.random() < self.loss:
                 self.dropped += 1
@@ -149,7 +153,9 @@ class Direction:
                 time.sleep(wait)
             try:
                 os.write(self.dst, packet)
-            except OSError:
+            except OSError as exc:
+                if exc.errno == errno.EIO:  # not up yet: the packet is lost, as on a link coming up
+                    continue
                 return
             self.packets += 1
             self.bytes += len(packet)
