@@ -316,7 +316,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import tempfile
 
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `timeout` and kill tear the link down too
+    # Ctrl-C, `timeout` and kill all tear the link down (a shell's background job ignores SIGINT).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     with tempfile.TemporaryDirectory(prefix="kubearc-wan-") as tmp, held(profile, Path(tmp)) as link:
         print(f"link up: {profile}")
         print(f"  hub side:  ip netns exec {link.hub_ns} bash   ({HUB_ADDR})")
