@@ -42,7 +42,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,13 +71,19 @@ class Profile:
         rate = re.fullmatch(r"([\d.]+)\s*([kmg])bit", parts[1]) if len(parts) > 1 else None
         loss = re.fullmatch(r"([\d.]+)\s*%", parts[2]) if len(parts) > 2 else None
         if rtt is None or rate is None or (len(parts) > 2 and loss is None) or len(parts) > 3:
-            raise ValueError(
-                f"--wan {text!r}: expected RTT,RATE[,LOSS] such as 20ms,1gbit or 50ms,100mbit,0.5%"
-            )
+            raise ValueError(f"{text!r}: expected RTT,RATE[,LOSS] such as 20ms,1gbit or 50ms,100mbit,0.5%")
         scale = {"k": 1e3, "m": 1e6, "g": 1e9}[rate.group(2)]
         return cls(
             float(rtt.group(1)), float(rate.group(1)) * scale, float(loss.group(1)) / 100 if loss else 0.0
         )
+
+    @classmethod
+    def argument(cls, text: str) -> Profile:
+        """`Profile.parse` for argparse: a bad profile is its one-line usage error."""
+        try:
+            return cls.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
 
     @property
     def rate_mb_s(self) -> float:
@@ -162,7 +167,11 @@ class Direction:
 
 
 def forward(hub_ns: str, dc_ns: str, profile: Profile, ready: Path) -> None:
-    """The forwarder process: make both TUN devices, then move packets until SIGTERM."""
+    """The forwarder process: make both TUN devices, then move packets until SIGTERM.
+
+    Every second it writes its packet, byte and drop counts beside `ready` (`wan.counts` in the
+    benchmark's temp dir, kept with `--keep`): the first thing to read when a side hears nothing.
+    """
     home = Path("/proc/self/ns/net").open()  # noqa: SIM115 - held for the process's life
     setns(ns_path(hub_ns))
     hub = open_tun(profile.offload)
@@ -209,15 +218,19 @@ class WanLink:
         self.hub_ns, self.dc_ns = f"kbw-hub-{tag}", f"kbw-dc-{tag}"
 
     def __enter__(self) -> WanLink:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def open(self) -> WanLink:
+        """Bring the link up; on any failure, tear down what was made and raise."""
         try:
             self._up()
         except BaseException:
             self.close()
             raise
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def _up(self) -> None:
         for ns in (self.hub_ns, self.dc_ns):
@@ -237,10 +250,14 @@ class WanLink:
         cmd.append(
             f"{self.profile.rtt_ms}ms,{self.profile.rate_bps / 1e3:.0f}kbit,{self.profile.loss * 100}%"
         )
-        log = (self.workdir / "wan.log").open("wb")
-        self.forwarder = subprocess.Popen(
-            cmd, cwd=Path(__file__).resolve().parents[1], stdout=log, stderr=log, preexec_fn=_die_with_parent
-        )
+        with (self.workdir / "wan.log").open("wb") as log:
+            self.forwarder = subprocess.Popen(
+                cmd,
+                cwd=Path(__file__).resolve().parents[1],
+                stdout=log,
+                stderr=log,
+                preexec_fn=_die_with_parent,
+            )
         deadline = time.monotonic() + 15
         while not ready.exists():
             if self.forwarder.poll() is not None or time.monotonic() > deadline:
@@ -274,11 +291,6 @@ class WanLink:
                 str(limit),
             )
 
-    def counts(self) -> dict[str, dict[str, int]]:
-        with contextlib.suppress(OSError, ValueError):
-            return dict(json.loads((self.workdir / "wan.counts").read_text()))
-        return {}
-
     def close(self) -> None:
         if self.forwarder is not None and self.forwarder.poll() is None:
             self.forwarder.terminate()
@@ -294,23 +306,15 @@ class WanLink:
         setns(ns_path(self.hub_ns if side == "hub" else self.dc_ns))
 
 
-@contextlib.contextmanager
-def held(profile: Profile, workdir: Path) -> Iterator[WanLink]:
-    with WanLink(profile, workdir) as link:
-        yield link
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("profile", help="RTT,RATE[,LOSS], e.g. 20ms,1gbit or 50ms,100mbit,0.5%%")
+    p.add_argument(
+        "profile", type=Profile.argument, help="RTT,RATE[,LOSS], e.g. 20ms,1gbit or 50ms,100mbit,0.5%%"
+    )
     p.add_argument("--forward", nargs=2, metavar=("HUB_NS", "DC_NS"), help=argparse.SUPPRESS)
     p.add_argument("--ready", type=Path, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
-    try:
-        profile = Profile.parse(a.profile)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    profile = a.profile
     if a.forward:
         forward(a.forward[0], a.forward[1], profile, a.ready)
         return 0
@@ -319,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     # Ctrl-C, `timeout` and kill all tear the link down (a shell's background job ignores SIGINT).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    with tempfile.TemporaryDirectory(prefix="kubearc-wan-") as tmp, held(profile, Path(tmp)) as link:
+    with tempfile.TemporaryDirectory(prefix="kubearc-wan-") as tmp, WanLink(profile, Path(tmp)) as link:
         print(f"link up: {profile}")
         print(f"  hub side:  ip netns exec {link.hub_ns} bash   ({HUB_ADDR})")
         print(f"  dc side:   ip netns exec {link.dc_ns} bash   ({DC_ADDR})")

@@ -11,9 +11,11 @@ granted; the receiver grants more as its application *consumes* data. Memory is
 therefore bounded by the windows, whatever the peer's speed, and a stalled
 stream never holds up another (its credit runs out; the others' does not).
 
-Stream windows tune themselves (like QUIC's): each starts small and doubles, up
-to `max_window`, while it is smaller than twice the stream's consumption rate
-times the round trip, i.e. while the window, not the path, limits the stream.
+Stream windows tune themselves (like QUIC's): each starts at `initial_window`, or
+at half the window the session last grew to (a new stream on a long path need not
+ramp up again), and doubles once per round trip, up to `max_window`, while it is
+smaller than twice the stream's consumption rate times the round trip, i.e. while
+the window, not the path, limits the stream.
 A stream's window never grows past half the connection window: a stalled stream
 holds its whole window unconsumed, and the rest of the connection's credit must
 stay for the other streams. A window is a queue in front of whatever is slowest; a fixed large one kept
