@@ -28,7 +28,7 @@ def test_bad_sizes_are_named(text: str) -> None:
 
 def test_the_setting_reaches_the_session_settings() -> None:
     assert tunnel_settings("64Mi").max_window == 64 * 2**20
-    assert tunnel_settings("256Ki").max_window == tunnel_settings("256Ki").initial_window
+    assert tunnel_settings("512Ki").max_window == tunnel_settings("512Ki").initial_window
 
 
 COMMANDS = [

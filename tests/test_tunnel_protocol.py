@@ -19,6 +19,8 @@ from proxy.protocol import frames as fr
 from proxy.protocol.frames import ErrorCode, FrameError, FrameType
 from proxy.protocol.session import Role, Session, Settings
 
+START = Settings().initial_window  # where a stream's window starts by default
+
 frame_types = st.sampled_from(list(FrameType))
 
 
@@ -219,6 +221,16 @@ def test_bulk_data_travels_in_frames_of_a_quarter_mebibyte_by_default() -> None:
     assert sizes == [256 * 1024] * 4
 
 
+def test_a_new_stream_has_two_full_frames_in_flight_before_any_credit_returns() -> None:
+    # With one frame per window a stream goes stop-and-wait through the relay: each hop holds
+    # the whole frame while the next waits for credit. Two let every hop work at once.
+    a, b = _pair()
+    bulk = _open_accepted(a, b)
+    assert a.send(bulk, bytes(1024 * 1024)) == 2 * Settings().max_data
+    sizes = [len(e.data) for m in a.frames_to_send() for e in b.receive(m) if isinstance(e, ev.DataReceived)]
+    assert sizes == [Settings().max_data] * 2
+
+
 def test_reset_drops_unsent_data_and_takes_its_credit_back() -> None:
     a, b = _pair(b_settings=Settings(connection_window=1024 * 1024, initial_window=1024 * 1024))
     doomed, other = _open_accepted(a, b), _open_accepted(a, b)
@@ -401,22 +413,22 @@ def _measured_rtt(a: Session, b: Session, clock: FakeClock, rtt: float) -> None:
 
 
 def test_a_window_grows_on_a_long_path_and_stays_small_on_a_short_one() -> None:
-    # Long path: 50 ms round trip, the receiver consumes 100 MB/s. A 256 KiB window allows only
-    # 5 MB/s there, so it doubles, up to max_window, and no further.
+    # Long path: 50 ms round trip, the receiver consumes 100 MB/s. A 512 KiB window allows only
+    # 10 MB/s there, so it doubles, up to max_window, and no further.
     clock = FakeClock()
     a = Session(Role.DIALLER, Settings())
     b = Session(Role.LISTENER, Settings(max_window=4 * 1024 * 1024), clock=clock)
     _pump(a, b)
     sid = _open_accepted(a, b)
-    assert b.window(sid) == 256 * 1024 and b.rtt == 0
+    assert b.window(sid) == START and b.rtt == 0
     _consume_all(a, b, sid, clock, 1e-8)
-    assert b.window(sid) == 256 * 1024  # no round trip measured yet: no growth
+    assert b.window(sid) == START  # no round trip measured yet: no growth
     _measured_rtt(a, b, clock, 0.050)
     _consume_all(a, b, sid, clock, 1e-8)
     assert b.window(sid) == 4 * 1024 * 1024
     assert a.send_capacity(sid) <= 4 * 1024 * 1024  # the sender never has more than the window
 
-    # Short path: 0.1 ms round trip at the same rate. 256 KiB already covers it: no growth.
+    # Short path: 0.1 ms round trip at the same rate. The initial window already covers it.
     clock2 = FakeClock()
     c = Session(Role.DIALLER, Settings())
     d = Session(Role.LISTENER, Settings(), clock=clock2)
@@ -424,7 +436,7 @@ def test_a_window_grows_on_a_long_path_and_stays_small_on_a_short_one() -> None:
     sid2 = _open_accepted(c, d)
     _measured_rtt(c, d, clock2, 0.0001)
     _consume_all(c, d, sid2, clock2, 1e-8)
-    assert d.window(sid2) == 256 * 1024
+    assert d.window(sid2) == START
 
 
 def _long_path() -> tuple[FakeClock, Session, Session, int]:
@@ -439,7 +451,7 @@ def _long_path() -> tuple[FakeClock, Session, Session, int]:
 
 
 def test_a_window_limited_stream_doubles_once_per_round_trip_like_slow_start() -> None:
-    # 50 ms round trip, the receiver consumes 100 MB/s: from 256 KiB to 4 MiB is four doublings,
+    # 50 ms round trip, the receiver consumes 100 MB/s: from 512 KiB to 4 MiB is three doublings,
     # one per round trip (TCP's slow start), not one per several round trips.
     clock, a, b, sid = _long_path()
     start = clock.now
@@ -454,8 +466,8 @@ def test_a_window_limited_stream_doubles_once_per_round_trip_like_slow_start() -
         for message in b.frames_to_send():
             a.receive(message)
         assert clock.now - start < 1.0, "the window did not reach 4 MiB within 20 round trips"
-    assert b.windows_grown == 4
-    assert clock.now - start <= 5 * 0.050
+    assert b.windows_grown == 3
+    assert clock.now - start <= 4 * 0.050
 
 
 def test_a_new_stream_starts_at_half_the_window_the_session_learned() -> None:
@@ -476,7 +488,7 @@ def test_a_new_stream_starts_at_half_the_window_the_session_learned() -> None:
         a.receive(message)
     a.accept(third)
     _pump(a, b)
-    assert b.send_capacity(third) == 256 * 1024  # a learned nothing: it grants its initial window
+    assert b.send_capacity(third) == START  # a learned nothing: it grants its initial window
     assert a.closed is None and b.closed is None
 
 
@@ -484,19 +496,19 @@ def test_a_window_never_grows_past_half_the_connection_window() -> None:
     """A stalled stream holds its whole window; the other streams must keep credit to move."""
     clock = FakeClock()
     a = Session(Role.DIALLER, Settings())
-    b = Session(Role.LISTENER, Settings(connection_window=1024 * 1024), clock=clock)
+    b = Session(Role.LISTENER, Settings(connection_window=2 * 1024 * 1024), clock=clock)
     _pump(a, b)
     sid = _open_accepted(a, b)
     _measured_rtt(a, b, clock, 0.050)  # a long, fast path: the 16 MiB max_window would be the target
     _consume_all(a, b, sid, clock, 1e-8)
-    assert b.window(sid) == 512 * 1024
+    assert b.window(sid) == 1024 * 1024
     # The stream fills its window and stalls (nothing consumed): another stream still gets half.
     stalled = a.send(sid, b"x" * a.send_capacity(sid))
     for message in a.frames_to_send():
         b.receive(message)
-    assert stalled == 512 * 1024
+    assert stalled == 1024 * 1024
     other = _open_accepted(a, b)
-    assert a.send_capacity(other) >= 256 * 1024
+    assert a.send_capacity(other) >= START
 
 
 def test_the_round_trip_is_the_lowest_recent_ping() -> None:

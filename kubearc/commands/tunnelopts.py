@@ -15,7 +15,7 @@ MaxWindowOpt = typer.Option(
     "16Mi",
     "--max-window",
     envvar="KUBEARC_TUNNEL_MAX_WINDOW",
-    help="Largest receive window a stream grows to (256Ki at first). Raise it for paths whose "
+    help="Largest receive window a stream grows to (512Ki at first). Raise it for paths whose "
     "bandwidth x round trip exceeds it; it bounds memory per stream.",
 )
 

@@ -46,7 +46,10 @@ PROTOCOL_VERSIONS = (1,)
 class Settings:
     """What this side grants its peer; sent in HELLO."""
 
-    initial_window: int = 256 * 1024  # each stream's window at first (then tuned, see above)
+    # Each stream's window at first (then tuned, see above): two of the largest DATA frames, so
+    # every hop forwards one frame while the next arrives. At one frame (256 KiB) a stream moved
+    # stop-and-wait through the relay: 175 MB/s on loopback against 247 MB/s at 512 KiB.
+    initial_window: int = 512 * 1024
     connection_window: int = 32 * 1024 * 1024
     max_data: int = 256 * 1024  # the largest DATA frame it takes (64 KiB cost the relay 18 % more CPU per MB)
     max_streams: int = 65_536
@@ -230,7 +233,7 @@ class Session:
 
         The sender only knows `initial_window` from HELLO, so the difference goes out at once
         as a WINDOW frame (`_grant_start`): a `kubectl cp` on a session that has already learned
-        a long path starts near its bandwidth-delay product instead of doubling up from 256 KiB.
+        a long path starts near its bandwidth-delay product instead of doubling up from the start.
         """
         window = max(self.settings.initial_window, min(self._learned_window // 2, self.window_cap))
         return _Stream(
