@@ -1153,11 +1153,13 @@ class Runner:
                     await self.settle(f"{name} via {path}")
                     self.bench.check_alive()
         log(f"round trips: {a.rounds} rounds x {a.rtt_count} x {REQUEST} B per path")
+        link_rtt = a.wan.rtt_ms / 1000 if a.wan else 0.0
+        limit = 120 + 2 * a.rtt_count * link_rtt  # 2,000 back-to-back round trips at 80 ms take 160 s
         for rnd in range(a.rounds):
             for path in self.order(rnd):
                 with self.cpu("rtt", path):
                     samples = await self.attempt(
-                        "round trips", path, round_trips(self.bench.addrs[path], count=a.rtt_count), 120
+                        "round trips", path, round_trips(self.bench.addrs[path], count=a.rtt_count), limit
                     )
                 self.res.rtt.setdefault(("idle", path), []).extend(samples or [])
         for direction in a.loaded:
