@@ -234,17 +234,22 @@ def uri_sans(cert: x509.Certificate) -> list[str]:
 
 
 def ensure_serving_pair(
-    directory: Path, names: list[str], ca_name: str = "kubearc hub CA"
+    directory: Path, names: list[str], ca_name: str = "kubearc hub CA", ca: KeyPair | None = None
 ) -> tuple[Path, Path, Path]:
     """Create (once) a CA and a serving certificate for `names` in `directory`.
 
     Returns (ca_cert_path, cert_path, key_path). An existing pair is reused as long
     as it still covers the requested names, so clients keep trusting the same CA.
+    Given `ca` (kept elsewhere, as hub replicas keep theirs in the database), the leaf is
+    issued by it and only its certificate is written: no CA key lands on this disk.
     """
     directory.mkdir(parents=True, exist_ok=True)
     ca_cert, ca_key = directory / "ca.crt", directory / "ca.key"
     cert, key = directory / "tls.crt", directory / "tls.key"
-    if ca_cert.exists() and ca_key.exists():
+    if ca is not None:
+        if not ca_cert.exists() or ca_cert.read_bytes() != ca.cert_pem:
+            ca_cert.write_bytes(ca.cert_pem)
+    elif ca_cert.exists() and ca_key.exists():
         ca = KeyPair.read(ca_cert, ca_key)
     else:
         ca = create_ca(ca_name)

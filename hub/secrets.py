@@ -2,8 +2,9 @@
 
 The data key (Fernet) lives outside the database: `$KUBEARC_HUB_ENCRYPTION_KEY`
 or `<state-dir>/encryption.key`, so a database dump alone reveals no protected
-setting and no CA key. Hub-wide keys (cluster CA, issuer signing key) are stored
-encrypted in `hub_secrets`, so stateless replicas on one database agree on them.
+setting and no CA key. Hub-wide keys (cluster CA, serving CA, issuer signing key)
+are stored encrypted in `hub_secrets`, so stateless replicas on one database agree
+on them: clients trust one `ca.crt` whichever replica answers.
 """
 
 from __future__ import annotations
@@ -101,6 +102,27 @@ async def load_cluster_ca(sessions: async_sessionmaker[AsyncSession], box: Secre
         return ca.key_pem + ca.cert_pem
 
     pem = await load_or_create(sessions, box, "cluster-ca", make)
+    return pki.KeyPair(pki.load_private_key(pem), pki.load_cert(pem))
+
+
+async def load_serving_ca(
+    sessions: async_sessionmaker[AsyncSession], box: SecretBox, legacy_dir: Path
+) -> pki.KeyPair:
+    """The CA that issues every replica's serving certificate, shared through the database.
+
+    A hub that made its CA in `<legacy_dir>` (`ca.crt`, `ca.key`, before replicas) seeds the
+    secret with it, so clients that trust that `ca.crt` keep trusting the hub.
+    """
+
+    def make() -> bytes:
+        cert, key = legacy_dir / "ca.crt", legacy_dir / "ca.key"
+        if cert.exists() and key.exists():
+            ca = pki.KeyPair.read(cert, key)
+        else:
+            ca = pki.create_ca("kubearc hub CA")
+        return ca.key_pem + ca.cert_pem
+
+    pem = await load_or_create(sessions, box, "serving-ca", make)
     return pki.KeyPair(pki.load_private_key(pem), pki.load_cert(pem))
 
 

@@ -17,6 +17,7 @@ from starlette.routing import BaseRoute
 from foundation import pki
 from foundation.gate import Gate, GateCollector, serving_context
 from foundation.webserver import gated_server
+from hub import secrets
 from hub.app import build_app
 from hub.config import HubConfig
 from hub.context import Hub, open_hub
@@ -31,17 +32,24 @@ class TlsFiles:
     ca: Path | None  # the CA clients should trust, when the hub made its own
 
 
-def ensure_tls(config: HubConfig) -> TlsFiles:
-    """Use the given serving certificate, or create a CA and a certificate in the state dir."""
+async def ensure_tls(config: HubConfig, hub: Hub) -> TlsFiles:
+    """Use the given serving certificate, or issue this replica's own from the hub's serving CA.
+
+    The CA lives in the database (`hub.secrets.load_serving_ca`), so every replica's
+    certificate verifies against the one `<state-dir>/tls/ca.crt` clients were given, and
+    each replica keeps its own leaf key in its own state directory.
+    """
     if config.tls_cert and config.tls_key:
         return TlsFiles(config.tls_cert, config.tls_key, None)
+    directory = config.state_dir / "tls"
+    serving_ca = await secrets.load_serving_ca(hub.sessions, hub.box, directory)
     names = ["localhost", "127.0.0.1", "::1"]
     host = config.url.split("://", 1)[1].rsplit(":", 1)[0].strip("[]")
     if host not in names:
         names.insert(0, host)
     if config.host not in names and config.host not in ("0.0.0.0", "::"):
         names.append(config.host)
-    ca, cert, key = pki.ensure_serving_pair(config.state_dir / "tls", names)
+    ca, cert, key = pki.ensure_serving_pair(directory, names, ca=serving_ca)
     return TlsFiles(cert, key, ca)
 
 
@@ -84,7 +92,7 @@ async def serve(
     sock = sock or bind(config.host, config.port)
     hub = await open_hub(config)
     try:
-        tls = ensure_tls(config)
+        tls = await ensure_tls(config, hub)
         app = build_app(hub, extra_routes(hub) if extra_routes else None)
         server = uvicorn_server(app, api_gate(config, tls, app), embedded=stop is not None)
         if on_ready:
@@ -135,7 +143,7 @@ class HubThread:
         self._loop = asyncio.get_running_loop()
         hub = await open_hub(self.config)
         try:
-            self.tls = ensure_tls(self.config)
+            self.tls = await ensure_tls(self.config, hub)
             app = build_app(hub, self.extra_routes(hub) if self.extra_routes else None)
             self.gate = api_gate(self.config, self.tls, app)
             self._server = uvicorn_server(app, self.gate)

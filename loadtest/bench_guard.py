@@ -455,7 +455,7 @@ async def bootstrap(state_dir: Path, port: int, rid: str, cold: int) -> Minted:
     config = HubConfig(state_dir=state_dir, port=port)
     hub = await open_hub(config)
     try:
-        ensure_tls(config)
+        await ensure_tls(config, hub)
         onboarder, warm, group = (str(uuid.uuid4()) for _ in range(3))
         async with hub.sessions() as session:
             await create_assignment(session, f"/subscriptions/{SUB}", ONBOARDING_ROLE, onboarder, "User")

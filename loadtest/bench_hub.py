@@ -410,7 +410,7 @@ async def bootstrap(state_dir: Path, port: int, database_url: str | None) -> str
     config = HubConfig(state_dir=state_dir, port=port, database_url=database_url)
     hub = await open_hub(config)
     try:
-        ensure_tls(config)
+        await ensure_tls(config, hub)
         oid = str(uuid.uuid4())
         async with hub.sessions() as session:
             await create_assignment(session, f"/subscriptions/{SUB}", ONBOARDING_ROLE, oid, "User")

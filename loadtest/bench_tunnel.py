@@ -968,7 +968,7 @@ async def bootstrap(state_dir: Path, port: int, extra_names: list[str]) -> str:
     try:
         if extra_names:  # made first: the hub keeps a certificate that already covers its own names
             pki.ensure_serving_pair(state_dir / "tls", ["localhost", "127.0.0.1", "::1", *extra_names])
-        ensure_tls(config)
+        await ensure_tls(config, hub)
         oid = str(uuid.uuid4())
         async with hub.sessions() as session:
             for role in (ONBOARDING_ROLE, USER_ROLE):

@@ -7,11 +7,13 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+# The advisory lock hub replicas on one PostgreSQL take around migrations ("kubearc1").
+MIGRATION_LOCK = 0x6B75_6265_6172_6331
 
 
 def sqlite_url(state_dir: Path) -> str:
@@ -62,10 +64,17 @@ def _alembic_config(connection: Connection) -> Config:
 
 
 async def migrate(engine: AsyncEngine) -> None:
-    """Bring the schema to the newest migration (idempotent, safe on every start)."""
+    """Bring the schema to the newest migration (idempotent, safe on every start).
+
+    On PostgreSQL the replicas starting together serialise on a transaction-scoped advisory
+    lock: the first one migrates, the others wait and then find the schema at head. Without
+    it two replicas both create the tables on an empty database and one fails to start.
+    """
 
     def upgrade(connection: Connection) -> None:
         command.upgrade(_alembic_config(connection), "head")
 
     async with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         await conn.run_sync(upgrade)

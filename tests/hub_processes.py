@@ -1,0 +1,114 @@
+"""`kubearc hub` as a real process: start it, wait for it, hand tests a client and a token.
+
+Shared by the durability tests (one hub killed and restarted) and the replica tests (two
+hubs on one PostgreSQL behind a load balancer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import ssl
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+from hub.config import HubConfig
+from hub.context import open_hub
+from hub.issuer.tokens import issue_access_token
+from hub.rbac.assignments import create_assignment
+from tests.clusters import SUB
+from tests.tunnel_stack import free_port
+
+__all__ = ["External", "free_port", "owner_token", "start_hub", "wait_ready"]
+
+
+def start_hub(
+    state: Path,
+    port: int,
+    database_url: str,
+    relay_port: int | None = None,
+    public_url: str | None = None,
+) -> subprocess.Popen[bytes]:
+    """`kubearc hub` in its own process; its relay too when given a port."""
+    relay = ["--relay-port", str(relay_port)] if relay_port else ["--no-relay"]
+    public = ["--public-url", public_url] if public_url else []
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kubearc.cli",
+            "hub",
+            "--state-dir",
+            str(state),
+            "--port",
+            str(port),
+            *relay,
+            *public,
+            "--database-url",
+            database_url,
+            "--log-level",
+            "warning",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def wait_ready(url: str, ca: Path, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else "hub exited"
+        if ca.exists():
+            try:
+                if httpx.get(f"{url}/healthz", verify=ssl.create_default_context(cafile=str(ca))).is_success:
+                    return
+            except httpx.HTTPError:
+                pass
+        time.sleep(0.1)
+    raise TimeoutError("hub did not become ready")
+
+
+def owner_token(state: Path, port: int, database_url: str, public_url: str | None = None) -> str:
+    """A token of a new Owner of the test subscription, made in the hub's state before it starts."""
+    user = str(uuid.uuid4())
+
+    async def bootstrap() -> str:
+        config = HubConfig(state_dir=state, port=port, database_url=database_url, public_url=public_url)
+        hub = await open_hub(config)
+        try:
+            async with hub.sessions() as session:
+                await create_assignment(session, f"/subscriptions/{SUB}", "Owner", user)
+            return issue_access_token(
+                hub,
+                oid=user,
+                audience="api://kubearc-hub",
+                kind="user",
+                client_id="tests",
+                upn="owner@kubearc.test",
+            )[0]
+        finally:
+            await hub.close()
+
+    return asyncio.run(bootstrap())
+
+
+class External:
+    """The slice of RunningHub that tests.clusters needs, for a hub in another process."""
+
+    def __init__(self, url: str, ca: str) -> None:
+        self.url, self.ca = url, ca
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(
+            base_url=self.url, verify=ssl.create_default_context(cafile=self.ca), headers=headers, timeout=30
+        )
+
+    def assign(self, principal_id: str, role: str, scope: str, principal_type: str = "User") -> None:
+        raise NotImplementedError("the test passes a token that already has rights")
