@@ -23,7 +23,7 @@ from foundation import pki
 from hub.config import HubConfig
 from hub.context import open_hub
 from hub.secrets import ENV_KEY
-from hub.server import ensure_tls
+from hub.server import TlsFiles, ensure_tls
 from hub.store import db
 from tests.clusters import connected
 from tests.conftest import database
@@ -93,40 +93,35 @@ def test_every_replica_serves_a_certificate_that_one_ca_file_verifies(
             proc.wait(10)
 
 
+def _serving_tls(state: Path, database_url: str) -> TlsFiles:
+    """What a replica with state directory `state` serves with, as `kubearc hub` makes it on start."""
+
+    async def run() -> TlsFiles:
+        config = HubConfig(state_dir=state, port=free_port(), database_url=database_url)
+        hub = await open_hub(config)
+        try:
+            return await ensure_tls(config, hub)
+        finally:
+            await hub.close()
+
+    return asyncio.run(run())
+
+
 def test_a_hub_that_made_its_ca_before_replicas_keeps_serving_under_it(tmp_path: Path, postgres: str) -> None:
     """Clients were given `<state-dir>/tls/ca.crt` by a hub from before replicas: it stays the CA."""
     state = tmp_path / "state"
     legacy_ca, _, _ = pki.ensure_serving_pair(state / "tls", ["localhost"])
     given = legacy_ca.read_bytes()
-
-    async def run() -> None:
-        config = HubConfig(state_dir=state, port=free_port(), database_url=postgres)
-        hub = await open_hub(config)
-        try:
-            tls = await ensure_tls(config, hub)
-        finally:
-            await hub.close()
-        assert tls.ca is not None and tls.ca.read_bytes() == given
-        assert pki.is_issued_by(pki.load_cert(tls.cert.read_bytes()), pki.load_cert(given))
-
-    asyncio.run(run())
-    # A second replica with an empty state directory gets the same CA from the database.
+    tls = _serving_tls(state, postgres)
+    assert tls.ca is not None and tls.ca.read_bytes() == given
+    assert pki.is_issued_by(pki.load_cert(tls.cert.read_bytes()), pki.load_cert(given))
+    # A second replica with an empty state directory (and the first one's encryption key, which
+    # the first made in its state directory) gets the same CA from the database.
     other = tmp_path / "other"
-
-    async def second() -> bytes:
-        config = HubConfig(state_dir=other, port=free_port(), database_url=postgres)
-        hub = await open_hub(config)
-        try:
-            tls = await ensure_tls(config, hub)
-        finally:
-            await hub.close()
-        assert tls.ca is not None
-        return tls.ca.read_bytes()
-
-    # Both used the state directory's own encryption key; the second replica shares the first's.
     other.mkdir()
     (other / "encryption.key").write_bytes((state / "encryption.key").read_bytes())
-    assert asyncio.run(second()) == given
+    second = _serving_tls(other, postgres)
+    assert second.ca is not None and second.ca.read_bytes() == given
 
 
 def test_two_replicas_behind_a_load_balancer_serve_one_api_and_outlive_one_of_them(
