@@ -96,13 +96,21 @@ async def load_or_create(
     raise SecretError(f"could not create hub secret {name}")
 
 
-async def load_cluster_ca(sessions: async_sessionmaker[AsyncSession], box: SecretBox) -> pki.KeyPair:
-    def make() -> bytes:
-        ca = pki.create_ca("kubearc cluster identity CA")
+async def _load_ca(
+    sessions: async_sessionmaker[AsyncSession], box: SecretBox, name: str, make: Callable[[], pki.KeyPair]
+) -> pki.KeyPair:
+    """The CA kept as hub secret `name` (key and certificate in one PEM), made by `make` once."""
+
+    def pem() -> bytes:
+        ca = make()
         return ca.key_pem + ca.cert_pem
 
-    pem = await load_or_create(sessions, box, "cluster-ca", make)
-    return pki.KeyPair(pki.load_private_key(pem), pki.load_cert(pem))
+    stored = await load_or_create(sessions, box, name, pem)
+    return pki.KeyPair(pki.load_private_key(stored), pki.load_cert(stored))
+
+
+async def load_cluster_ca(sessions: async_sessionmaker[AsyncSession], box: SecretBox) -> pki.KeyPair:
+    return await _load_ca(sessions, box, "cluster-ca", lambda: pki.create_ca("kubearc cluster identity CA"))
 
 
 async def load_serving_ca(
@@ -114,16 +122,13 @@ async def load_serving_ca(
     secret with it, so clients that trust that `ca.crt` keep trusting the hub.
     """
 
-    def make() -> bytes:
+    def make() -> pki.KeyPair:
         cert, key = legacy_dir / "ca.crt", legacy_dir / "ca.key"
         if cert.exists() and key.exists():
-            ca = pki.KeyPair.read(cert, key)
-        else:
-            ca = pki.create_ca("kubearc hub CA")
-        return ca.key_pem + ca.cert_pem
+            return pki.KeyPair.read(cert, key)
+        return pki.create_ca("kubearc hub CA")
 
-    pem = await load_or_create(sessions, box, "serving-ca", make)
-    return pki.KeyPair(pki.load_private_key(pem), pki.load_cert(pem))
+    return await _load_ca(sessions, box, "serving-ca", make)
 
 
 async def load_issuer_key(sessions: async_sessionmaker[AsyncSession], box: SecretBox) -> rsa.RSAPrivateKey:
