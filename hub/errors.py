@@ -15,6 +15,7 @@ as signals between the hub's own modules (pydantic validators still raise
     │   └── InvalidGrant
     │       └── AlreadyRedeemed, PkceMismatch, RedirectMismatch
     ├── SecretError             a hub secret that cannot be opened or created (secrets.py)
+    ├── UnsupportedDatabase     a database URL that is neither PostgreSQL nor SQLite (store/db.py)
     └── InvalidRequest          a directory or RBAC request that cannot be honoured (here)
         ├── DirectoryError      (directory.py)
         │   ├── UnknownPrincipal

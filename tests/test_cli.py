@@ -24,6 +24,7 @@ from hub import directory
 from kubearc.cli import app
 from tests.clusters import SUB, connected
 from tests.conftest import RunningHub
+from tests.tunnel_stack import free_port
 
 pytestmark = pytest.mark.sqlite_only
 PASSWORD = "correct horse battery"
@@ -73,6 +74,13 @@ def one_line_error(done: subprocess.CompletedProcess[str], *fragments: str) -> s
     for fragment in fragments:
         assert fragment in done.stderr, done.stderr
     return done.stderr
+
+
+def test_kubearc_hub_on_an_unsupported_database_is_one_line_without_the_password(tmp_path: Path) -> None:
+    url, port = "mysql://kube:s3cret@db/hub", str(free_port())  # the hub binds before it opens its database
+    done = kubearc("hub", "--state-dir", str(tmp_path), "--port", port, "--no-relay", "--database-url", url)
+    one_line_error(done, "cannot start the hub", "'mysql'", "postgresql://")
+    assert "s3cret" not in done.stderr
 
 
 def reachable_cluster(hub: RunningHub, name: str) -> None:

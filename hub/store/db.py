@@ -11,6 +11,8 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
+from hub.errors import HubError
+
 MIGRATIONS = Path(__file__).with_name("migrations")
 # The advisory lock hub replicas on one PostgreSQL take around migrations ("kubearc1").
 MIGRATION_LOCK = 0x6B75_6265_6172_6331
@@ -20,8 +22,16 @@ def sqlite_url(state_dir: Path) -> str:
     return f"sqlite+aiosqlite:///{state_dir / 'hub.db'}"
 
 
+class UnsupportedDatabase(HubError):
+    """A database URL of a kind the hub does not store on (only PostgreSQL and SQLite)."""
+
+
 def normalize_url(url: str) -> str:
-    """Accept plain `postgresql://` and `sqlite://` URLs and pick the async drivers."""
+    """Accept plain `postgresql://` and `sqlite://` URLs and pick the async drivers.
+
+    Any other kind is an `UnsupportedDatabase` naming only the URL's scheme: the rest may
+    hold a password, and the message lands in logs.
+    """
     for plain, driver in (
         ("postgresql://", "postgresql+asyncpg://"),
         ("postgres://", "postgresql+asyncpg://"),
@@ -29,7 +39,13 @@ def normalize_url(url: str) -> str:
     ):
         if url.startswith(plain):
             return driver + url[len(plain) :]
-    return url
+    if url.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
+        return url
+    scheme = url.split("://", 1)[0] if "://" in url else "(no scheme)"
+    raise UnsupportedDatabase(
+        f"database URL of kind {scheme!r}: the hub stores on PostgreSQL (postgresql://USER@HOST/DB) "
+        "or SQLite (sqlite:///PATH)"
+    )
 
 
 def create_engine(url: str) -> AsyncEngine:
