@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
+from loadtest import Parser
 from loadtest.procstat import cpu_seconds, free_port, machine_busy_seconds
 from loadtest.wan import DC_ADDR, HUB_ADDR, Profile, WanLink
 
@@ -1621,7 +1622,7 @@ def hold(bench: Bench, seconds: float) -> int:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0] if __doc__ else None)
+    p = Parser(description=__doc__.split("\n\n", 1)[0] if __doc__ else None)
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds per test (paths rotate)")
     p.add_argument("--bulk-seconds", type=float, default=1.5, help="measured seconds per bulk transfer")
     p.add_argument("--parallel", type=int, default=16, help="streams in the multi-stream bulk tests")
@@ -1684,10 +1685,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
 
-    def terminate(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, terminate)
+    # Ctrl-C, `timeout` and kill all stop everything and tear the WAN link down, also when the
+    # benchmark was started as a shell's background job (which starts it with SIGINT ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     tmp = Path(tempfile.mkdtemp(prefix="kubearc-bench-tunnel-"))
     bench = Bench(args, tmp)
     started = time.monotonic()
