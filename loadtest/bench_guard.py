@@ -41,6 +41,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from loadtest import Parser
 from loadtest.procstat import cpu_seconds, free_port, machine_busy_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -920,7 +921,7 @@ def serve(stack: Stack) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    ap = Parser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--seconds", type=float, default=3.0, help="measured seconds per closed-loop slice")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds over the endpoints")
     ap.add_argument("--connections", type=int, default=32, help="keep-alive mTLS connections in all")

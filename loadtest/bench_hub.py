@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from loadtest import Parser
 from loadtest.procstat import cpu_seconds, free_port, machine_busy_seconds
 
 try:
@@ -707,7 +708,7 @@ def print_summary(reports: list[Report]) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    ap = Parser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--backends", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
     ap.add_argument("--clusters", type=int, default=10_000)
     ap.add_argument("--duration", type=float, default=30.0, help="measured seconds per endpoint and backend")

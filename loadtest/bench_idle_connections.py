@@ -37,6 +37,7 @@ from pathlib import Path
 import httpx
 
 from foundation.gate import raise_fd_limit
+from loadtest import Parser
 from loadtest.procstat import free_port
 
 
@@ -150,7 +151,7 @@ def run_port(name: str, proc: subprocess.Popen[bytes], port: int, ca: Path, args
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--connections", type=int, default=3000)
     parser.add_argument("--hold", type=float, default=15.0, help="seconds to hold before counting closes")
     parser.add_argument("hub_flags", nargs="*", help="extra `kubearc hub` flags (after --)")

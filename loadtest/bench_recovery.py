@@ -39,6 +39,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from loadtest import Parser
 from loadtest.procstat import machine_busy_seconds
 from tests.apiserver import ApiServer
 from tests.apiserver.kubectl import kubectl, kubectl_binary
@@ -151,7 +152,7 @@ class Bench:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser = Parser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--runs", type=int, default=5, help="restarts per mode")
     parser.add_argument("--modes", default=",".join(MODES), help="sigterm, kill, or both (in order)")
     parser.add_argument("--down", type=float, default=2.0, help="seconds the relay stays down")

@@ -13,7 +13,6 @@ share its event loop.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import multiprocessing
 import os
@@ -27,6 +26,7 @@ from pathlib import Path
 from websockets.asyncio.client import connect
 
 from foundation import pki
+from loadtest import Parser
 
 SERVERS = ("websockets", "uvicorn-asgi")
 
@@ -138,7 +138,7 @@ async def _small(url: str, ctx: ssl.SSLContext, seconds: float) -> tuple[float, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="per measurement")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

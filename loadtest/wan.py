@@ -45,6 +45,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from loadtest import Parser
+
 HUB_ADDR, DC_ADDR = "10.201.0.1", "10.201.0.2"
 DEVICE = "kwan0"
 MTU = 1500
@@ -307,7 +309,7 @@ class WanLink:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = Parser(description=__doc__.split("\n\n")[0])
     p.add_argument(
         "profile", type=Profile.argument, help="RTT,RATE[,LOSS], e.g. 20ms,1gbit or 50ms,100mbit,0.5%%"
     )
