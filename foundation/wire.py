@@ -23,6 +23,8 @@ AGENT_WHOAMI_PATH = "/agent/v1/whoami"
 # Relay websocket endpoints, below the relay's base URL (`Discovery.relay_url`).
 RELAY_AGENT_PATH = "/relay/v1/agent"
 RELAY_CLIENT_PATH = "/relay/v1/client"
+# Where relay replicas register with the hub (PUT .../{id} to heartbeat, DELETE to leave).
+RELAY_REPLICAS_PATH = "/relay/v1/replicas"
 
 # Relay credentials (`listClusterUserCredential`): a JWT of the hub's issuer for the relay only.
 RELAY_AUDIENCE = "kubearc-relay"
@@ -99,3 +101,40 @@ class Discovery:
             tenant_id=text("tenantId", required=False),
             entra_tenants=tuple(tenants),
         )
+
+
+@dataclass(frozen=True)
+class RelayReplica:
+    """One live relay replica: what the hub's registry lists, and what HELLO and REPLICAS carry.
+
+    `url` is where agents reach this replica (wss://host:port, no path). Replicas behind
+    one shared load-balanced URL all name that URL; agents then tell them apart by the
+    replica id in each session's HELLO.
+    """
+
+    id: str
+    url: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"id": self.id, "url": self.url}
+
+    @classmethod
+    def from_json(cls, doc: Any) -> RelayReplica:
+        if not isinstance(doc, dict):
+            raise WireError("a relay replica is not a JSON object")
+        rid, url = doc.get("id"), doc.get("url")
+        if not isinstance(rid, str) or not rid or len(rid) > 128:
+            raise WireError("a relay replica has no valid 'id'")
+        if not isinstance(url, str) or not url.startswith(("wss://", "ws://")) or len(url) > 512:
+            raise WireError(f"relay replica {rid!r} has no wss:// 'url'")
+        return cls(rid, url.rstrip("/"))
+
+
+def relay_replicas(doc: Any) -> tuple[RelayReplica, ...]:
+    """The replica set of a `{"replicas": [...]}` document (the registry's answer, HELLO, REPLICAS)."""
+    items = doc.get("replicas") if isinstance(doc, dict) else None
+    if items is None:
+        return ()
+    if not isinstance(items, list) or len(items) > 64:
+        raise WireError("'replicas' is not a list of at most 64 relay replicas")
+    return tuple(RelayReplica.from_json(item) for item in items)

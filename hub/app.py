@@ -34,6 +34,7 @@ from hub import (
     extensions,
     fluxconfig,
     identity,
+    relays,
     telemetry,
 )
 from hub.auth import Authenticator
@@ -115,6 +116,7 @@ def build_app(hub: Hub, extra_routes: list[BaseRoute] | None = None) -> Starlett
         *identity.routes,
         *aadproxy.routes,
         *agentapi.routes,
+        *relays.routes,
         *configurations.routes,
         *fluxconfig.routes,
         *extensions.routes,

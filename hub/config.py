@@ -52,6 +52,11 @@ class HubConfig:
     # Where clients and agents reach the relay; default: the hub's host on `relay_port`.
     relay_url: str | None = None
     relay_port: int = 8444
+    # Relay replicas heartbeat every few seconds; one silent this long has left the set.
+    relay_replica_ttl: dt.timedelta = dt.timedelta(seconds=15)
+    # The key relay replicas register with (a file every hub and relay reads); None: one made
+    # once in the database and written to <state-dir>/relay-registration.key.
+    relay_registration_key_file: Path | None = None
     latest_agent_version: str = __version__
     # How long agents' log lines and usage samples are kept.
     telemetry_retention: dt.timedelta = dt.timedelta(days=7)

@@ -31,6 +31,7 @@ class Hub:
     issuer_key: rsa.RSAPrivateKey
     issuer_kid: str
     tenant_id: str
+    relay_key: bytes  # what relay replicas register with (`hub.relays`)
     # Called with a cluster's resource id once its deletion is committed: whoever holds live
     # connections of that cluster (the relay in this process) ends them at once.
     on_cluster_deleted: list[Callable[[str], object]] = field(default_factory=list)
@@ -82,10 +83,13 @@ async def open_hub(config: HubConfig) -> Hub:
         ca = await secrets.load_cluster_ca(sessions, box)
         key = await secrets.load_issuer_key(sessions, box)
         tenant = await secrets.load_tenant_id(sessions, box)
+        relay_key = await secrets.load_relay_registration_key(
+            sessions, box, config.relay_registration_key_file, config.state_dir
+        )
     except BaseException:  # a failed or cancelled start (Ctrl-C) leaves no pool behind
         await engine.dispose()
         raise
-    return Hub(config, engine, sessions, box, ca, key, _kid(key), tenant)
+    return Hub(config, engine, sessions, box, ca, key, _kid(key), tenant, relay_key)
 
 
 def hub_of(request: Request) -> Hub:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import secrets as pysecrets
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +28,7 @@ from hub.errors import HubError
 from hub.store.models import HubSecret
 
 ENV_KEY = "KUBEARC_HUB_ENCRYPTION_KEY"
+RELAY_KEY_FILE = "relay-registration.key"  # in the state directory
 
 
 class SecretError(HubError):
@@ -142,3 +144,31 @@ async def load_issuer_key(sessions: async_sessionmaker[AsyncSession], box: Secre
 
 async def load_tenant_id(sessions: async_sessionmaker[AsyncSession], box: SecretBox) -> str:
     return (await load_or_create(sessions, box, "tenant-id", lambda: str(uuid.uuid4()).encode())).decode()
+
+
+async def load_relay_registration_key(
+    sessions: async_sessionmaker[AsyncSession], box: SecretBox, given: Path | None, state_dir: Path
+) -> bytes:
+    """The key relays register with: the given file's, or the database's (written beside the state)."""
+    if given is not None:
+        return _read_relay_key(given)
+    key = await load_or_create(
+        sessions, box, "relay-registration-key", lambda: pysecrets.token_urlsafe(32).encode()
+    )
+    _write_relay_key(state_dir / RELAY_KEY_FILE, key)
+    return key
+
+
+def _read_relay_key(path: Path) -> bytes:
+    try:
+        key = path.read_bytes().strip()
+    except OSError as exc:
+        raise SecretError(f"cannot read the relay registration key {path}: {exc.strerror}") from None
+    if len(key) < 16:
+        raise SecretError(f"the relay registration key in {path} is shorter than 16 bytes")
+    return key
+
+
+def _write_relay_key(path: Path, key: bytes) -> None:
+    if not path.exists() or path.read_bytes().strip() != key:
+        pki.write_private(path, key + b"\n")

@@ -3,10 +3,11 @@
 Passthrough mode: every stream becomes one TCP connection to the apiserver and
 bytes flow untouched, so TLS runs end to end from kubectl to the apiserver.
 
-The agent keeps its session up through the shared `Dialler` (`proxy/dialler.py`):
-backoff with full jitter and a cap, PING liveness, a fresh session as soon as the
-relay says GOAWAY (old streams drain on the old one), and in-band renewal of its
-agent token so open streams never notice it expiring.
+The agent keeps a session to every relay replica (`proxy/replicas.py`), each
+through the shared `Dialler` (`proxy/dialler.py`): backoff with full jitter and a
+cap, PING liveness, a fresh session as soon as the relay says GOAWAY (old streams
+drain on the old one), and in-band renewal of its agent token so open streams
+never notice it expiring.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ import jwt
 
 from foundation.retry import RetryPolicy
 from foundation.wire import DISCOVERY_PATH, Discovery
-from proxy.dialler import Dialler, RelayCredential
+from proxy.dialler import CredentialSource, Dialler, RelayCredential
 from proxy.mux import Mux
 from proxy.pipe import SocketPipe
 from proxy.protocol.frames import ErrorCode
 from proxy.protocol.session import Settings
+from proxy.replicas import ReplicaDiallers
 from proxy.stream import Stream
 
 log = logging.getLogger("kubearc.connect")
@@ -70,8 +72,11 @@ class ConnectAgent:
     def __post_init__(self) -> None:
         if self.relay_url is None and self.hub_url is None:
             raise ValueError("a connect agent needs a relay URL or a hub to ask for one")
-        self.dialler = Dialler(
-            self._credential,
+        self.replicas = ReplicaDiallers(self._credential, self._dialler)
+
+    def _dialler(self, credentials: CredentialSource) -> Dialler:
+        return Dialler(
+            credentials,
             ca_file=self.ca_file,
             settings=self.settings,
             handler=self._open_apiserver,
@@ -87,19 +92,19 @@ class ConnectAgent:
     # Introspection, as the tests and benchmarks read it.
     @property
     def sessions_started(self) -> int:
-        return self.dialler.sessions_started
+        return self.replicas.sessions_started
 
     @property
     def live(self) -> int:
-        return self.dialler.live
+        return self.replicas.live
 
     @property
     def muxes(self) -> set[Mux]:
-        return self.dialler.muxes
+        return self.replicas.muxes
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Keep a session to the relay until `stop` is set (or forever)."""
-        await self.dialler.run(stop)
+        """Keep a session to every relay replica until `stop` is set (or forever)."""
+        await self.replicas.run(stop)
 
     async def _credential(self) -> RelayCredential:
         """A fresh agent token for each dial and renewal; the relay's URL found once (retried

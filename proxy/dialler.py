@@ -23,12 +23,22 @@ both need the same loop, and two copies of it drifted before. A `Dialler`:
   credential).
 
 `open` hands out streams on the newest usable session; `handler` serves the
-streams the relay opens (the agent's apiserver connections). A relay that has just
-taken our session may not have the cluster's agent back yet (both redial at once,
-either may win), so for `settle` seconds after a session comes up an open the relay
-refuses with CONNECT_FAILED is tried again every `settle_retry` seconds, within the
-open's wait: the first kubectl after a relay restart waits for the agent instead of
-failing. A refused open carried no bytes, so trying it again is always safe.
+streams the relay opens (the agent's apiserver connections). A relay replica with
+no session to the cluster refuses with NO_ROUTE. When the replica set (HELLO)
+names a replica this open has not tried, the session is retired (it closes once
+its streams are done) and a new one is dialled through the same URL, which a load
+balancer sends elsewhere, up to twice the set's size. A relay that has just taken
+our session may not have the cluster's agent back yet (both redial at once, either
+may win), so for `settle` seconds after a session comes up a refused open is also
+tried again every `settle_retry` seconds, within the open's wait: the first kubectl
+after a relay restart waits for the agent instead of failing. A refused open
+carried no bytes, so trying it again is always safe.
+
+Replicas: a dialler keeps one session to one relay replica. `landed` (given by
+`proxy/replicas.py`, which keeps one dialler per live replica) decides after each
+HELLO whether the replica reached is wanted; one that is not is closed and dialled
+again after a backoff step. `retire` stops the dialling while the sessions it has
+finish (the replica left the set and drains them).
 """
 
 from __future__ import annotations
@@ -47,6 +57,7 @@ from typing import Any
 from websockets.asyncio.client import connect
 
 from foundation.retry import RetryPolicy
+from foundation.wire import RelayReplica, WireError, relay_replicas
 from proxy.errors import SessionLost, StreamError
 from proxy.mux import Mux, StreamHandler
 from proxy.protocol import events as ev
@@ -72,6 +83,9 @@ class RelayCredential:
 
 
 CredentialSource = Callable[[], Awaitable[RelayCredential]]
+Replicas = tuple[RelayReplica, ...]
+# After HELLO: (the dialler, the replica reached, the replica set HELLO named) -> keep the session?
+Landed = Callable[["Dialler", str | None, Replicas], bool]
 
 
 @dataclass
@@ -80,9 +94,10 @@ class _Attempt:
 
     retire: asyncio.Event = field(default_factory=asyncio.Event)  # set on GOAWAY: dial the next one now
     up_at: float | None = None  # monotonic time the relay's HELLO arrived; None: it never came up
+    misrouted: bool = False  # it reached a replica `landed` did not want
 
 
-@dataclass
+@dataclass(eq=False)  # held in sets: identity, not value
 class Dialler:
     credentials: CredentialSource
     ca_file: str | None = None  # trust for the relay's certificate (default: the system roots)
@@ -109,6 +124,9 @@ class Dialler:
     settle_retry: float = 0.1
     name: str = "tunnel"  # in log lines: "connect agent", "client proxy"
     rng: random.Random = field(default_factory=random.Random, repr=False)  # the jitter (seeded in tests)
+    landed: Landed | None = None  # None: every replica reached is wanted
+    on_replicas: Callable[[Replicas], None] | None = None  # a session heard a new replica set
+    replica: str | None = None  # the relay replica this dialler keeps a session to (None: any)
 
     def __post_init__(self) -> None:
         self.credential: RelayCredential | None = None
@@ -119,7 +137,11 @@ class Dialler:
         self.renewals = 0
         self.failed_attempts = 0  # dials that failed, and sessions that ended before stable_after
         self.pauses: deque[float] = deque(maxlen=256)  # the latest pauses before a dial (introspection)
+        self.misroutes = 0  # sessions closed because they reached an unwanted replica
+        self.replica_set: Replicas = ()  # as the latest HELLO or REPLICAS named it
         self._usable = asyncio.Event()
+        self._attempts: dict[Mux, _Attempt] = {}
+        self._retiring = asyncio.Event()
 
     @property
     def live(self) -> int:
@@ -137,6 +159,8 @@ class Dialler:
     async def open(self, target: dict[str, Any], wait: float = 15.0) -> Stream:
         """A stream on the newest usable session, waiting up to `wait` seconds for one."""
         deadline = time.monotonic() + wait
+        tried: set[str | None] = set()  # replicas that refused this open with NO_ROUTE
+        moves = 0
         while True:
             try:
                 async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
@@ -152,9 +176,21 @@ class Dialler:
             except StreamError as exc:
                 if exc.code == ErrorCode.REFUSED_STREAM and not mux.usable:
                     continue  # the relay said GOAWAY while our OPEN was on the way: the next session
+                if exc.code == ErrorCode.NO_ROUTE:
+                    tried.add(replica_of(mux))
+                    untried = {r.id for r in self.replica_set} - tried
+                    if untried and moves < 2 * len(self.replica_set) and mux is self.current:
+                        moves += 1
+                        log.info(
+                            "relay replica cannot reach the cluster; trying another",
+                            extra={"who": self.name, "replica": replica_of(mux)},
+                        )
+                        self._move_on(mux)
+                        continue
                 now = time.monotonic()
                 settling = mux is self.current and now - self.current_since < self.settle
-                if exc.code != ErrorCode.CONNECT_FAILED or not settling or now + self.settle_retry > deadline:
+                retryable = exc.code in (ErrorCode.CONNECT_FAILED, ErrorCode.NO_ROUTE)
+                if not retryable or not settling or now + self.settle_retry > deadline:
                     raise
                 # A relay that just took our session may not have the cluster's agent back yet.
                 log.info("relay has no agent for the stream yet; retrying", extra={"who": self.name})
@@ -168,23 +204,28 @@ class Dialler:
         failures = 0  # counted by `backoff`: failed attempts since a session last worked
         recovering_until = float("-inf")  # end of the recovery window (monotonic)
         running: set[asyncio.Task[None]] = set()
+        ending = (stop, self._retiring)
         async with asyncio.TaskGroup() as sessions:
-            while not stop.is_set():
+            while not any(e.is_set() for e in ending):
                 attempt = _Attempt()
                 task = sessions.create_task(self._session(attempt))
                 running.add(task)
                 task.add_done_callback(running.discard)
-                waits = [asyncio.ensure_future(e.wait()) for e in (attempt.retire, stop)]
+                waits = [asyncio.ensure_future(e.wait()) for e in (attempt.retire, *ending)]
                 try:
                     await asyncio.wait([task, *waits], return_when=asyncio.FIRST_COMPLETED)
                 finally:  # also when run() is cancelled: no orphaned waiters
                     for w in waits:
                         w.cancel()
-                if stop.is_set():
+                if any(e.is_set() for e in ending):
                     break
                 now = time.monotonic()
                 up_at = attempt.up_at
-                if up_at is not None and (attempt.retire.is_set() or now - up_at >= self.stable_after):
+                if attempt.misrouted:
+                    self.misroutes += 1
+                    failures += 1
+                    pause = self.backoff.pause(failures, self.rng)
+                elif up_at is not None and (attempt.retire.is_set() or now - up_at >= self.stable_after):
                     # The relay moves us (GOAWAY) or a session that worked is over (a clean close,
                     # a lost connection): the relay is restarting, not failing.
                     failures = 0
@@ -204,9 +245,41 @@ class Dialler:
                     )
                 self.pauses.append(pause)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), pause)
+                    await asyncio.wait_for(_first(*ending), pause)
+            if self._retiring.is_set() and not stop.is_set():
+                # Retired: the sessions left close once their streams are done (or the replica
+                # closes them first, or PING liveness finds it gone); `stop` still cuts them.
+                self._retire_all()
+                stopping = asyncio.ensure_future(stop.wait())
+                try:
+                    while running and not stop.is_set():
+                        await asyncio.wait([*running, stopping], return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    stopping.cancel()
             for task in running:  # retired sessions too: nothing outlives `run`
                 task.cancel()
+
+    def retire(self) -> None:
+        """Dial no more; `run` returns once the sessions it has are over (see the module docstring)."""
+        self._retiring.set()
+
+    def _retire_all(self) -> None:
+        for mux in list(self.muxes):
+            self._retire(mux)
+            mux.spawn(self._close_when_idle(mux))
+
+    def _move_on(self, mux: Mux) -> None:
+        """New streams go to a new session (dialled at once); `mux` closes when its streams are done."""
+        self._retire(mux)
+        attempt = self._attempts.get(mux)
+        if attempt is not None:
+            attempt.retire.set()
+        mux.spawn(self._close_when_idle(mux))
+
+    async def _close_when_idle(self, mux: Mux, poll: float = 0.5) -> None:
+        while mux.streams:  # noqa: ASYNC110 (streams end on many paths; none of them signals)
+            await asyncio.sleep(poll)
+        await mux.close()
 
     def _tls(self) -> ssl.SSLContext:
         if self.ca_file:
@@ -240,6 +313,8 @@ class Dialler:
         def on_event(event: ev.Event) -> None:
             if isinstance(event, ev.PongReceived):
                 pongs.put_nowait(event.payload)
+            elif isinstance(event, ev.ReplicasChanged):
+                self._heard(mux, event.doc)
             elif isinstance(event, ev.GoAwayReceived):
                 log.info("relay asked to go away", extra={"who": self.name, "reason": event.reason})
                 self._retire(mux)
@@ -254,11 +329,27 @@ class Dialler:
         mux.on_event = on_event
         self.sessions_started += 1
         self.muxes.add(mux)
+        self._attempts[mux] = attempt
         try:
             await mux.run(self._up(mux, attempt), self._keepalive(mux, pongs), self._renew(mux))
         finally:
             self.muxes.discard(mux)
+            self._attempts.pop(mux, None)
             self._retire(mux)
+
+    def _heard(self, mux: Mux, doc: dict[str, Any], notify: bool = True) -> Replicas | None:
+        """A replica set from HELLO or REPLICAS; None (and the session kept) when it is malformed.
+
+        `on_replicas` hears it unless `notify` is False (after HELLO `landed` hears it first)."""
+        try:
+            replicas = relay_replicas(doc)
+        except WireError as exc:
+            log.warning("relay sent a bad replica set; ignored", extra={"who": self.name, "error": str(exc)})
+            return None
+        self.replica_set = replicas
+        if notify and self.on_replicas is not None and mux.hello.done():
+            self.on_replicas(replicas)
+        return replicas
 
     def _retire(self, mux: Mux) -> None:
         if self.current is mux:
@@ -266,7 +357,17 @@ class Dialler:
             self._usable.clear()
 
     async def _up(self, mux: Mux, attempt: _Attempt) -> None:
-        await mux.hello
+        hello = await mux.hello
+        replicas = self._heard(mux, hello.info, notify=self.landed is None)
+        reached = replica_of(mux)
+        if self.landed is not None and not self.landed(self, reached, replicas or ()):
+            attempt.misrouted = True
+            log.info(
+                "reached a relay replica already served; dialling again",
+                extra={"who": self.name, "replica": reached, "wanted": self.replica},
+            )
+            await mux.close()
+            return
         attempt.up_at = time.monotonic()
         if mux.usable:
             self.current, self.current_since = mux, attempt.up_at
@@ -305,3 +406,21 @@ class Dialler:
                 continue
             mux.renew({"token": self.credential.token})
             self.renewals += 1
+
+
+def replica_of(mux: Mux | None) -> str | None:
+    """The replica id the relay named in its HELLO (None before HELLO or from an older relay)."""
+    if mux is None or not mux.hello.done() or mux.hello.exception() is not None:
+        return None
+    rid = mux.hello.result().info.get("replicaId")
+    return rid if isinstance(rid, str) else None
+
+
+async def _first(*events: asyncio.Event) -> None:
+    """Until any of `events` is set."""
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()

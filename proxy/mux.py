@@ -133,6 +133,11 @@ class Mux:
         return self.hello.done() and s.closed is None and not s.going_away and not s.peer_going_away
 
     @property
+    def closed(self) -> bool:
+        """The session is over (or closing): nothing more goes through it."""
+        return self._closed.is_set()
+
+    @property
     def peer_going_away(self) -> bool:
         return self.session.peer_going_away
 
@@ -169,6 +174,10 @@ class Mux:
 
     def renew_err(self, code: ErrorCode, reason: str) -> None:
         self.session.renew_err(code, reason)
+        self._wake()
+
+    def replicas(self, doc: dict[str, Any]) -> None:
+        self.session.replicas(doc)
         self._wake()
 
     # ---- the stream owner (proxy.stream.StreamOwner) ----------------------------------------

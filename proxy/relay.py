@@ -9,6 +9,13 @@ Who may do what was decided before a session reaches this module (see
 `relay_auth`): an agent session carries its cluster's id, a client session the
 cluster its credential names, and they only ever meet on that cluster.
 
+Replicas: a relay may be one of several (`proxy/registry.py` keeps it in the hub's
+registry). Every session learns the live replica set in its HELLO and again (a
+REPLICAS frame) whenever it changes, so agents hold a session to each replica and
+a client finds its cluster on whichever replica it lands. A replica without a
+session to the cluster refuses its streams with NO_ROUTE: another replica may
+have one, and the client proxy tries it.
+
 Shutting down is a drain (`drain`): every session is told GOAWAY, so agents and
 client proxies dial a new session for new streams at once, while the streams
 already open run to their end, up to a grace period; then the sessions close.
@@ -28,6 +35,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from foundation.wire import RelayReplica
 from proxy.errors import RenewalRefused, StreamError
 from proxy.mux import Mux, Transport
 from proxy.pipe import StreamPipe
@@ -54,6 +62,10 @@ class RelayMetrics:
         self.refused = Counter("kubearc_relay_streams_refused", "Streams refused.", ["reason"], registry=r)
         self.renewals = Counter(
             "kubearc_relay_renewals", "Credential renewals.", ["side", "result"], registry=r
+        )
+        self.replicas = Gauge("kubearc_relay_replicas", "Relay replicas in the live set.", registry=r)
+        self.clusters = Gauge(
+            "kubearc_relay_clusters", "Clusters with at least one agent session here.", registry=r
         )
         self.session_failures = Counter(
             "kubearc_relay_session_failures",
@@ -137,6 +149,8 @@ class Relay:
         # (bytes received, bytes sent, credit stalls, windows grown) of sessions that ended, by side
         self.retired: dict[str, list[int]] = {"agent": [0, 0, 0, 0], "client": [0, 0, 0, 0]}
         self.metrics.registry.register(_TrafficCollector(self))
+        self.metrics.clusters.set_function(lambda: len(self._agents))
+        self.replicas: tuple[RelayReplica, ...] = ()  # the live set, this replica included
         self.draining = False
         self._pipes = 0  # relayed streams open
         self._no_pipes = asyncio.Event()
@@ -173,6 +187,27 @@ class Relay:
         async with asyncio.TaskGroup() as closing:
             for mux in [*self.agent_muxes(), *self.client_muxes]:
                 closing.create_task(mux.close())
+
+    def _hello(self) -> dict[str, Any]:
+        return {"replicaId": self.replica_id, **self._replica_doc()}
+
+    def _replica_doc(self) -> dict[str, Any]:
+        return {"replicas": [r.to_json() for r in self.replicas]}
+
+    def set_replicas(self, replicas: tuple[RelayReplica, ...]) -> None:
+        """The live set changed (or not): every session hears of a change at once."""
+        if replicas == self.replicas:
+            return
+        self.replicas = replicas
+        self.metrics.replicas.set(len(replicas))
+        doc = self._replica_doc()
+        sessions = [*self.agent_muxes(), *self.client_muxes]
+        for mux in sessions:
+            if mux.hello.done() and mux.failure is None:
+                mux.replicas(doc)
+        log.info(
+            "relay replica set changed", extra={"replicas": [r.id for r in replicas], "told": len(sessions)}
+        )
 
     def _pipe_opened(self) -> None:
         self._pipes += 1
@@ -212,7 +247,7 @@ class Relay:
         self, transport: Transport, cluster: str, expires_at: float, renew: Renewer
     ) -> None:
         """Hold one agent session for `cluster` until it closes."""
-        session = Session(Role.LISTENER, self.settings, {"replicaId": self.replica_id})
+        session = Session(Role.LISTENER, self.settings, self._hello())
         mux = Mux(session, transport, handler=None)
         entry = _AgentSession(cluster, mux)
         state = {"expires_at": expires_at}
@@ -249,7 +284,7 @@ class Relay:
         self, transport: Transport, cluster: str, user: str, expires_at: float, renew: Renewer
     ) -> None:
         """Hold one client session; each stream it opens is joined to the cluster's agent."""
-        session = Session(Role.LISTENER, self.settings, {"replicaId": self.replica_id})
+        session = Session(Role.LISTENER, self.settings, self._hello())
         state = {"expires_at": expires_at}
 
         def refuse(stream: Stream, metric: str, code: ErrorCode, reason: str) -> None:
@@ -262,14 +297,23 @@ class Relay:
             agent = self._pick(cluster)
             if agent is None:
                 return refuse(
-                    stream, "no_agent", ErrorCode.CONNECT_FAILED, f"cluster {cluster} has no connected agent"
+                    stream,
+                    "no_agent",
+                    ErrorCode.NO_ROUTE,
+                    f"cluster {cluster} has no agent session on relay replica {self.replica_id}",
                 )
             try:
                 upstream = await agent.mux.open(stream.target)
             except StreamError as exc:
+                if agent.mux.closed:  # the agent session ended while the OPEN was on its way
+                    return refuse(
+                        stream, "agent_gone", ErrorCode.NO_ROUTE, f"agent unavailable: {exc.reason}"
+                    )
                 return refuse(stream, "agent_refused", ErrorCode.CONNECT_FAILED, exc.reason)
+            except ValueError as exc:  # a target too large to pass on in one control frame
+                return refuse(stream, "bad_target", ErrorCode.CONNECT_FAILED, str(exc))
             except Exception as exc:  # the agent session went away meanwhile
-                return refuse(stream, "agent_gone", ErrorCode.CONNECT_FAILED, f"agent unavailable: {exc}")
+                return refuse(stream, "agent_gone", ErrorCode.NO_ROUTE, f"agent unavailable: {exc}")
             stream.accept()
             self._pipe_opened()
             StreamPipe(stream, upstream, on_done=self._pipe_closed).start()

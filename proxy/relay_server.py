@@ -5,8 +5,9 @@ caller gets a plain 401 with a reason and never a websocket.
 
 `serve` runs until its stop event, then shuts down gracefully: it stops listening
 at once (so a successor process can take the port: with `reuse_port` it may even
-listen beside this one before), answers 503 to any upgrade still arriving, and
-drains the relay (`Relay.drain`) before it returns.
+listen beside this one before), answers 503 to any upgrade still arriving, leaves
+the replica set (given a `Registration`), and drains the relay (`Relay.drain`)
+before it returns.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from websockets.http11 import Request, Response
 from foundation.gate import Gate, GateCollector, Limits
 from foundation.wire import RELAY_AGENT_PATH, RELAY_CLIENT_PATH
 from proxy.errors import HubUnavailable, RenewalRefused, Unauthorized
+from proxy.registry import Registration
 from proxy.relay import Relay
 from proxy.relay_auth import AgentIdentity, ClientIdentity, HubAuth, bearer
 from proxy.wsconn import DirectServerConnection, GatedServerConnection
@@ -45,6 +47,7 @@ class RelayServer:
     drain: float = 30.0  # seconds open streams may take to finish on shutdown
     reuse_port: bool = False  # SO_REUSEPORT: a new relay process may listen beside this one
     limits: Limits = field(default_factory=Limits)  # what unauthenticated peers may hold
+    registration: Registration | None = None  # this replica's place in the replica set
 
     def __post_init__(self) -> None:
         # Admission and TLS for every connection (foundation.gate); websockets sees plain TCP.
@@ -134,12 +137,17 @@ class RelayServer:
         """Serve until `stop` is set, then shut down gracefully (see the module docstring)."""
         server = await self.start()
         try:
-            if ready:
-                ready.set()
-            await stop.wait()
-            server.close(close_connections=False)  # stop listening; open sessions stay
-            await self.relay.drain(self.drain)
-            await server.wait_closed()
+            async with asyncio.TaskGroup() as tasks:
+                registered = tasks.create_task(self.registration.run()) if self.registration else None
+                if ready:
+                    ready.set()
+                await stop.wait()
+                server.close(close_connections=False)  # stop listening; open sessions stay
+                if registered is not None and self.registration is not None:
+                    registered.cancel()
+                    await self.registration.leave()
+                await self.relay.drain(self.drain)
+                await server.wait_closed()
         finally:
             server.close()  # also when cancelled: nothing outlives the relay
 

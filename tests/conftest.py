@@ -22,6 +22,7 @@ import asyncpg
 import httpx
 import pytest
 
+from foundation import pki
 from foundation.logs import StderrHandler
 from hub.config import HubConfig
 from hub.issuer.tokens import issue_access_token
@@ -228,3 +229,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = [item for item in items if item not in dropped]
+
+
+@pytest.fixture
+def tls(tmp_path: Path) -> tuple[Path, ssl.SSLContext]:
+    """A relay's serving context for 127.0.0.1, and the CA file its clients trust."""
+    ca, cert, key = pki.ensure_serving_pair(tmp_path / "tls", ["127.0.0.1"], "test relay CA")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return ca, context

@@ -23,7 +23,6 @@ from typing import Any
 import pytest
 from websockets.asyncio.server import Server, ServerConnection, serve
 
-from foundation import pki
 from foundation.retry import RetryPolicy
 from proxy.dialler import Dialler, RelayCredential
 from proxy.errors import StreamError
@@ -75,14 +74,6 @@ class Endpoint:
         if self.server is not None:
             self.server.close()
             await asyncio.wait_for(self.server.wait_closed(), 10)
-
-
-@pytest.fixture
-def tls(tmp_path: Path) -> tuple[Path, ssl.SSLContext]:
-    ca, cert, key = pki.ensure_serving_pair(tmp_path / "tls", ["127.0.0.1"], "test relay CA")
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
-    return ca, context
 
 
 def dialler_to(url: str, ca: Path, **options: Any) -> Dialler:
@@ -307,7 +298,7 @@ async def test_once_a_session_has_settled_a_cluster_without_agent_fails_at_once(
         await until(lambda: client.current is not None, "the client's session")
         with pytest.raises(StreamError) as refused:
             await asyncio.wait_for(client.open({"kind": "apiserver"}, wait=30), 5)
-    assert refused.value.code == ErrorCode.CONNECT_FAILED and "no connected agent" in refused.value.reason
+    assert refused.value.code == ErrorCode.NO_ROUTE and "has no agent session" in refused.value.reason
     assert refused_for_no_agent(relay) == 1
 
 

@@ -54,6 +54,16 @@ class HubSecret(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
 
 
+class RelayReplica(Base):
+    """A live relay replica, as it registered itself (`hub.relays`); rows past their TTL are stale."""
+
+    __tablename__ = "relay_replicas"
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    url: Mapped[str] = mapped_column(String(512))
+    started_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    seen_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, index=True)
+
+
 class Cluster(Base):
     """A connected-cluster resource (`Microsoft.Kubernetes/connectedClusters`)."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -18,7 +19,14 @@ from foundation import aio
 from foundation.logs import setup_logging
 from foundation.settings import default_state_dir, parse_duration
 from kubearc.commands import listenopts
-from kubearc.commands.tunnelopts import DrainOpt, MaxWindowOpt, drain_seconds, tunnel_settings
+from kubearc.commands.tunnelopts import (
+    DrainOpt,
+    MaxWindowOpt,
+    advertise_url,
+    drain_seconds,
+    replica_id,
+    tunnel_settings,
+)
 
 if TYPE_CHECKING:
     from hub.config import HubConfig
@@ -58,6 +66,26 @@ RelayPort = Annotated[int, _opt("KUBEARC_RELAY_PORT", "Port of the in-process re
 RelayUrl = Annotated[
     str | None, _opt("KUBEARC_RELAY_URL", "wss:// URL clients and agents reach the relay at.")
 ]
+RelayReplica = Annotated[
+    str | None, _opt("KUBEARC_RELAY_REPLICA", "The in-process relay's replica id (default: HOSTNAME-PORT).")
+]
+RelayAdvertise = Annotated[
+    str | None,
+    _opt(
+        "KUBEARC_RELAY_ADVERTISE_URL",
+        "wss://HOST:PORT agents reach this replica at (default: the relay URL).",
+    ),
+]
+ReplicaTtl = Annotated[
+    str, _opt("KUBEARC_RELAY_REPLICA_TTL", "Silence after which a relay replica leaves the replica set.")
+]
+RegistrationKey = Annotated[
+    Path | None,
+    _opt(
+        "KUBEARC_RELAY_REGISTRATION_KEY_FILE",
+        "File with the key relay replicas register with (default: made once, in the database).",
+    ),
+]
 LatestAgent = Annotated[
     str | None, _opt("KUBEARC_LATEST_AGENT_VERSION", "Agent version offered for upgrade (default: this one).")
 ]
@@ -92,6 +120,10 @@ def hub(
     relay: RelayOn = True,
     relay_port: RelayPort = 8444,
     relay_url: RelayUrl = None,
+    relay_replica_id: RelayReplica = None,
+    relay_advertise_url: RelayAdvertise = None,
+    relay_registration_key_file: RegistrationKey = None,
+    relay_replica_ttl: ReplicaTtl = "15s",
     max_window: str = MaxWindowOpt,
     drain: str = DrainOpt,
     max_connections: int | None = listenopts.max_connections_option("a quarter"),
@@ -138,13 +170,21 @@ def hub(
         telemetry_retention=_duration(log_retention, "--log-retention"),
         relay_port=relay_port,
         relay_url=relay_url,
+        relay_registration_key_file=relay_registration_key_file,
+        relay_replica_ttl=_duration(relay_replica_ttl, "--relay-replica-ttl"),
         limits=api_limits,
         relay_limits=relay_limits,
     )
     if latest_agent_version:
         config.latest_agent_version = latest_agent_version
+    replica = InProcessRelay(
+        replica_id(relay_replica_id, relay_port, "--relay-replica-id"),
+        advertise_url(relay_advertise_url, config.relay, "--relay-advertise-url"),
+        tunnel,
+        grace,
+    )
     try:
-        aio.run_until_signalled(lambda stop: _run(config, tunnel, grace if relay else None, stop))
+        aio.run_until_signalled(lambda stop: _run(config, replica if relay else None, stop))
     except ExceptionGroup as group:
         from hub.errors import HubError
 
@@ -156,8 +196,18 @@ def hub(
         raise typer.Exit(1) from None
 
 
-async def _run(config: HubConfig, tunnel: Settings, drain: float | None, stop: asyncio.Event) -> None:
-    """The hub, and (unless `drain` is None) its relay; on `stop` the relay drains first."""
+@dataclass(frozen=True)
+class InProcessRelay:
+    """The relay replica `kubearc hub` runs beside the API."""
+
+    replica_id: str
+    advertise_url: str
+    settings: Settings
+    drain: float
+
+
+async def _run(config: HubConfig, relay: InProcessRelay | None, stop: asyncio.Event) -> None:
+    """The hub, and (unless `relay` is None) its relay; on `stop` the relay drains first."""
     from hub.server import serve
 
     started: asyncio.Future[tuple[Hub, TlsFiles]] = asyncio.get_running_loop().create_future()
@@ -181,9 +231,9 @@ async def _run(config: HubConfig, tunnel: Settings, drain: float | None, stop: a
             serving.cancel()
             return
         stopped.cancel()
-        if drain is not None:
+        if relay is not None:
             running, tls = started.result()
-            server = _relay_server(config, tls, tunnel, drain)
+            server = _relay_server(config, running, tls, relay)
             running.on_cluster_deleted.append(server.relay.drop_cluster)  # its streams end at once
             typer.echo(f"  cluster-connect relay: {config.relay}", err=True)
             await server.serve(stop)
@@ -192,21 +242,26 @@ async def _run(config: HubConfig, tunnel: Settings, drain: float | None, stop: a
         hub_stop.set()
 
 
-def _relay_server(config: HubConfig, tls: TlsFiles, settings: Settings, drain: float) -> RelayServer:
-    """The relay in the hub's process: same certificate, verifying credentials with this hub."""
+def _relay_server(config: HubConfig, running: Hub, tls: TlsFiles, relay: InProcessRelay) -> RelayServer:
+    """The relay in the hub's process: same certificate, verifying credentials with this hub and
+    registered in its replica set (through the API, as every relay replica is)."""
     from foundation.gate import serving_context
+    from proxy.registry import HubRegistry, Registration
     from proxy.relay import Relay
     from proxy.relay_auth import HubAuth
     from proxy.relay_server import RelayServer
 
     context = serving_context(tls.cert, tls.key)
-    auth = HubAuth(config.url, str(tls.ca) if tls.ca else None)
+    ca_file = str(tls.ca) if tls.ca else None
+    switch = Relay(relay.settings, replica_id=relay.replica_id)
+    registry = HubRegistry(config.url, running.relay_key.decode(), ca_file)
     return RelayServer(
-        Relay(settings),
-        auth,
+        switch,
+        HubAuth(config.url, ca_file),
         config.host,
         config.relay_port,
         context,
-        drain=drain,
+        drain=relay.drain,
         limits=config.relay_limits,
+        registration=Registration(switch, registry, relay.advertise_url),
     )

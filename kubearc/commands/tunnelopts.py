@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import socket
 from typing import TYPE_CHECKING
 
 import typer
@@ -26,6 +28,22 @@ DrainOpt = typer.Option(
     envvar="KUBEARC_RELAY_DRAIN",
     help="On SIGTERM, how long open streams may take to finish after every session is told GOAWAY.",
 )
+
+
+def replica_id(given: str | None, port: int, flag: str) -> str:
+    """A relay replica's id: the given one, or `<hostname>-<port>` (a pod's name in Kubernetes)."""
+    rid = given or re.sub(r"[^A-Za-z0-9_.-]", "-", f"{socket.gethostname()}-{port}")[:128]
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,128}", rid):
+        raise typer.BadParameter("1-128 letters, digits, '-', '_' or '.'", param_hint=flag)
+    return rid
+
+
+def advertise_url(given: str | None, default: str, flag: str) -> str:
+    """Where agents reach this relay replica: wss://host:port, no path."""
+    url = (given or default).rstrip("/")
+    if not re.fullmatch(r"wss?://[^/\s]+", url):
+        raise typer.BadParameter(f"{url!r} is not wss://HOST:PORT (no path)", param_hint=flag)
+    return url
 
 
 def drain_seconds(value: str) -> float:

@@ -90,6 +90,13 @@ class RenewRejected:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplicasChanged:
+    """The relay's replica set, as its REPLICAS frame lists it (the same shape as in HELLO)."""
+
+    doc: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class ConnectionFailed:
     """The session is dead (a GOAWAY saying why is queued); close the websocket."""
 
@@ -111,5 +118,6 @@ Event = (
     | RenewRequested
     | RenewAccepted
     | RenewRejected
+    | ReplicasChanged
     | ConnectionFailed
 )

@@ -28,7 +28,7 @@ U16 = struct.Struct("!H")
 GOAWAY_HEAD = struct.Struct("!IH")
 MAX_STREAM_ID = 2**31 - 1
 MAX_WINDOW = 2**31 - 1
-MAX_CONTROL_PAYLOAD = 8192  # HELLO, OPEN, errors and RENEW
+MAX_CONTROL_PAYLOAD = 8192  # HELLO, OPEN, errors, RENEW and REPLICAS
 DEFAULT_MAX_DATA = 64 * 1024
 
 
@@ -47,6 +47,7 @@ class FrameType(IntEnum):
     RENEW = 12
     RENEW_OK = 13
     RENEW_ERR = 14
+    REPLICAS = 15  # the relay's replica set changed (JSON, as in HELLO)
 
 
 class ErrorCode(IntEnum):
@@ -63,6 +64,8 @@ class ErrorCode(IntEnum):
     GOING_AWAY = 10
     TIMEOUT = 11
     VERSION_MISMATCH = 12
+    # This relay replica holds no session to the stream's cluster; another replica may.
+    NO_ROUTE = 13
 
 
 FLAG_FIN = 0x01  # on DATA: the sender's direction ends after this payload
@@ -83,6 +86,7 @@ _CONNECTION_FRAMES = {
     FrameType.RENEW,
     FrameType.RENEW_OK,
     FrameType.RENEW_ERR,
+    FrameType.REPLICAS,
 }
 
 

@@ -370,6 +370,10 @@ class Session:
     def renew_err(self, code: ErrorCode, reason: str) -> None:
         self._queue(fr.coded(FrameType.RENEW_ERR, 0, code, reason))
 
+    def replicas(self, doc: dict[str, Any]) -> None:
+        """Tell the peer the relay's replica set changed (`{"replicas": [...]}`, as in HELLO)."""
+        self._queue(fr.json_frame(FrameType.REPLICAS, 0, doc))
+
     def _local_close(self, stream: _Stream) -> None:
         stream.local_closed = True
         if stream.remote_closed:
@@ -436,6 +440,8 @@ class Session:
         if t is FrameType.RENEW_ERR:
             code, reason = fr.read_coded(frame)
             return [ev.RenewRejected(code, reason)]
+        if t is FrameType.REPLICAS:
+            return [ev.ReplicasChanged(fr.read_json(frame))]
         return self._on_stream_control(frame)
 
     def _on_hello(self, frame: Frame) -> list[ev.Event]:
