@@ -2,9 +2,10 @@
 
 TCP mode is how a deployment fronts the hub and the relay: TLS ends at each replica, so
 clients verify the replicas' own certificates and the balancer sees only bytes. The
-health check is a plain TCP connect every 200 ms, so a killed replica leaves the rotation
-within a second, and `option redispatch` with retries sends a connection that a dead
-replica refused to the next one.
+health check is `GET /healthz` over TLS every 200 ms (both the hub and the relay answer
+it), so a killed replica, and a wedged one that still accepts TCP connections, leaves
+the rotation within about a second, and `option redispatch` with retries sends a
+connection that a dead replica refused to the next one.
 """
 
 from __future__ import annotations
@@ -24,10 +25,19 @@ from tests.tunnel_stack import free_port
 HAPROXY = shutil.which("haproxy")
 
 
-def _config(port: int, backends: list[int]) -> str:
+def _config(port: int, backends: list[int], healthz: bool) -> str:
+    check = "check check-ssl verify none" if healthz else "check"
     servers = "\n".join(
-        f"    server r{i} 127.0.0.1:{backend} check inter 200ms fall 2 rise 2"
+        f"    server r{i} 127.0.0.1:{backend} {check} inter 200ms fall 2 rise 2"
         for i, backend in enumerate(backends)
+    )
+    http_check = (
+        """    option httpchk
+    http-check send meth GET uri /healthz ver HTTP/1.1 hdr Host localhost
+    http-check expect status 200
+"""
+        if healthz
+        else ""
     )
     return f"""global
     maxconn 4096
@@ -46,19 +56,22 @@ frontend front
 
 backend replicas
     balance roundrobin
-{servers}
+    timeout check 1s
+{http_check}{servers}
 """
 
 
 @contextlib.contextmanager
-def load_balancer(directory: Path, backends: list[int]) -> Iterator[int]:
-    """HAProxy on a free loopback port, round-robin over `backends`; yields its port."""
+def load_balancer(directory: Path, backends: list[int], healthz: bool = True) -> Iterator[int]:
+    """HAProxy on a free loopback port, round-robin over `backends`; yields its port.
+
+    `healthz=False`: backends that answer no `/healthz` (bare wss listeners) get a TCP check."""
     if HAPROXY is None:
         pytest.skip("haproxy is not installed (.ci/run installs Debian's package)")
     port = free_port()
     directory.mkdir(parents=True, exist_ok=True)
     cfg = directory / "haproxy.cfg"
-    cfg.write_text(_config(port, backends))
+    cfg.write_text(_config(port, backends, healthz))
     check = subprocess.run([HAPROXY, "-c", "-f", str(cfg)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
     proc = subprocess.Popen(

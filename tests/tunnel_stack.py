@@ -93,6 +93,7 @@ class TunnelStack:
     name: str = "edge"
     group: str = "rg-tunnel"
     keep_heartbeating: bool = False  # a long-running metadata agent beside its first pass (the demo)
+    extra_env: dict[str, str] = field(default_factory=dict)  # for every process started (KUBEARC_...)
 
     @property
     def hub_url(self) -> str:
@@ -114,6 +115,7 @@ class TunnelStack:
             "KUBEARC_SUBSCRIPTION": SUB,
             "KUBEARC_STATE_DIR": str(self.root / "hub"),
             "PYTHONUNBUFFERED": "1",
+            **self.extra_env,
             **extra,
         }
 

@@ -20,7 +20,13 @@ import typer
 from foundation import aio
 from foundation.logs import setup_logging
 from foundation.wire import RELAY_AGENT_PATH
-from kubearc.commands.tunnelopts import MaxWindowOpt, tunnel_settings
+from kubearc.commands.tunnelopts import (
+    MaxWindowOpt,
+    PingIntervalOpt,
+    PingTimeoutOpt,
+    liveness,
+    tunnel_settings,
+)
 
 app = typer.Typer(no_args_is_help=True, help="In-cluster agents.")
 log = logging.getLogger("kubearc.agent")
@@ -442,6 +448,8 @@ def connect(
     ),
     kubeconfig: Path = KubeconfigOpt,
     max_window: str = MaxWindowOpt,
+    ping_interval: str = PingIntervalOpt,
+    ping_timeout: str = PingTimeoutOpt,
     probes_listen: str | None = ProbesOpt,
     log_level: str = LogLevelOpt,
     log_format: str = LogFormatOpt,
@@ -456,6 +464,7 @@ def connect(
 
     setup_logging(log_level, log_format)
     settings = tunnel_settings(max_window)
+    every, within = liveness(ping_interval, ping_timeout)
     hub = hub.rstrip("/")
     kube = Kube(kubeconfig) if identity_store.startswith("secret:") or not apiserver else None
     store = open_store(identity_store, kube)
@@ -474,6 +483,8 @@ def connect(
         (host, int(port)),
         str(relay_ca or hub_ca) if (relay_ca or hub_ca) else None,
         settings=settings,
+        ping_interval=every,
+        ping_timeout=within,
         hub_url=hub,
         hub_ca=str(hub_ca) if hub_ca else None,
     )

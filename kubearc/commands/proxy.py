@@ -19,7 +19,13 @@ from foundation import aio
 from foundation.logs import setup_logging
 from foundation.wire import CLUSTER_AUDIENCE
 from kubearc.commands.output import fail, request_json, subscription_or_fail
-from kubearc.commands.tunnelopts import MaxWindowOpt, tunnel_settings
+from kubearc.commands.tunnelopts import (
+    MaxWindowOpt,
+    PingIntervalOpt,
+    PingTimeoutOpt,
+    liveness,
+    tunnel_settings,
+)
 
 if TYPE_CHECKING:
     from proxy.client import Credential
@@ -53,6 +59,8 @@ def proxy(
     ),
     relay_ca: Path = typer.Option(None, "--relay-ca", help="CA of the relay (default: the hub's CA)."),
     max_window: str = MaxWindowOpt,
+    ping_interval: str = PingIntervalOpt,
+    ping_timeout: str = PingTimeoutOpt,
     log_level: str = typer.Option("warning", "--log-level"),
 ) -> None:
     """Open cluster connect: kubectl reaches the cluster through 127.0.0.1:PORT until Ctrl+C."""
@@ -61,6 +69,7 @@ def proxy(
 
     setup_logging(log_level, "text")
     settings = tunnel_settings(max_window)
+    every, within = liveness(ping_interval, ping_timeout)
     rid = f"/subscriptions/{subscription_or_fail(subscription)}/resourceGroups/{resource_group}/{CC}/{name}"
 
     def fetch() -> Credential:
@@ -72,7 +81,14 @@ def proxy(
         return await asyncio.to_thread(fetch)
 
     ca = relay_ca or load_client_config().get("ca_file")
-    client = ClientProxy(credentials, port=port, relay_ca_file=str(ca) if ca else None, settings=settings)
+    client = ClientProxy(
+        credentials,
+        port=port,
+        relay_ca_file=str(ca) if ca else None,
+        settings=settings,
+        ping_interval=every,
+        ping_timeout=within,
+    )
 
     def ready(bound: int) -> None:
         _write_kubeconfig(name, bound, first, token, server_id, _kubeconfig_path(file))

@@ -30,6 +30,35 @@ DrainOpt = typer.Option(
 )
 
 
+PingIntervalOpt = typer.Option(
+    "10s",
+    "--ping-interval",
+    envvar="KUBEARC_TUNNEL_PING_INTERVAL",
+    help="How often each relay session is PINGed: a relay that stops answering (wedged, or its "
+    "host gone without a reset) is dropped and dialled again.",
+)
+PingTimeoutOpt = typer.Option(
+    "20s",
+    "--ping-timeout",
+    envvar="KUBEARC_TUNNEL_PING_TIMEOUT",
+    help="How long a PING may go unanswered before the session is dropped.",
+)
+
+
+def liveness(interval: str, timeout: str) -> tuple[float, float]:
+    """`--ping-interval` and `--ping-timeout` in seconds (a bad value is a usage error)."""
+    values = []
+    for value, flag in ((interval, "--ping-interval"), (timeout, "--ping-timeout")):
+        try:
+            seconds = parse_duration(value)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint=flag) from None
+        if seconds <= 0:
+            raise typer.BadParameter("must be more than 0s", param_hint=flag)
+        values.append(seconds)
+    return values[0], values[1]
+
+
 def replica_id(given: str | None, port: int, flag: str) -> str:
     """A relay replica's id: the given one, or `<hostname>-<port>` (a pod's name in Kubernetes)."""
     rid = given or re.sub(r"[^A-Za-z0-9_.-]", "-", f"{socket.gethostname()}-{port}")[:128]
