@@ -23,6 +23,7 @@ from foundation.wire import AGENT_WHOAMI_PATH
 from hub.auth import Principal, agent_token_serial, current_agent, revoked
 from hub.context import Hub, hub_of
 from hub.errors import bad_request, not_found, read_model
+from hub.heartbeats import HeartbeatWriter
 from hub.status import connectivity_status
 from hub.store.models import AgentLog, AgentUsage, AgentUsageSample, Cluster, IdentityCertificate
 from hub.store.queries import configuration_named, configurations_of, purge_telemetry
@@ -128,8 +129,15 @@ def _own(agent: Principal) -> int:
 
 
 async def heartbeat(request: Request) -> Response:
+    """Stamped in a batch with the heartbeats of the same moments (`hub.heartbeats`), durably."""
     hub = hub_of(request)
-    return JSONResponse(await _touch(hub, agent_token_serial(request)))
+    writer: HeartbeatWriter = request.app.state.heartbeats
+    stamped = await writer.beat(agent_token_serial(request))
+    if stamped is None:
+        raise revoked()
+    return JSONResponse(
+        _status(hub, stamped.created_at, stamped.last_connectivity_time, stamped.identity_expires_at)
+    )
 
 
 async def metadata(request: Request) -> Response:

@@ -40,6 +40,7 @@ from hub import (
 from hub.auth import Authenticator
 from hub.context import Hub
 from hub.errors import ApiError, api_error_handler, bad_request, error_response
+from hub.heartbeats import HeartbeatWriter
 from hub.issuer import graph, oauth
 from hub.rbac import routes as rbac_routes
 
@@ -135,4 +136,5 @@ def build_app(hub: Hub, extra_routes: list[BaseRoute] | None = None) -> Starlett
     app.state.hub = hub
     app.state.authenticator = Authenticator(hub)
     app.state.registry = registry
+    app.state.heartbeats = HeartbeatWriter(hub, registry)  # run beside the server (hub.server)
     return app

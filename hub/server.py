@@ -98,7 +98,7 @@ async def serve(
         if on_ready:
             on_ready(hub, tls)
         async with asyncio.TaskGroup() as tasks:
-            serving = tasks.create_task(server.serve(sockets=[sock]))
+            serving = tasks.create_task(_serve(app, server, sock))
             if stop is not None:
                 waiting = tasks.create_task(stop.wait())
                 await asyncio.wait([serving, waiting], return_when=asyncio.FIRST_COMPLETED)
@@ -106,6 +106,16 @@ async def serve(
                 waiting.cancel()
     finally:
         await hub.close()
+
+
+async def _serve(app: Starlette, server: uvicorn.Server, sock: socket.socket) -> None:
+    """uvicorn on `sock`, with the heartbeat writer beside it for exactly as long."""
+    async with asyncio.TaskGroup() as tasks:
+        writer = tasks.create_task(app.state.heartbeats.run())
+        try:
+            await server.serve(sockets=[sock])
+        finally:
+            writer.cancel()
 
 
 class HubThread:
@@ -148,7 +158,7 @@ class HubThread:
             self.gate = api_gate(self.config, self.tls, app)
             self._server = uvicorn_server(app, self.gate)
             self.hub = hub
-            task = asyncio.create_task(self._server.serve(sockets=[self.sock]))
+            task = asyncio.create_task(_serve(app, self._server, self.sock))
             while not self._server.started and not task.done():  # noqa: ASYNC110 - uvicorn has no started event
                 await asyncio.sleep(0.01)
             self._ready.set()
