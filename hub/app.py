@@ -16,6 +16,8 @@ import uuid
 from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -63,6 +65,22 @@ async def unhandled(request: Request, exc: Exception) -> JSONResponse:
         {"error": {"code": "InternalServerError", "message": f"internal error (incident {incident})"}},
         status_code=500,
     )
+
+
+# The database cannot be reached (down, restarting, refusing connections, pool exhausted):
+# retryable, so a 503 with Retry-After, never a 500. The pool drops the broken connections
+# and the next request opens fresh ones, so service resumes by itself once it is back.
+DATABASE_DOWN = (OperationalError, InterfaceError, PoolTimeout, OSError)
+RETRY_AFTER_SECONDS = 5
+
+
+async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    log.warning(
+        "database unavailable",
+        extra={"path": request.url.path, "error": f"{type(exc).__name__}: {exc}"[:300]},
+    )
+    error = ApiError(503, "ServiceUnavailable", "the hub's database is unavailable; retry shortly")
+    return error_response(error, {"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
 async def no_route(request: Request, exc: Exception) -> JSONResponse:
@@ -131,7 +149,12 @@ def build_app(hub: Hub, extra_routes: list[BaseRoute] | None = None) -> Starlett
             Middleware(RequestMetrics, histogram=request_histogram("kubearc_hub", registry)),
             Middleware(SubscriptionIds),
         ],
-        exception_handlers={ApiError: api_error_handler, HTTPException: no_route, Exception: unhandled},
+        exception_handlers={
+            ApiError: api_error_handler,
+            HTTPException: no_route,
+            **dict.fromkeys(DATABASE_DOWN, database_unavailable),
+            Exception: unhandled,
+        },
     )
     app.state.hub = hub
     app.state.authenticator = Authenticator(hub)

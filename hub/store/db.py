@@ -65,7 +65,8 @@ def create_engine(url: str) -> AsyncEngine:
         return engine
     # No pre-ping: it costs three round trips per checkout; a dead connection fails its
     # statement, is discarded by the pool, and the agent's retry lands on a fresh one.
-    return create_async_engine(url, pool_size=20, max_overflow=20)
+    # A database that does not answer fails a new connection within seconds (a 503), never minutes.
+    return create_async_engine(url, pool_size=20, max_overflow=20, connect_args={"timeout": 5})
 
 
 def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[Any]:
