@@ -56,12 +56,13 @@ def _public_key(csr_pem: str) -> pki.PublicKey:
     return key  # type: ignore[return-value]
 
 
-def _issue(hub: Hub, cluster: Cluster, public_key: pki.PublicKey) -> x509.Certificate:
+def issue_certificate(hub: Hub, name: str, resource_key: str, public_key: pki.PublicKey) -> x509.Certificate:
+    """A cluster's identity certificate (also what `loadtest/bench_hub.py` seeds its fleet with)."""
     return pki.issue_cert(
         hub.cluster_ca,
         public_key,
-        cluster.name,
-        sans=[spiffe_id(cluster.resource_key)],
+        name,
+        sans=[spiffe_id(resource_key)],
         client=True,
         not_before=hub.now() - dt.timedelta(minutes=1),
         validity=hub.config.identity_validity + dt.timedelta(minutes=1),
@@ -135,7 +136,7 @@ async def onboard(request: Request) -> Response:
             await session.commit()
         except IntegrityError:
             raise unauthorized("onboarding assertion rejected: it was already used") from None
-    cert = _issue(hub, cluster, public_key)
+    cert = issue_certificate(hub, cluster.name, cluster.resource_key, public_key)
     await _record(hub, cluster.id, cert)
     return _response(hub, cert)
 
@@ -156,7 +157,7 @@ async def renew(request: Request) -> Response:
             f"identity certificate renewal opens at {opens.isoformat()} "
             f"(certificate valid until {current.not_after.isoformat()})",
         )
-    cert = _issue(hub, cluster, _public_key(body.csr))
+    cert = issue_certificate(hub, cluster.name, cluster.resource_key, _public_key(body.csr))
     await _record(hub, cluster.id, cert)
     return _response(hub, cert)
 

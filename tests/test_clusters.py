@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import uuid
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
 
 from foundation import pki, tokens
-from tests.clusters import SUB, connected, create_cluster, onboarder
+from hub import clusters as cluster_routes
+from hub.resources import CLUSTER_TYPE
+from kubearc.cli import app
+from tests.clusters import SUB, connected, create_cluster, onboarder, signed_in_cli
 from tests.conftest import FakeClock, RunningHub
 
 
@@ -172,3 +180,42 @@ def test_reconnect_with_another_key_conflicts(hub: RunningHub) -> None:
     _, r2 = create_cluster(hub, "dup", token)
     assert r1.status_code == 201
     assert r2.status_code == 409 and "different agentPublicKeyCertificate" in r2.json()["error"]["message"]
+
+
+def test_a_list_pages_in_id_order_and_every_cluster_comes_once(hub: RunningHub) -> None:
+    token = onboarder(hub)
+    made = {create_cluster(hub, f"page-{i}", token, rg="rg-pages")[0].resource_id for i in range(5)}
+    seen: list[str] = []
+    pages = 0
+    with hub.client(token) as c:
+        path = f"/subscriptions/{SUB}/resourceGroups/rg-pages/providers/{CLUSTER_TYPE}"
+        params = {"api-version": "2024-01-01", "$top": "2"}
+        while True:
+            page = c.get(path, params=params).json()
+            pages += 1
+            assert len(page["value"]) <= 2
+            seen += [item["id"] for item in page["value"]]
+            if "nextLink" not in page:
+                break
+            skip = parse_qs(urlsplit(page["nextLink"]).query)["$skipToken"][0]
+            assert c.get(page["nextLink"]).json() == c.get(path, params={**params, "$skipToken": skip}).json()
+            params["$skipToken"] = skip
+        assert pages == 3 and len(seen) == 5 and set(seen) == made
+        for bad in ({"$top": "0"}, {"$top": "1001"}, {"$top": "ten"}, {"$skipToken": "not-a-token"}):
+            r = c.get(path, params={"api-version": "2024-01-01", **bad})
+            assert r.status_code == 400 and ("$top" in r.text or "$skipToken" in r.text), bad
+
+
+def test_cluster_list_on_the_command_line_follows_every_page(
+    hub: RunningHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cluster_routes, "LIST_PAGE", 2)  # the hub runs in this process: three pages of two
+    token = onboarder(hub)
+    for i in range(5):
+        assert create_cluster(hub, f"cli-page-{i}", token, rg="rg-cli-pages")[1].status_code == 201
+    runner = signed_in_cli(
+        hub, tmp_path, "lister@kubearc.test", "Azure Arc Kubernetes Viewer", f"/subscriptions/{SUB}"
+    )
+    listed = runner.invoke(app, ["cluster", "list", "-g", "rg-cli-pages", "-o", "json"])
+    assert listed.exit_code == 0, listed.output
+    assert sorted(c["name"] for c in json.loads(listed.output)) == [f"cli-page-{i}" for i in range(5)]

@@ -98,6 +98,12 @@ class Cluster(Base):
     aad_proxy_server_name: Mapped[str | None] = mapped_column(String(253), nullable=True)
     aad_proxy_expires_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
 
+    # Lists page through a subscription (or a group) in id order: an index range, not a scan.
+    __table_args__ = (
+        Index("ix_clusters_listing", "subscription_id", "id"),
+        Index("ix_clusters_group_listing", "subscription_id", "resource_group", "id"),
+    )
+
 
 class IdentityCertificate(Base):
     """Every identity certificate issued; deleting the cluster revokes them all."""

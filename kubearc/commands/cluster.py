@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import typer
 
@@ -63,7 +64,12 @@ def list_clusters(
     path = (
         f"/subscriptions/{sub}" + (f"/resourceGroups/{resource_group}" if resource_group else "") + f"/{CC}"
     )
-    clusters = request_json("GET", path)["value"]
+    page = request_json("GET", path)
+    clusters = page["value"]
+    while "nextLink" in page:  # a thousand per page
+        token = parse_qs(urlsplit(page["nextLink"]).query)["$skipToken"][0]
+        page = request_json("GET", path, params={"$skipToken": token})
+        clusters += page["value"]
     if output == "json":
         typer.echo(json.dumps(clusters, indent=2))
         return
