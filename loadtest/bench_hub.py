@@ -8,13 +8,16 @@ process, same client, same concurrency, same Authorization headers. The ratio be
 the two is the cost of the heartbeat itself (agent authentication, one UPDATE, commit).
 
 Run: `.venv/bin/python -m loadtest.bench_hub [--backends sqlite,postgres] [--clusters 10000]
-[--duration 30] [--concurrency 64] [--procs 2]`. See loadtest/README.md.
+[--duration 30] [--concurrency 64] [--procs 2] [--replicas 2] [--seed store] [--rates 333,2000]`.
+At fleet scale: `--backends postgres --clusters 100000 --replicas 2` (seeded through the store).
+See loadtest/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import math
 import multiprocessing as mp
@@ -37,6 +40,7 @@ from typing import Any, TypeVar
 import httpx
 
 from loadtest import Parser
+from loadtest.haproxy import haproxy
 from loadtest.procstat import cpu_seconds, free_port, machine_busy_seconds
 
 try:
@@ -93,6 +97,7 @@ class Phase:
     start_at: float = 0.0  # wall-clock start, aligns several load-generator processes
     offset: int = 0  # index of reqs[0] in the whole phase
     watch: dict[str, list[int]] = field(default_factory=dict)  # pids whose CPU to sample
+    rate: float = 0.0  # loop mode: offered requests/s (open loop; latency from each scheduled time)
 
 
 @dataclass
@@ -108,6 +113,8 @@ class Outcome:
 
 
 def _dig(value: Any, path: str) -> Any:
+    if path == ".":
+        return value
     for key in path.split("."):
         value = value[key]
     return value
@@ -162,6 +169,35 @@ async def _drive(p: Phase) -> Outcome:
             await asyncio.sleep(max(0.0, stop - time.perf_counter()))
             mark("to")
 
+        async def paced() -> None:
+            """Open loop: request k is due at start + k/rate and waits for a free connection,
+            so a slow hub shows as latency (from the due time), not as fewer requests."""
+            free: asyncio.Queue[httpx.AsyncClient] = asyncio.Queue()
+            for client in clients:
+                free.put_nowait(client)
+
+            async def one(k: int, due: float) -> None:
+                client = await free.get()
+                req = p.reqs[k % n]
+                try:
+                    kind, value = await _send(client, urls[req.path], req, None)
+                finally:
+                    free.put_nowait(client)
+                t1 = time.perf_counter()
+                if kind != "ok":
+                    out.errors[kind] += 1
+                    out.samples.setdefault(kind, str(value))
+                elif measure_from <= due <= stop:
+                    out.ok += 1
+                    out.latencies.append(t1 - due)
+
+            async with asyncio.TaskGroup() as group:
+                k = 0
+                while (due := start + k / p.rate) < stop:
+                    await asyncio.sleep(max(0.0, due - time.perf_counter()))
+                    group.create_task(one(k, due))
+                    k += 1
+
         async def worker(client: httpx.AsyncClient) -> None:
             nonlocal issued
             while issued < cap and time.perf_counter() < stop:
@@ -182,7 +218,10 @@ async def _drive(p: Phase) -> Outcome:
 
         if p.loop:
             timer = asyncio.create_task(watcher())
-            await asyncio.gather(*(worker(c) for c in clients))
+            if p.rate > 0:
+                await paced()
+            else:
+                await asyncio.gather(*(worker(c) for c in clients))
             await timer
         else:
             mark("from")
@@ -258,7 +297,8 @@ class LoadGen:
             reqs = phase.reqs[j * size : (j + 1) * size]
             conc = phase.concurrency // k + (1 if j < phase.concurrency % k else 0)
             if reqs and conc:
-                parts.append(replace(phase, reqs=reqs, concurrency=conc, offset=j * size))
+                share = replace(phase, reqs=reqs, concurrency=conc, offset=j * size, rate=phase.rate / k)
+                parts.append(share)
         start_at = time.time() + 0.3
         parts = [replace(p, start_at=start_at) for p in parts]
         return merge_parallel(list(self.pool.map(run_phase, parts)))
@@ -397,7 +437,9 @@ def database(backend: str) -> Iterator[str | None]:
         arun(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-async def bootstrap(state_dir: Path, port: int, database_url: str | None) -> str:
+async def bootstrap(
+    state_dir: Path, port: int, database_url: str | None, public_url: str | None = None
+) -> str:
     """Open the hub's store before the hub runs: keys, tenant, TLS, one onboarding user; its token.
 
     The hub process then loads the same keys (state dir + database), so the token verifies there.
@@ -408,7 +450,7 @@ async def bootstrap(state_dir: Path, port: int, database_url: str | None) -> str
     from hub.rbac.assignments import create_assignment
     from hub.server import ensure_tls
 
-    config = HubConfig(state_dir=state_dir, port=port, database_url=database_url)
+    config = HubConfig(state_dir=state_dir, port=port, database_url=database_url, public_url=public_url)
     hub = await open_hub(config)
     try:
         await ensure_tls(config, hub)
@@ -429,12 +471,90 @@ async def bootstrap(state_dir: Path, port: int, database_url: str | None) -> str
         await hub.close()
 
 
+SEED_CHUNK = 5000
+ENCRYPTION_KEY = "KUBEARC_HUB_ENCRYPTION_KEY"
+
+
+async def seed_store(
+    state_dir: Path, port: int, database_url: str | None, public_url: str | None, names: list[str]
+) -> list[Any]:
+    """Register and onboard `names` in bulk through the hub's store (not its API): the same rows
+    and the same identity certificates (`hub.identity.issue_certificate`) onboarding makes, in
+    chunks of multi-row INSERTs, so 100,000 clusters take minutes, not hours. Returns each
+    cluster's identity (key and certificate), as its agent would hold it."""
+    from sqlalchemy import insert
+
+    from foundation import pki
+    from hub.config import HubConfig
+    from hub.context import open_hub
+    from hub.identity import issue_certificate
+    from hub.resources import cluster_id, scope_key
+    from hub.store.models import Cluster, IdentityCertificate
+
+    config = HubConfig(state_dir=state_dir, port=port, database_url=database_url, public_url=public_url)
+    hub = await open_hub(config)
+    identities: list[Any] = []
+    onboarding = pki.public_key_der_b64(pki.new_key().public_key())
+    try:
+        for lo in range(0, len(names), SEED_CHUNK):
+            chunk = names[lo : lo + SEED_CHUNK]
+            now = hub.now()
+            keys = [pki.new_key() for _ in chunk]
+            keyed = [scope_key(cluster_id(SUB, RG, name)) for name in chunk]
+            certs = [
+                issue_certificate(hub, n, k, key.public_key())
+                for n, k, key in zip(chunk, keyed, keys, strict=True)
+            ]
+            rows = [
+                {
+                    "resource_key": key,
+                    "subscription_id": SUB,
+                    "resource_group": RG,
+                    "name": name,
+                    "location": "local",
+                    "tags": {},
+                    "agent_public_key": onboarding,
+                    "distribution": "k3s",
+                    "infrastructure": "bench",
+                    "created_at": now,
+                    "created_by": "kubearc-bench",
+                    "auto_upgrade": True,
+                    "provisioning_state": "Succeeded",
+                    "identity_expires_at": cert.not_valid_after_utc,
+                }
+                for name, key, cert in zip(chunk, keyed, certs, strict=True)
+            ]
+            async with hub.engine.begin() as conn:
+                made = await conn.execute(insert(Cluster).returning(Cluster.id, Cluster.resource_key), rows)
+                ids = dict((key, cid) for cid, key in made.all())
+                await conn.execute(
+                    insert(IdentityCertificate),
+                    [
+                        {
+                            "serial": format(cert.serial_number, "x"),
+                            "cluster_id": ids[key],
+                            "not_before": cert.not_valid_before_utc,
+                            "not_after": cert.not_valid_after_utc,
+                        }
+                        for key, cert in zip(keyed, certs, strict=True)
+                    ],
+                )
+            identities += [pki.KeyPair(key, cert) for key, cert in zip(keys, certs, strict=True)]
+            log(f"seeded {lo + len(chunk)}/{len(names)} clusters through the store")
+    finally:
+        await hub.close()
+    return identities
+
+
 class HubProcess:
     """`python -m kubearc.cli hub` as a child process, the way an operator runs it."""
 
-    def __init__(self, state_dir: Path, port: int, database_url: str | None, log: Path) -> None:
+    def __init__(
+        self, state_dir: Path, port: int, database_url: str | None, log: Path, public_url: str | None = None
+    ) -> None:
         self.state_dir, self.port, self.database_url, self.log = state_dir, port, database_url, log
-        self.url = f"https://localhost:{port}"
+        self.public_url = public_url
+        self.url = f"https://localhost:{port}"  # this replica itself (health checks)
         self.ca = str(state_dir / "tls" / "ca.crt")
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -443,7 +563,11 @@ class HubProcess:
         cmd += ["--port", str(self.port), "--log-level", "warning", "--no-relay"]
         if self.database_url:
             cmd += ["--database-url", self.database_url]
+        if self.public_url:
+            cmd += ["--public-url", self.public_url]
         env = {k: v for k, v in os.environ.items() if not k.startswith("KUBEARC_")}
+        if ENCRYPTION_KEY in os.environ:  # replicas share the data key (README: hub replicas)
+            env[ENCRYPTION_KEY] = os.environ[ENCRYPTION_KEY]
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
         ctx = ssl.create_default_context(cafile=self.ca)
@@ -491,29 +615,52 @@ def log(msg: str) -> None:
 class Bench:
     """One backend: register, onboard, first heartbeats, interleaved heartbeat/no-op slices, verify."""
 
-    def __init__(self, args: argparse.Namespace, gen: LoadGen, hub: HubProcess, user_token: str) -> None:
-        self.args, self.gen, self.hub, self.user_token = args, gen, hub, user_token
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        gen: LoadGen,
+        hubs: list[HubProcess],
+        url: str,
+        user_token: str,
+        identities: list[Any] | None = None,
+    ) -> None:
+        self.args, self.gen, self.hubs, self.url, self.user_token = args, gen, hubs, url, user_token
+        self.ca = hubs[0].ca  # every replica's certificate comes from the one serving CA
         self.n: int = args.clusters
         self.conc: int = args.concurrency
-        self.names = [f"bench-{i:06d}" for i in range(self.n)]
+        self.names = cluster_names(self.n)
         self.rids = [
             f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Kubernetes/connectedClusters/{name}"
             for name in self.names
         ]
         self.tokens: list[str] = []
         self.minted_at = 0.0
-        self.identities: list[Any] = []
+        self.identities: list[Any] = identities or []  # seeded through the store: no API onboarding
 
     def phase(self, reqs: list[Req], **kw: Any) -> Phase:
-        return Phase(url=self.hub.url, ca=self.hub.ca, reqs=reqs, concurrency=self.conc, **kw)
+        return Phase(url=self.url, ca=self.ca, reqs=reqs, concurrency=self.conc, **kw)
 
     def watch(self, backend: str) -> dict[str, list[int]]:
-        pids = {"hub": [self.hub.pid]}
+        pids = {"hub": [hub.pid for hub in self.hubs]}
         if backend == "postgres":
             pids["postgres"] = postgres_pids()
         return pids
 
     def run(self, report: Report) -> None:
+        if not self.identities:
+            self.onboard_through_the_api(report)
+        else:
+            report.notes.append(f"{self.n} clusters and certificates seeded through the store (not timed)")
+        self.mint()
+        o = self.gen.run(self.phase(self.beats(HEARTBEAT), watch=self.watch(report.backend)))
+        report.add("heartbeat, first (token verify)", o)
+        self.require(o, self.n, "first heartbeats")
+
+        self.steady(report)
+        self.paced(report)
+        self.verify(report)
+
+    def onboard_through_the_api(self, report: Report) -> None:
         from foundation import pki, tokens
 
         n = self.n
@@ -554,7 +701,7 @@ class Bench:
                     None,
                     {
                         "resourceId": self.rids[i],
-                        "assertion": tokens.make_onboarding_assertion(keys[i], self.rids[i], self.hub.url),
+                        "assertion": tokens.make_onboarding_assertion(keys[i], self.rids[i], self.url),
                         "csr": csrs[i],
                     },
                 )
@@ -568,14 +715,6 @@ class Bench:
         self.require(o, n, "onboarding")
         self.identities = [pki.KeyPair(k, pki.load_cert(o.picked[i].encode())) for i, k in enumerate(id_keys)]
 
-        self.mint()
-        o = self.gen.run(self.phase(self.beats(HEARTBEAT), watch=self.watch(report.backend)))
-        report.add("heartbeat, first (token verify)", o)
-        self.require(o, n, "first heartbeats")
-
-        self.steady(report)
-        self.verify(report)
-
     def require(self, o: Outcome, n: int, what: str) -> None:
         if o.ok != n:
             raise RuntimeError(f"{what}: {o.ok}/{n} succeeded; errors {dict(o.errors)}: {o.samples}")
@@ -584,7 +723,7 @@ class Bench:
         from foundation import tokens
 
         t = time.perf_counter()
-        self.tokens = [tokens.make_agent_token(pair, self.hub.url) for pair in self.identities]
+        self.tokens = [tokens.make_agent_token(pair, self.url) for pair in self.identities]
         self.minted_at = time.time()
         log(f"{len(self.tokens)} agent tokens minted in {time.perf_counter() - t:.1f} s")
 
@@ -626,6 +765,33 @@ class Bench:
         report.heartbeat = report.add("heartbeat, steady state", hb)
         report.baseline = report.add("no-op GET /healthz (baseline)", base)
 
+    def paced(self, report: Report) -> None:
+        """Heartbeats at the offered rates (open loop): the fleet's steady 333/s and a burst after a
+        relay restart; p50/p99 from each heartbeat's due time."""
+        from foundation import tokens
+
+        for rate in self.args.rates:
+            if (
+                time.time() - self.minted_at + SLICE_WARMUP + self.args.rate_seconds + TOKEN_MARGIN
+                > tokens.AGENT_TOKEN_TTL
+            ):
+                self.mint()
+                o = self.gen.run(self.phase(self.beats(HEARTBEAT)))
+                self.require(o, self.n, "heartbeats after token refresh")
+            log(f"heartbeats offered at {rate:g}/s for {self.args.rate_seconds:g} s")
+            o = self.gen.run(
+                self.phase(
+                    self.beats(HEARTBEAT),
+                    loop=True,
+                    warmup=SLICE_WARMUP,
+                    duration=self.args.rate_seconds,
+                    watch=self.watch(report.backend),
+                    rate=rate,
+                    concurrency=max(self.conc, 256),
+                )
+            )
+            report.add(f"heartbeat at {rate:g}/s offered", o)
+
     def verify(self, report: Report) -> None:
         sample = random.Random(7).sample(range(self.n), min(VERIFY_SAMPLE, self.n))
         gets = [Req("GET", self.rids[i] + API, self.user_token) for i in sample]
@@ -634,10 +800,8 @@ class Bench:
         report.add(f"verify: GET {len(sample)} sampled clusters", o)
         if statuses.get("Connected", 0) != len(sample):
             report.failures.append(f"sampled clusters not all Connected: {dict(statuses)}")
-        path = f"/subscriptions/{SUB}/providers/Microsoft.Kubernetes/connectedClusters{API}"
-        o = run_phase(replace(self.phase([Req("GET", path, self.user_token)], pick="value"), concurrency=1))
-        listed = o.picked.get(0) or []
-        report.add("verify: list all (1 request)", o)
+        listed, o = self.list_all()
+        report.add(f"verify: list all ({o.ok} pages)", o)
         connected = sum(1 for v in listed if v["properties"]["connectivityStatus"] == "Connected")
         report.notes.append(
             f"verify: {statuses.get('Connected', 0)}/{len(sample)} sampled GETs Connected; "
@@ -648,24 +812,71 @@ class Bench:
                 f"list returned {len(listed)} clusters, {connected} Connected; expected {self.n}"
             )
 
+    def list_all(self) -> tuple[list[dict[str, Any]], Outcome]:
+        """Every cluster, page after page (1,000 a page, nextLink's $skipToken), as one outcome."""
+        path = f"/subscriptions/{SUB}/providers/Microsoft.Kubernetes/connectedClusters{API}"
+        listed: list[dict[str, Any]] = []
+        parts: list[Outcome] = []
+        token: str | None = None
+        while True:
+            page_path = path + (f"&$skipToken={token}" if token else "")
+            o = run_phase(
+                replace(self.phase([Req("GET", page_path, self.user_token)], pick="."), concurrency=1)
+            )
+            parts.append(o)
+            page = o.picked.get(0) or {}
+            listed += page.get("value", [])
+            if "nextLink" not in page or o.errors:
+                return listed, merge_serial(parts)
+            token = page["nextLink"].split("$skipToken=")[1].split("&")[0]
+
+
+def cluster_names(n: int) -> list[str]:
+    return [f"bench-{i:06d}" for i in range(n)]
+
 
 def bench_backend(backend: str, args: argparse.Namespace, gen: LoadGen) -> Report:
+    """One backend: the store bootstrapped (and seeded), the hub replicas started (behind HAProxy
+    when there are several: SQLite takes one), the benchmark run, everything torn down."""
     report = Report(backend)
-    with tempfile.TemporaryDirectory(prefix="kubearc-bench-") as tmp, database(backend) as db_url:
-        state = Path(tmp) / "state"
-        port = free_port()
+    replicas = args.replicas if backend == "postgres" else 1
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kubearc-bench-")))
+        db_url = stack.enter_context(database(backend))
+        ports = [free_port() for _ in range(replicas)]
+        public = None
+        if replicas > 1:
+            from cryptography.fernet import Fernet
+
+            os.environ[ENCRYPTION_KEY] = Fernet.generate_key().decode()  # one data key for all replicas
+            lb = stack.enter_context(haproxy(tmp / "lb", ports))
+            public = f"https://localhost:{lb}"
+            report.notes.append(f"{replicas} hub replicas behind HAProxy (TCP mode, round robin) at {public}")
+        state = tmp / "state-0"
         log(f"{backend}: bootstrapping the store ({db_url or 'SQLite in ' + str(state)})")
-        user_token = arun(bootstrap(state, port, db_url))
-        hub = HubProcess(state, port, db_url, Path(tmp) / "hub.log")
+        user_token = arun(bootstrap(state, ports[0], db_url, public))
+        identities = None
+        if args.seed == "store":
+            t = time.perf_counter()
+            identities = arun(seed_store(state, ports[0], db_url, public, cluster_names(args.clusters)))
+            report.notes.append(f"seeding through the store took {time.perf_counter() - t:.0f} s")
+        hubs = [
+            HubProcess(tmp / f"state-{i}", port, db_url, tmp / f"hub-{i}.log", public)
+            for i, port in enumerate(ports)
+        ]
         try:
-            hub.start()
-            log(f"{backend}: hub pid {hub.pid} listening on {hub.url}")
-            Bench(args, gen, hub, user_token).run(report)
+            for hub in hubs:
+                hub.start()
+                log(f"{backend}: hub pid {hub.pid} listening on {hub.url}")
+            Bench(args, gen, hubs, public or hubs[0].url, user_token, identities).run(report)
         except Exception as exc:
             report.failures.append(f"aborted: {exc}")
-            print(f"hub log tail:\n{hub.tail()}", file=sys.stderr)
+            for hub in hubs:
+                print(f"hub {hub.port} log tail:\n{hub.tail()}", file=sys.stderr)
         finally:
-            hub.stop()
+            for hub in hubs:
+                hub.stop()
+            os.environ.pop(ENCRYPTION_KEY, None)
     return report
 
 
@@ -715,7 +926,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--concurrency", type=int, default=64, help="requests in flight (keep-alive connections)")
     ap.add_argument("--rounds", type=int, default=3, help="alternating heartbeat/no-op slices")
     ap.add_argument("--procs", type=int, default=2, help="load-generator processes (see README)")
+    ap.add_argument(
+        "--seed",
+        choices=["api", "store"],
+        help="register and onboard through the API, or in bulk through the store "
+        "(default: the API up to 10,000 clusters, the store above)",
+    )
+    ap.add_argument("--replicas", type=int, default=1, help="hub replicas behind HAProxy (PostgreSQL)")
+    ap.add_argument(
+        "--rates", default="333,2000", help="offered heartbeats/s of the open-loop phases ('' for none)"
+    )
+    ap.add_argument("--rate-seconds", type=float, default=10.0, help="measured seconds per offered rate")
     args = ap.parse_args(argv)
+    try:
+        args.rates = [float(r) for r in args.rates.split(",") if r.strip()]
+    except ValueError:
+        ap.error(f"--rates: {args.rates!r} is not a comma-separated list of heartbeats per second")
+    if any(r <= 0 for r in args.rates) or args.rate_seconds <= 0 or args.replicas < 1:
+        ap.error("--rates and --rate-seconds must be > 0, --replicas >= 1")
+    args.seed = args.seed or ("store" if args.clusters > 10_000 else "api")
     args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     bad = set(args.backends) - {"sqlite", "postgres"}
     if bad or not args.backends:
