@@ -570,11 +570,14 @@ class HubProcess:
             env[ENCRYPTION_KEY] = os.environ[ENCRYPTION_KEY]
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
-        ctx = ssl.create_default_context(cafile=self.ca)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"hub exited with {self.proc.returncode}:\n{self.tail()}")
+            if not Path(self.ca).exists():  # a new replica writes its state directory first
+                time.sleep(0.2)
+                continue
+            ctx = ssl.create_default_context(cafile=self.ca)
             try:
                 if httpx.get(self.url + HEALTHZ, verify=ctx, timeout=2).status_code == 200:
                     return
