@@ -46,14 +46,27 @@ def make_agent_token(pair: KeyPair, audience: str, ttl: int = AGENT_TOKEN_TTL) -
     )
 
 
+def agent_token_x5c(token: str) -> str:
+    """The x5c entry (base64 DER) of the certificate an agent token claims to be signed with."""
+    try:
+        entry = jwt.get_unverified_header(token)["x5c"][0]
+    except (jwt.InvalidTokenError, KeyError, IndexError, TypeError) as exc:
+        raise jwt.InvalidTokenError(f"agent token has no usable x5c certificate: {exc}") from None
+    if not isinstance(entry, str):
+        raise jwt.InvalidTokenError("agent token has no usable x5c certificate: not a string")
+    return entry
+
+
+def load_x5c(entry: str) -> x509.Certificate:
+    try:
+        return x509.load_der_x509_certificate(base64.b64decode(entry, validate=True))
+    except (TypeError, ValueError) as exc:
+        raise jwt.InvalidTokenError(f"agent token has no usable x5c certificate: {exc}") from None
+
+
 def agent_token_certificate(token: str) -> x509.Certificate:
     """The certificate an agent token claims to be signed with (not yet verified)."""
-    try:
-        header = jwt.get_unverified_header(token)
-        chain = header["x5c"]
-        return x509.load_der_x509_certificate(base64.b64decode(chain[0], validate=True))
-    except (jwt.InvalidTokenError, KeyError, IndexError, TypeError, ValueError) as exc:
-        raise jwt.InvalidTokenError(f"agent token has no usable x5c certificate: {exc}") from None
+    return load_x5c(agent_token_x5c(token))
 
 
 NUMERIC_CLAIMS = ("exp", "nbf", "iat")  # NumericDate (RFC 7519 section 2): a JSON number

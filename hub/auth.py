@@ -9,6 +9,7 @@ and still be on record (deleting a cluster revokes its certificates).
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import time
 from collections import OrderedDict
@@ -84,6 +85,7 @@ class Authenticator:
             for issuer in entra_issuers(tenant):
                 self.verifiers[issuer] = OidcVerifier(issuer, audiences)
         self._agent_tokens = _TokenCache()
+        self._agent_certs = _TokenCache()  # x5c hash -> (public key, serial, not after), chain checked
 
     async def authenticate(self, request: Request) -> Principal:
         header = request.headers.get("authorization", "")
@@ -145,27 +147,42 @@ class Authenticator:
         key = hashlib.sha256(token.encode()).digest()
         verified = self._agent_tokens.get(key)
         if verified is None:
-            try:
-                cert = tokens.agent_token_certificate(token)
-            except jwt.InvalidTokenError as exc:
-                raise unauthorized(str(exc)) from None
-            if not pki.is_issued_by(cert, self.hub.cluster_ca.cert):
-                raise unauthorized("agent certificate is not issued by this hub's cluster CA")
+            public_key, serial, not_after = self._agent_certificate(token)
             try:
                 claims = tokens.verify_signed(
-                    token,
-                    cert.public_key(),  # type: ignore[arg-type]
-                    self.hub.config.agent_audience,
-                    max_ttl=tokens.AGENT_TOKEN_TTL + 60,
+                    token, public_key, self.hub.config.agent_audience, max_ttl=tokens.AGENT_TOKEN_TTL + 60
                 )
             except (jwt.InvalidTokenError, ValueError) as exc:  # ValueError: a key type we do not sign with
                 raise unauthorized(f"invalid agent token: {exc}") from None
-            verified = (format(cert.serial_number, "x"), cert.not_valid_after_utc)
+            verified = (serial, not_after)
             self._agent_tokens.put(key, float(claims["exp"]), verified)
         serial, not_after = verified
         if not_after <= self.hub.now():
             raise unauthorized(f"identity certificate expired at {not_after.isoformat()}")
         return str(serial)
+
+    def _agent_certificate(self, token: str) -> tuple[Any, str, dt.datetime]:
+        """The public key, serial and expiry of the certificate a token carries, its chain checked.
+
+        Every token of a cluster carries the same certificate for its 90 days, and agents mint
+        a new token for nearly every heartbeat: the chain is checked once per certificate, so a
+        fresh token costs one signature check, not two and a certificate parse."""
+        try:
+            entry = tokens.agent_token_x5c(token)
+        except jwt.InvalidTokenError as exc:
+            raise unauthorized(str(exc)) from None
+        key = hashlib.sha256(entry.encode()).digest()
+        known = self._agent_certs.get(key)
+        if known is None:
+            try:
+                cert = tokens.load_x5c(entry)
+            except jwt.InvalidTokenError as exc:
+                raise unauthorized(str(exc)) from None
+            if not pki.is_issued_by(cert, self.hub.cluster_ca.cert):
+                raise unauthorized("agent certificate is not issued by this hub's cluster CA")
+            known = (cert.public_key(), format(cert.serial_number, "x"), cert.not_valid_after_utc)
+            self._agent_certs.put(key, cert.not_valid_after_utc.timestamp(), known)
+        return known  # type: ignore[no-any-return]
 
     async def authenticate_agent(self, token: str) -> Principal:
         serial = self.verify_agent_token(token)

@@ -782,17 +782,15 @@ class Bench:
                 o = self.gen.run(self.phase(self.beats(HEARTBEAT)))
                 self.require(o, self.n, "heartbeats after token refresh")
             log(f"heartbeats offered at {rate:g}/s for {self.args.rate_seconds:g} s")
-            o = self.gen.run(
-                self.phase(
-                    self.beats(HEARTBEAT),
-                    loop=True,
-                    warmup=SLICE_WARMUP,
-                    duration=self.args.rate_seconds,
-                    watch=self.watch(report.backend),
-                    rate=rate,
-                    concurrency=max(self.conc, 256),
-                )
+            offered = self.phase(
+                self.beats(HEARTBEAT),
+                loop=True,
+                warmup=SLICE_WARMUP,
+                duration=self.args.rate_seconds,
+                watch=self.watch(report.backend),
+                rate=rate,
             )
+            o = self.gen.run(replace(offered, concurrency=max(self.conc, 256)))  # room for a backlog
             report.add(f"heartbeat at {rate:g}/s offered", o)
 
     def verify(self, report: Report) -> None:
