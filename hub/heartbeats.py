@@ -6,10 +6,10 @@ most of the hub's CPU on the statement round trips, not on the heartbeat, so the
 writer gathers the heartbeats that arrive within `linger` seconds (or while the
 previous batch is being written) and writes them together:
 
-- one SELECT that keeps the serials whose certificate is on record and not revoked
-  (a revoked certificate gets its 401 here, as before),
-- one UPDATE that stamps every owning cluster with the batch's time, RETURNING what
-  each answer needs,
+- one UPDATE that stamps every cluster whose certificate is on record and not revoked
+  with the batch's time, RETURNING what each answer needs (a revoked certificate gets
+  its 401 here, as before; SQLite, which cannot return the certificate's columns,
+  selects the live serials first),
 
 committed before any heartbeat of the batch is answered. A heartbeat is acknowledged
 only once it is durable, and one whose batch fails gets the error (the agent retries).
@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Histogram
 from sqlalchemy import String, any_, bindparam, select, update
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from hub.context import Hub
 from hub.errors import ApiError
@@ -109,33 +110,59 @@ class HeartbeatWriter:
                 future.set_result(written.get(serial))
 
     async def _write(self, serials: list[str]) -> dict[str, Result]:
-        """One transaction: which serials are live, and the stamp on their clusters."""
+        """One transaction: the stamp on the clusters whose certificates are live."""
         wanted = list(dict.fromkeys(serials))
         now = self.hub.now()
-        postgres = self.hub.engine.dialect.name == "postgresql"
-        if postgres:  # one prepared statement whatever the batch size
-            serials_param = bindparam("serials", wanted, type_=postgresql.ARRAY(String))
-            listed = IdentityCertificate.serial == any_(serials_param)
-        else:
-            listed = IdentityCertificate.serial.in_(wanted)
-        owners = select(IdentityCertificate.serial, IdentityCertificate.cluster_id).where(
-            listed, IdentityCertificate.revoked_at.is_(None)
-        )
         async with self.hub.engine.begin() as conn:
-            owner_of = {serial: cluster for serial, cluster in (await conn.execute(owners)).all()}
-            ids = sorted(set(owner_of.values()))
-            if not ids:
-                return {}
-            if postgres:
-                chosen = Cluster.id == any_(bindparam("ids", ids, type_=postgresql.ARRAY(Cluster.id.type)))
-            else:
-                chosen = Cluster.id.in_(ids)
-            stamp = (
-                update(Cluster)
-                .where(chosen)
-                .values(last_connectivity_time=now)
-                .returning(Cluster.id, Cluster.created_at, Cluster.identity_expires_at)
-            )
-            rows = (await conn.execute(stamp)).all()
-        stamped = {cid: Stamped(created, now, expires) for cid, created, expires in rows}
-        return {serial: stamped.get(cluster) for serial, cluster in owner_of.items()}
+            if self.hub.engine.dialect.name == "postgresql":
+                return await _write_postgres(conn, wanted, now)
+            return await _write_portable(conn, wanted, now)
+
+
+async def _write_postgres(conn: AsyncConnection, wanted: list[str], now: dt.datetime) -> dict[str, Result]:
+    """One UPDATE ... FROM the certificates, RETURNING each serial's cluster: one prepared
+    statement whatever the batch size (the serials go as one array)."""
+    live = IdentityCertificate.serial == any_(bindparam("serials", wanted, type_=postgresql.ARRAY(String)))
+    stamp = (
+        update(Cluster)
+        .where(Cluster.id == IdentityCertificate.cluster_id, live, IdentityCertificate.revoked_at.is_(None))
+        .values(last_connectivity_time=now)
+        .returning(IdentityCertificate.serial, Cluster.id, Cluster.created_at, Cluster.identity_expires_at)
+    )
+    rows = (await conn.execute(stamp)).all()
+    written: dict[str, Result] = {
+        serial: Stamped(created, now, expires) for serial, _, created, expires in rows
+    }
+    missing = [serial for serial in wanted if serial not in written]
+    if missing and rows:
+        # Two live certificates of one cluster in one batch (a renewal under way): the row was
+        # updated once and returned for one of them; the other shares its stamp.
+        by_cluster = {cid: Stamped(created, now, expires) for _, cid, created, expires in rows}
+        owners = select(IdentityCertificate.serial, IdentityCertificate.cluster_id).where(
+            IdentityCertificate.serial == any_(bindparam("missing", missing, type_=postgresql.ARRAY(String))),
+            IdentityCertificate.revoked_at.is_(None),
+        )
+        for serial, cid in (await conn.execute(owners)).all():
+            if cid in by_cluster:
+                written[serial] = by_cluster[cid]
+    return written
+
+
+async def _write_portable(conn: AsyncConnection, wanted: list[str], now: dt.datetime) -> dict[str, Result]:
+    """SQLite: which serials are live, then one UPDATE of their clusters."""
+    owners = select(IdentityCertificate.serial, IdentityCertificate.cluster_id).where(
+        IdentityCertificate.serial.in_(wanted), IdentityCertificate.revoked_at.is_(None)
+    )
+    owner_of = {serial: cluster for serial, cluster in (await conn.execute(owners)).all()}
+    if not owner_of:
+        return {}
+    stamp = (
+        update(Cluster)
+        .where(Cluster.id.in_(sorted(set(owner_of.values()))))
+        .values(last_connectivity_time=now)
+        .returning(Cluster.id, Cluster.created_at, Cluster.identity_expires_at)
+    )
+    stamped = {
+        cid: Stamped(created, now, expires) for cid, created, expires in (await conn.execute(stamp)).all()
+    }
+    return {serial: stamped.get(cluster) for serial, cluster in owner_of.items()}

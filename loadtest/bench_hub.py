@@ -36,6 +36,7 @@ from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
@@ -829,7 +830,7 @@ class Bench:
             listed += page.get("value", [])
             if "nextLink" not in page or o.errors:
                 return listed, merge_serial(parts)
-            token = page["nextLink"].split("$skipToken=")[1].split("&")[0]
+            token = parse_qs(urlsplit(page["nextLink"]).query)["$skipToken"][0]
 
 
 def cluster_names(n: int) -> list[str]:

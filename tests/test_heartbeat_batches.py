@@ -18,7 +18,7 @@ from sqlalchemy import select
 from foundation import tokens
 from hub.store.models import Cluster
 from tests.clusters import SUB, ConnectedCluster, connected, onboarder
-from tests.conftest import RunningHub
+from tests.conftest import FakeClock, RunningHub
 
 
 def batches(hub: RunningHub) -> tuple[float, float]:
@@ -100,3 +100,18 @@ def test_a_revoked_certificate_in_a_batch_is_refused_and_the_others_are_written(
     codes = [r.status_code for r in answers]
     assert codes[5] == 401 and "revoked" in answers[5].json()["error"]["message"]
     assert codes[:5] + codes[6:] == [200] * 11
+
+
+def test_the_old_and_the_renewed_certificate_of_one_cluster_in_one_batch_are_both_answered(
+    hub: RunningHub, clock: FakeClock
+) -> None:
+    cluster = connected(hub, "renewing", onboarder(hub))
+    before = ConnectedCluster(hub, cluster.resource_id, cluster.onboarding_key, cluster.identity)
+    clock.advance(days=46)  # inside the renewal window; the old certificate stays valid meanwhile
+    assert cluster.renew().status_code == 200
+    assert before.identity is not None and cluster.identity is not None
+    assert before.identity.cert.serial_number != cluster.identity.cert.serial_number
+    for _ in range(3):  # the two land in one batch most of the time; every time, both are answered
+        old, new = asyncio.run(beat_together(hub, [before, cluster]))
+        assert (old.status_code, new.status_code) == (200, 200), (old.text, new.text)
+        assert old.json()["connectivityStatus"] == new.json()["connectivityStatus"] == "Connected"
