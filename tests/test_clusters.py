@@ -219,3 +219,13 @@ def test_cluster_list_on_the_command_line_follows_every_page(
     listed = runner.invoke(app, ["cluster", "list", "-g", "rg-cli-pages", "-o", "json"])
     assert listed.exit_code == 0, listed.output
     assert sorted(c["name"] for c in json.loads(listed.output)) == [f"cli-page-{i}" for i in range(5)]
+
+
+def test_a_token_with_a_known_certificate_but_another_key_is_refused(hub: RunningHub) -> None:
+    cluster = connected(hub, "known-cert", onboarder(hub))
+    assert cluster.heartbeat().status_code == 200  # the hub has now checked this certificate's chain
+    assert cluster.identity is not None
+    forged = tokens.make_agent_token(pki.KeyPair(pki.new_key(), cluster.identity.cert), hub.url)
+    with hub.client(forged) as c:
+        r = c.post("/agent/v1/heartbeat", json={})
+    assert r.status_code == 401 and "invalid agent token" in r.json()["error"]["message"]
