@@ -99,6 +99,7 @@ class Phase:
     offset: int = 0  # index of reqs[0] in the whole phase
     watch: dict[str, list[int]] = field(default_factory=dict)  # pids whose CPU to sample
     rate: float = 0.0  # loop mode: offered requests/s (open loop; latency from each scheduled time)
+    fresh_connections: bool = False  # with `rate`: each request on a new TLS connection, as a 5-minute agent
 
 
 @dataclass
@@ -148,6 +149,8 @@ async def _drive(p: Phase) -> Outcome:
             )
             for _ in range(p.concurrency)
         ]
+        if p.loop and not p.fresh_connections:  # connected before the clock starts: no handshake is timed
+            await asyncio.gather(*(client.get(HEALTHZ) for client in clients))
         await asyncio.sleep(max(0.0, p.start_at - time.time()))
         start = time.perf_counter()
         measure_from = start + p.warmup
@@ -178,12 +181,18 @@ async def _drive(p: Phase) -> Outcome:
                 free.put_nowait(client)
 
             async def one(k: int, due: float) -> None:
-                client = await free.get()
                 req = p.reqs[k % n]
-                try:
-                    kind, value = await _send(client, urls[req.path], req, None)
-                finally:
-                    free.put_nowait(client)
+                if p.fresh_connections:  # a new connection (TLS handshake) for this request alone
+                    async with httpx.AsyncClient(
+                        base_url=p.url, verify=ctx, limits=limits, timeout=120
+                    ) as new:
+                        kind, value = await _send(new, urls[req.path], req, None)
+                else:
+                    client = await free.get()
+                    try:
+                        kind, value = await _send(client, urls[req.path], req, None)
+                    finally:
+                        free.put_nowait(client)
                 t1 = time.perf_counter()
                 if kind != "ok":
                     out.errors[kind] += 1
@@ -793,6 +802,40 @@ class Bench:
             )
             o = self.gen.run(replace(offered, concurrency=max(self.conc, 256)))  # room for a backlog
             report.add(f"heartbeat at {rate:g}/s offered", o)
+        if self.args.rates:
+            self.like_a_fleet(report, min(self.args.rates))
+
+    def like_a_fleet(self, report: Report, rate: float) -> None:
+        """Heartbeats as agents that beat every 5 minutes send them: each on a new TLS connection
+        (the last one idled out long ago) with a token the hub has not seen (agent tokens live
+        5 minutes), so every one pays a handshake and a token signature check."""
+        from foundation import tokens
+
+        count = int(rate * (SLICE_WARMUP + self.args.rate_seconds)) + 1
+        start = random.Random(11).randrange(self.n)
+        log(f"minting {count} fresh tokens for the fleet-like phase")
+        fresh = [
+            Req(
+                "POST",
+                HEARTBEAT,
+                tokens.make_agent_token(self.identities[(start + i) % self.n], self.url),
+                {},
+            )
+            for i in range(count)
+        ]
+        log(f"heartbeats offered at {rate:g}/s, each on a new connection with a fresh token")
+        o = self.gen.run(
+            self.phase(
+                fresh,
+                loop=True,
+                warmup=SLICE_WARMUP,
+                duration=self.args.rate_seconds,
+                watch=self.watch(report.backend),
+                rate=rate,
+                fresh_connections=True,
+            )
+        )
+        report.add(f"{rate:g}/s, new conn + fresh token", o)
 
     def verify(self, report: Report) -> None:
         sample = random.Random(7).sample(range(self.n), min(VERIFY_SAMPLE, self.n))

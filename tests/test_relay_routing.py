@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from websockets.asyncio.server import ServerConnection
 
 from foundation.retry import RetryPolicy
 from foundation.wire import RelayReplica
@@ -27,29 +26,13 @@ from proxy.errors import StreamError
 from proxy.protocol.frames import ErrorCode
 from proxy.relay import Relay
 from proxy.replicas import ReplicaDiallers
-from proxy.wsconn import DirectServerConnection
 from tests.load_balancer import load_balancer
-from tests.test_tunnel_recovery import Endpoint, echo, read_all, renew, running
+from tests.test_tunnel_recovery import echo, read_all, relay_endpoint, running
 from tests.test_tunnel_safety import until
-from tests.tunnel_stack import free_port
 
 pytestmark = pytest.mark.sqlite_only
 
 FAST = RetryPolicy(base=0.02, cap=0.2, deadline=None)
-
-
-def relay_endpoint(relay: Relay, context: ssl.SSLContext) -> Endpoint:
-    """`relay` on a free port: /agent sessions serve cluster c1, the others are c1's clients."""
-
-    async def handle(ws: ServerConnection) -> None:
-        assert isinstance(ws, DirectServerConnection)
-        expires = time.time() + 3600
-        if ws.request is not None and ws.request.path.endswith("/agent"):
-            await relay.serve_agent(ws, "c1", expires, renew)
-        else:
-            await relay.serve_client(ws, "c1", "someone", expires, renew)
-
-    return Endpoint(handle, context, free_port())
 
 
 @contextlib.asynccontextmanager

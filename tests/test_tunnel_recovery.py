@@ -239,11 +239,8 @@ async def renew(_doc: dict[str, Any]) -> float:
     return time.time() + 3600
 
 
-@pytest.fixture
-async def real_relay(tls: tuple[Path, ssl.SSLContext]) -> AsyncIterator[tuple[Relay, str]]:
-    """The real `Relay` behind a wss listener: /agent sessions serve cluster c1, others are its clients."""
-    _, context = tls
-    relay = Relay()
+def relay_endpoint(relay: Relay, context: ssl.SSLContext) -> Endpoint:
+    """`relay` on a free port: /agent sessions serve cluster c1, the others are c1's clients."""
 
     async def handle(ws: ServerConnection) -> None:
         assert isinstance(ws, DirectServerConnection)
@@ -253,7 +250,15 @@ async def real_relay(tls: tuple[Path, ssl.SSLContext]) -> AsyncIterator[tuple[Re
         else:
             await relay.serve_client(ws, "c1", "someone", expires, renew)
 
-    endpoint = Endpoint(handle, context, free_port())
+    return Endpoint(handle, context, free_port())
+
+
+@pytest.fixture
+async def real_relay(tls: tuple[Path, ssl.SSLContext]) -> AsyncIterator[tuple[Relay, str]]:
+    """The real `Relay` behind a wss listener (`relay_endpoint`)."""
+    _, context = tls
+    relay = Relay()
+    endpoint = relay_endpoint(relay, context)
     await endpoint.start()
     try:
         yield relay, f"wss://127.0.0.1:{endpoint.port}/relay/v1"
