@@ -780,7 +780,9 @@ class Bench:
 
     def paced(self, report: Report) -> None:
         """Heartbeats at the offered rates (open loop): the fleet's steady 333/s and a burst after a
-        relay restart; p50/p99 from each heartbeat's due time."""
+        relay restart; p50/p99 from each heartbeat's due time. Each rate also paces the no-op
+        baseline: at a low rate most of a request's CPU is the kernel's and the event loop's
+        (one wake-up, one TLS record, one send per request), the heartbeat's share is the gap."""
         from foundation import tokens
 
         for rate in self.args.rates:
@@ -791,17 +793,19 @@ class Bench:
                 self.mint()
                 o = self.gen.run(self.phase(self.beats(HEARTBEAT)))
                 self.require(o, self.n, "heartbeats after token refresh")
-            log(f"heartbeats offered at {rate:g}/s for {self.args.rate_seconds:g} s")
-            offered = self.phase(
-                self.beats(HEARTBEAT),
-                loop=True,
-                warmup=SLICE_WARMUP,
-                duration=self.args.rate_seconds,
-                watch=self.watch(report.backend),
-                rate=rate,
-            )
-            o = self.gen.run(replace(offered, concurrency=max(self.conc, 256)))  # room for a backlog
-            report.add(f"heartbeat at {rate:g}/s offered", o)
+            for path in (HEARTBEAT, HEALTHZ):  # the stack's own cost at this rate: the no-op, paced alike
+                log(f"{path} offered at {rate:g}/s for {self.args.rate_seconds:g} s")
+                offered = self.phase(
+                    self.beats(path),
+                    loop=True,
+                    warmup=SLICE_WARMUP,
+                    duration=self.args.rate_seconds,
+                    watch=self.watch(report.backend),
+                    rate=rate,
+                )
+                o = self.gen.run(replace(offered, concurrency=max(self.conc, 256)))  # room for a backlog
+                what = "heartbeat" if path == HEARTBEAT else "no-op /healthz"
+                report.add(f"{what} at {rate:g}/s offered", o)
         if self.args.rates:
             self.like_a_fleet(report, min(self.args.rates))
 
