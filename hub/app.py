@@ -16,8 +16,6 @@ import uuid
 from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry
-from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -45,6 +43,7 @@ from hub.errors import ApiError, api_error_handler, bad_request, error_response
 from hub.heartbeats import HeartbeatWriter
 from hub.issuer import graph, oauth
 from hub.rbac import routes as rbac_routes
+from hub.store.db import DATABASE_DOWN
 
 log = logging.getLogger("kubearc.hub")
 
@@ -67,10 +66,9 @@ async def unhandled(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-# The database cannot be reached (down, restarting, refusing connections, pool exhausted):
-# retryable, so a 503 with Retry-After, never a 500. The pool drops the broken connections
-# and the next request opens fresh ones, so service resumes by itself once it is back.
-DATABASE_DOWN = (OperationalError, InterfaceError, PoolTimeout, OSError)
+# The database cannot be reached (`hub.store.db.DATABASE_DOWN`): retryable, so a 503 with
+# Retry-After, never a 500. The pool drops the broken connections and the next request opens
+# fresh ones, so service resumes by itself once it is back.
 RETRY_AFTER_SECONDS = 5
 
 

@@ -13,6 +13,7 @@ import ssl
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,10 +54,12 @@ def heartbeating(cluster: ConnectedCluster, ca: str, stop: threading.Event, out:
             time.sleep(0.02)
 
 
-def eventually(predicate: object, what: str, within: float = 30) -> None:
+def eventually(
+    predicate: Callable[[], bool], what: str, seen: Callable[[], str] = lambda: "", within: float = 30
+) -> None:
     deadline = time.monotonic() + within
-    while not predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what} {seen()}"
         time.sleep(0.1)
 
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import asyncpg.exceptions
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from hub.errors import HubError
@@ -16,6 +19,20 @@ from hub.errors import HubError
 MIGRATIONS = Path(__file__).with_name("migrations")
 # The advisory lock hub replicas on one PostgreSQL take around migrations ("kubearc1").
 MIGRATION_LOCK = 0x6B75_6265_6172_6331
+
+
+# The database cannot be reached: down, shutting down or starting up, refusing connections,
+# a connection cut, or the pool exhausted. SQLAlchemy wraps what the driver raises during a
+# statement; what asyncpg raises while connecting comes through as itself.
+DATABASE_DOWN: tuple[type[BaseException], ...] = (
+    OperationalError,
+    InterfaceError,
+    PoolTimeout,
+    OSError,
+    asyncpg.exceptions.PostgresConnectionError,  # SQLSTATE class 08
+    asyncpg.exceptions.OperatorInterventionError,  # 57P01-03: shutting down, starting up
+    asyncpg.exceptions.InterfaceError,  # "connection is closed"
+)
 
 
 def sqlite_url(state_dir: Path) -> str:
