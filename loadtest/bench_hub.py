@@ -806,8 +806,8 @@ class Bench:
                 o = self.gen.run(replace(offered, concurrency=max(self.conc, 256)))  # room for a backlog
                 what = "heartbeat" if path == HEARTBEAT else "no-op /healthz"
                 report.add(f"{what} at {rate:g}/s offered", o)
-        if self.args.rates:
-            self.like_a_fleet(report, min(self.args.rates))
+        if self.args.fleet_rate > 0:
+            self.like_a_fleet(report, self.args.fleet_rate)
 
     def like_a_fleet(self, report: Report, rate: float) -> None:
         """Heartbeats as agents that beat every 5 minutes send them: each on a new TLS connection
@@ -986,13 +986,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--rates", default="333,2000", help="offered heartbeats/s of the open-loop phases ('' for none)"
     )
     ap.add_argument("--rate-seconds", type=float, default=10.0, help="measured seconds per offered rate")
+    ap.add_argument(
+        "--fleet-rate",
+        type=float,
+        default=100.0,
+        help="offered heartbeats/s each on a new TLS connection with a fresh token (0: skip); every "
+        "one costs a handshake on both sides, and this machine runs both",
+    )
     args = ap.parse_args(argv)
     try:
         args.rates = [float(r) for r in args.rates.split(",") if r.strip()]
     except ValueError:
         ap.error(f"--rates: {args.rates!r} is not a comma-separated list of heartbeats per second")
-    if any(r <= 0 for r in args.rates) or args.rate_seconds <= 0 or args.replicas < 1:
-        ap.error("--rates and --rate-seconds must be > 0, --replicas >= 1")
+    if any(r <= 0 for r in args.rates) or args.rate_seconds <= 0 or args.replicas < 1 or args.fleet_rate < 0:
+        ap.error("--rates and --rate-seconds must be > 0, --fleet-rate >= 0, --replicas >= 1")
     args.seed = args.seed or ("store" if args.clusters > 10_000 else "api")
     args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     bad = set(args.backends) - {"sqlite", "postgres"}
