@@ -20,7 +20,8 @@ both need the same loop, and two copies of it drifted before. A `Dialler`:
   streams go there, streams already open finish on the old one;
 - renews its credential in band before it expires, so open streams never notice;
   a renewal the relay refuses ends the session (the next one starts with a fresh
-  credential).
+  credential); one the relay could not check yet (its hub busy: RENEW_ERR TIMEOUT)
+  is sent again after a jittered pause, and the session goes on meanwhile.
 
 `open` hands out streams on the newest usable session; `handler` serves the
 streams the relay opens (the agent's apiserver connections). A relay replica with
@@ -108,6 +109,8 @@ class Dialler:
     renew_interval: float = float("inf")  # renew at least this often (seconds)
     # Renew when this fraction of the credential's life is left; None: every `renew_interval` only.
     renew_margin: float | None = 0.25
+    # A renewal the relay could not check yet (RENEW_ERR TIMEOUT) is sent again after this (uniform).
+    renew_retry: tuple[float, float] = (5.0, 20.0)
     connect_timeout: float = 10.0
     backoff: RetryPolicy = field(default_factory=lambda: RetryPolicy(base=0.5, cap=30.0, deadline=None))
     # A session that stayed up this long (seconds) worked: when it ends, the relay is redialled
@@ -319,6 +322,11 @@ class Dialler:
                 log.info("relay asked to go away", extra={"who": self.name, "reason": event.reason})
                 self._retire(mux)
                 attempt.retire.set()
+            elif isinstance(event, ev.RenewRejected) and event.code == ErrorCode.TIMEOUT:
+                # The relay could not check it now (its hub is busy or away): not refused. The
+                # session keeps its current credential; renew again after a jittered pause.
+                log.warning("relay could not check the renewal yet", extra={"who": self.name})
+                mux.spawn(self._renew_again(mux))
             elif isinstance(event, ev.RenewRejected):
                 log.error(
                     "relay refused the renewed credential", extra={"who": self.name, "reason": event.reason}
@@ -389,6 +397,12 @@ class Dialler:
                 self._retire(mux)
                 await mux.close()
                 return
+
+    async def _renew_again(self, mux: Mux) -> None:
+        await asyncio.sleep(self.rng.uniform(*self.renew_retry))
+        if self.credential is not None and not mux.closed:
+            mux.renew({"token": self.credential.token})
+            self.renewals += 1
 
     async def _renew(self, mux: Mux) -> None:
         """Fetch a new credential before the current one expires and hand it to the relay in band."""

@@ -36,7 +36,7 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.registry import Collector
 
 from foundation.wire import RelayReplica
-from proxy.errors import RenewalRefused, StreamError
+from proxy.errors import HubUnavailable, RenewalRefused, StreamError
 from proxy.mux import Mux, Transport
 from proxy.pipe import StreamPipe
 from proxy.protocol import events as ev
@@ -46,7 +46,9 @@ from proxy.stream import Stream
 
 log = logging.getLogger("kubearc.relay")
 
-# Checks a renewal document; returns the new expiry (epoch seconds) or raises RenewalRefused.
+# Checks a renewal document; returns the new expiry (epoch seconds), or raises RenewalRefused
+# (the credential is refused) or HubUnavailable (it cannot be checked now: the agent renews again
+# later, and the session keeps its current credential until that expires).
 Renewer = Callable[[dict[str, Any]], Awaitable[float]]
 
 
@@ -355,6 +357,9 @@ class Relay:
             except RenewalRefused as exc:
                 self.metrics.renewals.labels(side, "rejected").inc()
                 mux.renew_err(ErrorCode.UNAUTHORIZED, str(exc))
+            except HubUnavailable as exc:  # not refused: asked to renew again later
+                self.metrics.renewals.labels(side, "deferred").inc()
+                mux.renew_err(ErrorCode.TIMEOUT, f"cannot verify now ({exc}); renew again later")
             else:
                 self.metrics.renewals.labels(side, "accepted").inc()
                 mux.renew_ok({"expiresAt": state["expires_at"]})

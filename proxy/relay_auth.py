@@ -48,16 +48,29 @@ class HubAuth:
     ca_file: str | None = None
     timeout: float = 10.0
     _verifier: OidcVerifier | None = field(default=None, repr=False)
+    _client: httpx.AsyncClient | None = field(default=None, repr=False)
 
     def _tls(self) -> ssl.SSLContext | bool:
         return ssl.create_default_context(cafile=self.ca_file) if self.ca_file else True
 
+    def _hub(self) -> httpx.AsyncClient:
+        """One client with kept-alive connections for every check: a new TLS connection per agent
+        session cost the relay and the hub a handshake each, and made a reconnect storm one."""
+        if self._client is None:
+            limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
+            self._client = httpx.AsyncClient(verify=self._tls(), timeout=self.timeout, limits=limits)
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
     async def agent(self, token: str) -> AgentIdentity:
         try:
-            async with httpx.AsyncClient(verify=self._tls(), timeout=self.timeout) as client:
-                r = await client.get(
-                    f"{self.hub_url}{AGENT_WHOAMI_PATH}", headers={"Authorization": f"Bearer {token}"}
-                )
+            r = await self._hub().get(
+                f"{self.hub_url}{AGENT_WHOAMI_PATH}", headers={"Authorization": f"Bearer {token}"}
+            )
         except httpx.HTTPError as exc:
             raise HubUnavailable(f"cannot reach the hub to verify the agent: {exc}") from None
         if r.status_code in (401, 403):
@@ -70,9 +83,8 @@ class HubAuth:
     async def _client_verifier(self) -> OidcVerifier:
         if self._verifier is None:
             try:
-                async with httpx.AsyncClient(verify=self._tls(), timeout=self.timeout) as client:
-                    r = await client.get(f"{self.hub_url}{DISCOVERY_PATH}")
-                    r.raise_for_status()
+                r = await self._hub().get(f"{self.hub_url}{DISCOVERY_PATH}")
+                r.raise_for_status()
                 discovery = Discovery.from_json(r.json())
             except (httpx.HTTPError, ValueError, WireError) as exc:
                 raise HubUnavailable(f"cannot read the hub's configuration: {exc}") from None

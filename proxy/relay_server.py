@@ -94,9 +94,7 @@ class RelayServer:
     def _renew_agent(self, current: AgentIdentity) -> Callable[[dict[str, Any]], Any]:
         async def renew(doc: dict[str, Any]) -> float:
             try:
-                fresh = await self.auth.agent(str(doc.get("token", "")))
-            except HubUnavailable as exc:
-                raise RenewalRefused(f"cannot verify now: {exc}") from None
+                fresh = await self.auth.agent(str(doc.get("token", "")))  # HubUnavailable: try later
             except Unauthorized as exc:
                 raise RenewalRefused(str(exc)) from None
             if fresh.cluster != current.cluster:
@@ -108,9 +106,7 @@ class RelayServer:
     def _renew_client(self, current: ClientIdentity) -> Callable[[dict[str, Any]], Any]:
         async def renew(doc: dict[str, Any]) -> float:
             try:
-                fresh = await self.auth.client(str(doc.get("token", "")))
-            except HubUnavailable as exc:
-                raise RenewalRefused(f"cannot verify now: {exc}") from None
+                fresh = await self.auth.client(str(doc.get("token", "")))  # HubUnavailable: try later
             except Unauthorized as exc:
                 raise RenewalRefused(str(exc)) from None
             if (fresh.cluster, fresh.user) != (current.cluster, current.user):
@@ -150,6 +146,7 @@ class RelayServer:
                 await server.wait_closed()
         finally:
             server.close()  # also when cancelled: nothing outlives the relay
+            await self.auth.aclose()
 
     async def serve_forever(self, ready: asyncio.Event | None = None) -> None:
         """Serve until cancelled (no drain): tests and embedding."""

@@ -25,7 +25,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 
 from foundation.retry import RetryPolicy
 from proxy.dialler import Dialler, RelayCredential
-from proxy.errors import StreamError
+from proxy.errors import HubUnavailable, StreamError
 from proxy.mux import Mux
 from proxy.protocol.frames import ErrorCode
 from proxy.protocol.session import Role, Session
@@ -313,3 +313,41 @@ async def read_all(stream: Stream) -> bytes:
         data += chunk
         stream.consumed(len(chunk))
     return bytes(data)
+
+
+async def test_a_renewal_the_relay_cannot_check_yet_keeps_the_session_and_is_sent_again(
+    tls: tuple[Path, ssl.SSLContext],
+) -> None:
+    ca, context = tls
+    relay = Relay()
+    checks: list[str] = []
+
+    async def flaky(doc: dict[str, Any]) -> float:  # the hub is busy for the first renewal only
+        checks.append(str(doc.get("token")))
+        if len(checks) == 1:
+            raise HubUnavailable("hub answered 503 verifying the agent")
+        return time.time() + 3600
+
+    async def handle(ws: ServerConnection) -> None:
+        assert isinstance(ws, DirectServerConnection)
+        await relay.serve_agent(ws, "c1", time.time() + 3600, flaky)
+
+    endpoint = Endpoint(handle, context, free_port())
+    await endpoint.start()
+    agent = dialler_to(f"wss://127.0.0.1:{endpoint.port}/relay/v1/agent", ca, handler=echo)
+    agent.renew_interval, agent.renew_retry = 1.0, (0.05, 0.1)
+    try:
+        async with running(agent):
+            await until(lambda: len(checks) >= 2, "the renewal to be sent again", within=20)
+
+            def renewals(result: str) -> float:
+                value = relay.metrics.registry.get_sample_value(
+                    "kubearc_relay_renewals_total", {"side": "agent", "result": result}
+                )
+                return value or 0.0
+
+            await until(lambda: renewals("accepted") >= 1, "the second renewal accepted")
+            assert renewals("deferred") == 1 and renewals("rejected") == 0
+            assert agent.sessions_started == 1 and agent.live == 1  # the session went on throughout
+    finally:
+        await endpoint.close()
