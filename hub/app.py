@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry
+from sqlalchemy.exc import DBAPIError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -43,7 +44,7 @@ from hub.errors import ApiError, api_error_handler, bad_request, error_response
 from hub.heartbeats import HeartbeatWriter
 from hub.issuer import graph, oauth
 from hub.rbac import routes as rbac_routes
-from hub.store.db import DATABASE_DOWN
+from hub.store.db import DATABASE_DOWN, database_down
 
 log = logging.getLogger("kubearc.hub")
 
@@ -73,6 +74,8 @@ RETRY_AFTER_SECONDS = 5
 
 
 async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    if not database_down(exc):  # a DBAPIError that is not about reaching the database
+        return await unhandled(request, exc)
     log.warning(
         "database unavailable",
         extra={"path": request.url.path, "error": f"{type(exc).__name__}: {exc}"[:300]},
@@ -150,7 +153,7 @@ def build_app(hub: Hub, extra_routes: list[BaseRoute] | None = None) -> Starlett
         exception_handlers={
             ApiError: api_error_handler,
             HTTPException: no_route,
-            **dict.fromkeys(DATABASE_DOWN, database_unavailable),
+            **dict.fromkeys((*DATABASE_DOWN, DBAPIError), database_unavailable),
             Exception: unhandled,
         },
     )

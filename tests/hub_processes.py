@@ -14,6 +14,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import IO
 
 import httpx
 
@@ -24,7 +25,7 @@ from hub.rbac.assignments import create_assignment
 from tests.clusters import SUB
 from tests.tunnel_stack import free_port
 
-__all__ = ["External", "free_port", "owner_token", "start_hub", "wait_ready"]
+__all__ = ["External", "free_port", "hub_log", "owner_token", "start_hub", "wait_ready"]
 
 
 def start_hub(
@@ -37,6 +38,15 @@ def start_hub(
     """`kubearc hub` in its own process; its relay too when given a port."""
     relay = ["--relay-port", str(relay_port)] if relay_port else ["--no-relay"]
     public = ["--public-url", public_url] if public_url else []
+    # Its log goes to a file: a pipe nobody reads fills up and blocks the hub mid-test.
+    state.mkdir(parents=True, exist_ok=True)
+    with (state.parent / f"{state.name}-{port}.log").open("ab") as log:
+        return _popen(relay, public, state, port, database_url, log)
+
+
+def _popen(
+    relay: list[str], public: list[str], state: Path, port: int, database_url: str, log: IO[bytes]
+) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [
             sys.executable,
@@ -55,15 +65,20 @@ def start_hub(
             "warning",
         ],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=log,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
+
+
+def hub_log(state: Path, port: int) -> str:
+    path = state.parent / f"{state.name}-{port}.log"
+    return path.read_text(errors="replace")[-4000:] if path.exists() else ""
 
 
 def wait_ready(url: str, ca: Path, proc: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else "hub exited"
+        assert proc.poll() is None, f"hub exited ({proc.returncode}); see its log beside its state directory"
         if ca.exists():
             try:
                 if httpx.get(f"{url}/healthz", verify=ssl.create_default_context(cafile=str(ca))).is_success:

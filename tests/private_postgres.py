@@ -57,9 +57,10 @@ class PrivatePostgres:
         options = f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1 -c fsync=on"
         self._ctl("-w", "-o", options, "start")
 
-    def stop(self) -> None:
-        """A fast shutdown: open connections are cut, as a restart or failover cuts them."""
-        self._ctl("-w", "-m", "fast", "stop")
+    def stop(self, mode: str = "immediate") -> None:
+        """Stop it: `immediate` (the default) is a crash, every connection cut at once and the
+        next start a crash recovery from the WAL; `fast` is an orderly shutdown."""
+        self._ctl("-w", "-m", mode, "stop")
 
 
 @contextlib.contextmanager
@@ -88,6 +89,6 @@ def private_postgres() -> Iterator[PrivatePostgres]:
             yield server
         finally:
             with contextlib.suppress(AssertionError):
-                server.stop()
+                server.stop("fast")
     finally:
         shutil.rmtree(root, ignore_errors=True)

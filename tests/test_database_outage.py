@@ -2,8 +2,8 @@
 
 A real `kubearc hub` process on a PostgreSQL of the test's own (so it can be
 stopped), agents heartbeating the way agents do (retrying until the hub has
-them); the database is stopped with a fast shutdown, as a restart or a failover
-cuts its connections, and started again.
+them); the database goes down as in a crash or a failover (an immediate stop:
+every connection cut at once) and comes back through crash recovery.
 """
 
 from __future__ import annotations
@@ -88,7 +88,9 @@ def test_a_postgresql_restart_is_503_with_retry_after_and_loses_no_accepted_hear
 
             pg.stop()
             eventually(
-                lambda: all(b.codes[503] >= 2 for b in beats.values()), "503s while the database is down"
+                lambda: all(b.codes[503] >= 2 for b in beats.values()),
+                "503s while the database is down",
+                lambda: str({rid[-10:]: dict(b.codes) for rid, b in beats.items()}),
             )
             with hub.client(owner) as c:
                 down = c.get(clusters[0].resource_id, params={"api-version": "2024-01-01"})

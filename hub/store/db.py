@@ -10,7 +10,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
@@ -33,6 +33,19 @@ DATABASE_DOWN: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.OperatorInterventionError,  # 57P01-03: shutting down, starting up
     asyncpg.exceptions.InterfaceError,  # "connection is closed"
 )
+
+
+def database_down(exc: BaseException) -> bool:
+    """Is `exc` (or what it wraps) the database being unreachable? SQLAlchemy wraps some driver
+    errors in a bare `DBAPIError` ("the database system is starting up" during crash recovery)."""
+    seen: BaseException | None = exc
+    for _ in range(4):  # the error, the DBAPI error it wraps, the driver's error under that
+        if seen is None:
+            return False
+        if isinstance(seen, DATABASE_DOWN) or (isinstance(seen, DBAPIError) and seen.connection_invalidated):
+            return True
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return False
 
 
 def sqlite_url(state_dir: Path) -> str:
