@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tests.clusters import connected, onboarder
 from tests.conftest import RunningHub
-from tests.hub_processes import External, free_port, owner_token, start_hub, wait_ready
+from tests.hub_processes import External, free_port, hub_log, owner_token, start_hub, wait_ready
 
 
 def test_restart_keeps_everything(hub: RunningHub) -> None:
@@ -68,12 +68,13 @@ def test_ctrl_c_stops_a_busy_hub_without_a_traceback(tmp_path: Path, database_ur
         clusters = [connected(running, f"ctrl-c-{i}", token) for i in range(3)]  # type: ignore[arg-type]
         assert all(c.heartbeat().status_code == 200 for c in clusters)
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
+        proc.wait(60)
     finally:
         proc.kill()
         proc.wait(10)
-    assert proc.returncode == 0, err.decode()
-    assert b"Traceback" not in err and b"Error" not in err, err.decode()
+    err = hub_log(state, port)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "Error" not in err, err
 
 
 def test_ctrl_c_while_the_database_does_not_answer_stops_the_hub_at_once(tmp_path: Path) -> None:
@@ -84,14 +85,16 @@ def test_ctrl_c_while_the_database_does_not_answer_stops_the_hub_at_once(tmp_pat
         silent.listen()
         silent.settimeout(30)
         database = f"postgresql://kubearc@127.0.0.1:{silent.getsockname()[1]}/hub"
-        proc = start_hub(tmp_path / "state", free_port(), database, relay_port=free_port())
+        state, port = tmp_path / "state", free_port()
+        proc = start_hub(state, port, database, relay_port=free_port())
         try:
             connection, _ = silent.accept()  # the hub is connecting to its database now
             with connection:
                 proc.send_signal(signal.SIGINT)
-                _, err = proc.communicate(timeout=10)
+                proc.wait(10)
         finally:
             proc.kill()
             proc.wait(10)
-    assert proc.returncode == 0, err.decode()
-    assert b"Traceback" not in err, err.decode()
+    err = hub_log(state, port)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err, err
