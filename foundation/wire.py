@@ -10,6 +10,7 @@ renamed on one side fails the other's tests, not a user's cluster.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,6 +104,10 @@ class Discovery:
         )
 
 
+# A relay replica's id: what the hub's registry, HELLO and `--replica-id` accept (a pod name fits).
+REPLICA_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+
+
 @dataclass(frozen=True)
 class RelayReplica:
     """One live relay replica: what the hub's registry lists, and what HELLO and REPLICAS carry.
@@ -123,7 +128,7 @@ class RelayReplica:
         if not isinstance(doc, dict):
             raise WireError("a relay replica is not a JSON object")
         rid, url = doc.get("id"), doc.get("url")
-        if not isinstance(rid, str) or not rid or len(rid) > 128:
+        if not isinstance(rid, str) or not REPLICA_ID.fullmatch(rid):
             raise WireError("a relay replica has no valid 'id'")
         if not isinstance(url, str) or not url.startswith(("wss://", "ws://")) or len(url) > 512:
             raise WireError(f"relay replica {rid!r} has no wss:// 'url'")

@@ -101,8 +101,8 @@ def _status(
 async def _touch(hub: Hub, serial: str, **values: Any) -> dict[str, Any]:
     """Stamp the heartbeat (and `values`) on the cluster whose unrevoked certificate is `serial`.
 
-    One statement does the revocation check and the write, committed before we answer:
-    the heartbeat path is the hub's hottest.
+    One statement does the revocation check and the write, committed before we answer
+    (metadata pushes; heartbeats go in batches, `hub.heartbeats`).
     """
     owner = (
         select(IdentityCertificate.cluster_id)

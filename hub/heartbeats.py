@@ -91,9 +91,7 @@ class HeartbeatWriter:
             waiting, self._waiting = self._waiting, []
             for _, future in waiting:
                 if not future.done():
-                    future.set_exception(
-                        ApiError(503, "ServiceUnavailable", "the hub is shutting down; retry")
-                    )
+                    future.set_exception(SHUTTING_DOWN)
 
     async def _flush(self, batch: list[tuple[str, asyncio.Future[Result]]]) -> None:
         try:

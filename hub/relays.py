@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from foundation.wire import RELAY_REPLICAS_PATH, RelayReplica, WireError
+from foundation.wire import RELAY_REPLICAS_PATH, REPLICA_ID, RelayReplica
 from hub.context import Hub, hub_of
 from hub.errors import ApiError, bad_request, read_model, unauthorized
 from hub.store.models import RelayReplica as ReplicaRow
@@ -50,7 +50,7 @@ def _authenticate(request: Request, hub: Hub) -> None:
 
 def _replica_id(request: Request) -> str:
     rid = str(request.path_params["replica"])
-    if not 1 <= len(rid) <= 128 or not all(c.isalnum() or c in "-_." for c in rid):
+    if not REPLICA_ID.fullmatch(rid):
         raise bad_request(f"relay replica id {rid[:40]!r} must be 1-128 letters, digits, '-', '_' or '.'")
     return rid
 
@@ -68,19 +68,15 @@ async def heartbeat(request: Request) -> Response:
     hub = hub_of(request)
     _authenticate(request, hub)
     rid = _replica_id(request)
-    body = await read_model(request, Heartbeat)
-    try:
-        RelayReplica(rid, body.url)
-    except WireError as exc:
-        raise bad_request(str(exc)) from None
+    body = await read_model(request, Heartbeat)  # its pattern: wss://HOST[:PORT], no path
     now = hub.now()
     for _ in range(2):
         async with hub.sessions() as session:
             row = await session.get(ReplicaRow, rid)
             if row is None:
-                session.add(ReplicaRow(id=rid, url=body.url.rstrip("/"), started_at=now, seen_at=now))
+                session.add(ReplicaRow(id=rid, url=body.url, started_at=now, seen_at=now))
             else:
-                row.url, row.seen_at = body.url.rstrip("/"), now
+                row.url, row.seen_at = body.url, now
             stale = now - PURGE_AFTER_TTLS * hub.config.relay_replica_ttl
             await session.execute(delete(ReplicaRow).where(ReplicaRow.seen_at < stale))
             try:

@@ -7,8 +7,8 @@ agent learns of every replica and keeps a session to each. A hub that cannot be
 reached leaves the last set in place (a replica never empties the set on its own);
 the registry drops a replica that stops heartbeating after its TTL.
 
-On shutdown the replica leaves first, then tells its sessions the set without
-itself, then drains (`RelayServer.serve`): agents stop redialling it before its
+On shutdown the replica tells its sessions the set without itself, leaves the
+registry, then drains (`RelayServer.serve`): agents stop redialling it before its
 GOAWAY arrives.
 """
 
@@ -24,6 +24,7 @@ import httpx
 from foundation.wire import RELAY_REPLICAS_PATH, RelayReplica, WireError, relay_replicas
 from proxy.errors import HubUnavailable
 from proxy.relay import Relay
+from proxy.relay_auth import hub_message
 
 log = logging.getLogger("kubearc.relay")
 
@@ -56,7 +57,9 @@ class HubRegistry:
         except httpx.HTTPError as exc:
             raise HubUnavailable(f"cannot reach the hub's relay registry: {exc}") from None
         if r.status_code != 200:
-            raise HubUnavailable(f"the hub's relay registry answered {r.status_code}: {_message(r)}")
+            raise HubUnavailable(
+                f"the hub's relay registry answered {r.status_code}: {hub_message(r, r.text[:200])}"
+            )
         try:
             doc = r.json()
             interval = doc.get("heartbeatSeconds")
@@ -74,14 +77,9 @@ class HubRegistry:
         except httpx.HTTPError as exc:
             raise HubUnavailable(f"cannot reach the hub's relay registry: {exc}") from None
         if r.status_code not in (200, 204, 404):
-            raise HubUnavailable(f"the hub's relay registry answered {r.status_code}: {_message(r)}")
-
-
-def _message(response: httpx.Response) -> str:
-    try:
-        return str(response.json()["error"]["message"])
-    except (ValueError, KeyError, TypeError):
-        return response.text[:200]
+            raise HubUnavailable(
+                f"the hub's relay registry answered {r.status_code}: {hub_message(r, r.text[:200])}"
+            )
 
 
 @dataclass

@@ -152,6 +152,7 @@ class Relay:
         self.retired: dict[str, list[int]] = {"agent": [0, 0, 0, 0], "client": [0, 0, 0, 0]}
         self.metrics.registry.register(_TrafficCollector(self))
         self.metrics.clusters.set_function(lambda: len(self._agents))
+        self.metrics.replicas.set_function(lambda: len(self.replicas))
         self.replicas: tuple[RelayReplica, ...] = ()  # the live set, this replica included
         self.draining = False
         self._pipes = 0  # relayed streams open
@@ -201,7 +202,6 @@ class Relay:
         if replicas == self.replicas:
             return
         self.replicas = replicas
-        self.metrics.replicas.set(len(replicas))
         doc = self._replica_doc()
         sessions = [*self.agent_muxes(), *self.client_muxes]
         for mux in sessions:

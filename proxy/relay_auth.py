@@ -74,7 +74,7 @@ class HubAuth:
         except httpx.HTTPError as exc:
             raise HubUnavailable(f"cannot reach the hub to verify the agent: {exc}") from None
         if r.status_code in (401, 403):
-            raise Unauthorized(_hub_message(r))
+            raise Unauthorized(hub_message(r, f"hub refused the credential ({r.status_code})"))
         if r.status_code != 200:
             raise HubUnavailable(f"hub answered {r.status_code} verifying the agent")
         exp = jwt.decode(token, options={"verify_signature": False}).get("exp", 0)
@@ -106,11 +106,12 @@ class HubAuth:
         return ClientIdentity(cluster.lower(), user, float(claims["exp"]))
 
 
-def _hub_message(response: httpx.Response) -> str:
+def hub_message(response: httpx.Response, otherwise: str) -> str:
+    """The message of a hub's error answer (ARM's shape), or `otherwise` when it has none."""
     try:
         return str(response.json()["error"]["message"])
     except (ValueError, KeyError, TypeError):
-        return f"hub refused the credential ({response.status_code})"
+        return otherwise
 
 
 def bearer(header: str | None) -> str:

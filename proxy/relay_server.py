@@ -134,14 +134,15 @@ class RelayServer:
         server = await self.start()
         try:
             async with asyncio.TaskGroup() as tasks:
-                registered = tasks.create_task(self.registration.run()) if self.registration else None
+                registration = self.registration
+                registered = tasks.create_task(registration.run()) if registration else None
                 if ready:
                     ready.set()
                 await stop.wait()
                 server.close(close_connections=False)  # stop listening; open sessions stay
-                if registered is not None and self.registration is not None:
+                if registration is not None and registered is not None:
                     registered.cancel()
-                    await self.registration.leave()
+                    await registration.leave()
                 await self.relay.drain(self.drain)
                 await server.wait_closed()
         finally:

@@ -70,7 +70,7 @@ class ReplicaDiallers:
             self._start(None)  # whichever replica the configured URL reaches
         self._group = None
 
-    def _start(self, replica: str | None) -> Dialler:
+    def _start(self, replica: str | None) -> None:
         assert self._group is not None
 
         async def credentials() -> RelayCredential:
@@ -87,11 +87,13 @@ class ReplicaDiallers:
         self.all.add(dialler)
         task = self._group.create_task(dialler.run(self._stop))
         task.add_done_callback(lambda _: self._gone(dialler))
-        return dialler
 
     def _gone(self, dialler: Dialler) -> None:
         self.all.discard(dialler)
         self._ended_sessions += dialler.sessions_started
+        self._unpin(dialler)
+
+    def _unpin(self, dialler: Dialler) -> None:
         if dialler.replica is not None and self.diallers.get(dialler.replica) is dialler:
             del self.diallers[dialler.replica]
 
@@ -100,8 +102,7 @@ class ReplicaDiallers:
 
     def _landed(self, dialler: Dialler, reached: str | None, replicas: Replicas) -> bool:
         """Keep a session `dialler` made to replica `reached`? (see the module docstring)"""
-        if replicas:
-            self.replicas = replicas
+        self.replicas = replicas or self.replicas
         ids = {r.id for r in self.replicas}
         if not ids or reached is None or dialler.replica == reached:
             keep = True
@@ -114,14 +115,13 @@ class ReplicaDiallers:
         return keep
 
     def _pin(self, dialler: Dialler, replica: str) -> None:
-        if dialler.replica is not None and self.diallers.get(dialler.replica) is dialler:
-            del self.diallers[dialler.replica]
+        self._unpin(dialler)
         dialler.replica = replica
         self.diallers[replica] = dialler
 
     def update(self, replicas: Replicas) -> None:
         """A session heard a new replica set."""
-        if replicas:
+        if replicas:  # an empty set is never acted on
             self.replicas = replicas
             self._reconcile()
 

@@ -1,31 +1,50 @@
-"""`kubearc hub` as a real process: start it, wait for it, hand tests a client and a token.
+"""`kubearc hub` as a real process: start it, wait for it, hand tests a client and a token,
+and heartbeat it the way agents do.
 
-Shared by the durability tests (one hub killed and restarted) and the replica tests (two
-hubs on one PostgreSQL behind a load balancer).
+Shared by the durability tests (one hub killed and restarted), the replica tests (two
+hubs on one PostgreSQL behind a load balancer) and the database outage test.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime as dt
 import os
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 import httpx
 
+from foundation import tokens
 from hub.config import HubConfig
 from hub.context import open_hub
 from hub.issuer.tokens import issue_access_token
 from hub.rbac.assignments import create_assignment
-from tests.clusters import SUB
+from tests.clusters import SUB, ConnectedCluster
 from tests.tunnel_stack import free_port
 
-__all__ = ["External", "free_port", "hub_log", "owner_token", "start_hub", "wait_ready"]
+__all__ = [
+    "Beats",
+    "External",
+    "eventually",
+    "free_port",
+    "heartbeating_agents",
+    "hub_log",
+    "last_answers_are_stored",
+    "owner_token",
+    "start_hub",
+    "wait_ready",
+]
 
 
 def start_hub(
@@ -127,3 +146,74 @@ class External:
 
     def assign(self, principal_id: str, role: str, scope: str, principal_type: str = "User") -> None:
         raise NotImplementedError("the test passes a token that already has rights")
+
+
+@dataclass
+class Beats:
+    """What one agent's heartbeats got."""
+
+    accepted: list[dt.datetime] = field(default_factory=list)  # lastConnectivityTime of each 200
+    codes: Counter[int | str] = field(default_factory=Counter)  # statuses, and transport errors by name
+    retry_after: set[str | None] = field(default_factory=set)  # of the 503s
+
+
+def _heartbeating(cluster: ConnectedCluster, ca: str, stop: threading.Event, out: Beats) -> None:
+    """Heartbeat as an agent does, with a fresh token each time, until `stop`; retry on any error."""
+    assert cluster.identity is not None
+    verify = ssl.create_default_context(cafile=ca)
+    with httpx.Client(base_url=cluster.hub.url, verify=verify, timeout=15) as c:
+        while not stop.is_set():
+            token = tokens.make_agent_token(cluster.identity, cluster.hub.url)
+            try:
+                r = c.post("/agent/v1/heartbeat", json={}, headers={"Authorization": f"Bearer {token}"})
+            except httpx.HTTPError as exc:
+                out.codes[type(exc).__name__] += 1
+                time.sleep(0.1)
+                continue
+            out.codes[r.status_code] += 1
+            if r.status_code == 200:
+                out.accepted.append(dt.datetime.fromisoformat(r.json()["lastConnectivityTime"]))
+            elif r.status_code == 503:
+                out.retry_after.add(r.headers.get("retry-after"))
+                time.sleep(0.2)  # an agent waits Retry-After; the test probes more often
+            time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def heartbeating_agents(clusters: list[ConnectedCluster], ca: str) -> Iterator[dict[str, Beats]]:
+    """One agent thread per cluster, each on its own kept-alive connection; stopped on exit."""
+    stop = threading.Event()
+    beats = {c.resource_id: Beats() for c in clusters}
+    threads = [
+        threading.Thread(target=_heartbeating, args=(c, ca, stop, beats[c.resource_id])) for c in clusters
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        yield beats
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+
+
+def last_answers_are_stored(
+    client: httpx.Client, clusters: list[ConnectedCluster], beats: dict[str, Beats]
+) -> None:
+    """Nothing accepted is lost: each cluster is Connected, and its stored time is the last one
+    its agent was answered with."""
+    for cluster in clusters:
+        props = client.get(cluster.resource_id, params={"api-version": "2024-01-01"}).json()["properties"]
+        assert props["connectivityStatus"] == "Connected"
+        stored = dt.datetime.fromisoformat(props["lastConnectivityTime"])
+        assert stored == max(beats[cluster.resource_id].accepted)
+
+
+def eventually(
+    predicate: Callable[[], bool], what: str, seen: Callable[[], str] = lambda: "", within: float = 30
+) -> None:
+    """Wait for `predicate`; the failure names `what` and what `seen` says was seen meanwhile."""
+    deadline = time.monotonic() + within
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what} {seen()}"
+        time.sleep(0.1)

@@ -7,13 +7,10 @@ is the database and the encryption key (`$KUBEARC_HUB_ENCRYPTION_KEY`), as in a 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import signal
 import ssl
 import subprocess
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -31,9 +28,17 @@ from hub.server import TlsFiles, ensure_tls
 from hub.store import db
 from tests.clusters import connected
 from tests.conftest import database
-from tests.hub_processes import External, free_port, owner_token, start_hub, wait_ready
+from tests.hub_processes import (
+    External,
+    eventually,
+    free_port,
+    heartbeating_agents,
+    last_answers_are_stored,
+    owner_token,
+    start_hub,
+    wait_ready,
+)
 from tests.load_balancer import load_balancer
-from tests.test_database_outage import Beats, heartbeating
 
 pytestmark = pytest.mark.postgres
 
@@ -138,9 +143,7 @@ def test_two_replicas_behind_a_load_balancer_serve_one_api_and_outlive_one_of_th
         token = owner_token(replicas[0][0], replicas[0][1], postgres, public_url=url)
         procs: list[subprocess.Popen[bytes]] = []
         try:
-            for state, port in replicas:
-                procs.append(start_hub(state, port, postgres, public_url=url))
-                wait_ready(f"https://localhost:{port}", state / "tls" / "ca.crt", procs[-1])
+            _start(replicas, postgres, url, procs)
             api = External(url, str(replicas[0][0] / "tls" / "ca.crt"))
             # Round robin: onboarding and heartbeats alternate between the replicas, so a cluster
             # made on one is found, authenticated and updated on the other.
@@ -178,49 +181,40 @@ def test_a_replica_killed_under_heartbeat_load_loses_no_accepted_heartbeat(
         ca = str(replicas[0][0] / "tls" / "ca.crt")
         token = owner_token(replicas[0][0], replicas[0][1], postgres, public_url=url)
         procs: list[subprocess.Popen[bytes]] = []
-        stop = threading.Event()
-        threads: list[threading.Thread] = []
         try:
-            for state, port in replicas:
-                procs.append(start_hub(state, port, postgres, public_url=url))
-                wait_ready(f"https://localhost:{port}", state / "tls" / "ca.crt", procs[-1])
+            _start(replicas, postgres, url, procs)
             api = External(url, ca)
             clusters = [connected(api, f"loaded-{i}", token) for i in range(6)]  # type: ignore[arg-type]
             # One agent per cluster, each on its own kept-alive connection: round robin puts half
             # of them on the replica that is killed.
-            beats = {c.resource_id: Beats() for c in clusters}
-            for cluster in clusters:
-                out = beats[cluster.resource_id]
-                thread = threading.Thread(target=heartbeating, args=(cluster, ca, stop, out))
-                thread.start()
-                threads.append(thread)
-            wait_until(lambda: all(len(b.accepted) >= 5 for b in beats.values()), "heartbeats on both")
+            with heartbeating_agents(clusters, ca) as beats:
+                eventually(lambda: all(len(b.accepted) >= 5 for b in beats.values()), "heartbeats on both")
 
-            assert heartbeat_batches(replicas[0][1], ca) > 0, "no agent was on the replica to be killed"
-            procs[0].send_signal(signal.SIGKILL)
-            procs[0].wait(10)
-            before = {rid: len(b.accepted) for rid, b in beats.items()}
-            wait_until(
-                lambda: all(len(b.accepted) >= before[rid] + 5 for rid, b in beats.items()),
-                "every agent accepted again by the replica left",
-            )
-        finally:
-            stop.set()
-            for thread in threads:
-                thread.join(30)
-        try:
+                assert heartbeat_batches(replicas[0][1], ca) > 0, "no agent was on the replica to be killed"
+                procs[0].send_signal(signal.SIGKILL)
+                procs[0].wait(10)
+                before = {rid: len(b.accepted) for rid, b in beats.items()}
+                eventually(
+                    lambda: all(len(b.accepted) >= before[rid] + 5 for rid, b in beats.items()),
+                    "every agent accepted again by the replica left",
+                )
             for b in beats.values():  # a cut in-flight request is a transport error, retried; never a 5xx
                 assert not [code for code in b.codes if isinstance(code, int) and code >= 500], b.codes
             with api.client(token) as client:
-                for cluster in clusters:
-                    props = client.get(cluster.resource_id).json()["properties"]
-                    assert props["connectivityStatus"] == "Connected"
-                    stored = dt.datetime.fromisoformat(props["lastConnectivityTime"].replace("Z", "+00:00"))
-                    assert stored == max(beats[cluster.resource_id].accepted)  # the last answer is stored
+                last_answers_are_stored(client, clusters, beats)  # type: ignore[arg-type]
         finally:
             for proc in procs:
                 proc.kill()
                 proc.wait(10)
+
+
+def _start(
+    replicas: list[tuple[Path, int]], postgres: str, url: str, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    """Start every replica behind `url` (each appended to `procs` at once, so it is always stopped)."""
+    for state, port in replicas:
+        procs.append(start_hub(state, port, postgres, public_url=url))
+        wait_ready(f"https://localhost:{port}", state / "tls" / "ca.crt", procs[-1])
 
 
 def heartbeat_batches(port: int, ca: str) -> float:
@@ -231,10 +225,3 @@ def heartbeat_batches(port: int, ca: str) -> float:
             if sample.name == "kubearc_hub_heartbeat_batch_size_count":
                 return float(sample.value)
     return 0.0
-
-
-def wait_until(predicate: Callable[[], bool], what: str, within: float = 30) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)

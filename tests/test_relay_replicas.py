@@ -14,7 +14,7 @@ import signal
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.apiserver import ApiServer
 from tests.apiserver.kubectl import Running, kubectl, kubectl_binary
+from tests.hub_processes import eventually
 from tests.load_balancer import load_balancer
 from tests.tunnel_stack import Process, TunnelStack, free_port
 
@@ -111,14 +112,6 @@ class Replicas:
 
     def fds(self, rid: str) -> int:
         return len(os.listdir(f"/proc/{self.stack.processes[rid].proc.pid}/fd"))
-
-
-def eventually(predicate: Callable[[], object], what: str, within: float = 30) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from foundation.settings import parse_duration, parse_size
+from foundation.wire import REPLICA_ID
 
 if TYPE_CHECKING:
     from proxy.protocol.session import Settings
@@ -62,7 +63,7 @@ def liveness(interval: str, timeout: str) -> tuple[float, float]:
 def replica_id(given: str | None, port: int, flag: str) -> str:
     """A relay replica's id: the given one, or `<hostname>-<port>` (a pod's name in Kubernetes)."""
     rid = given or re.sub(r"[^A-Za-z0-9_.-]", "-", f"{socket.gethostname()}-{port}")[:128]
-    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,128}", rid):
+    if not REPLICA_ID.fullmatch(rid):
         raise typer.BadParameter("1-128 letters, digits, '-', '_' or '.'", param_hint=flag)
     return rid
 
