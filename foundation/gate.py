@@ -7,12 +7,18 @@ of ours that faces the network (the hub's API, the relay, guard's webhook, the
 aad-proxy) therefore listens in plain TCP and starts TLS through a `Gate`, which
 sees each connection the moment it is accepted, before any TLS work:
 
-- at most `max_connections` open on the port, and at most `max_pending_per_address`
-  from one client address that have not yet sent a complete request head. Above
-  either, the connection is reset at once (RST: no handshake is spent on it and
-  the client's retry starts now). A connection that has sent its first request
-  no longer counts against its address, so agents behind one NAT, each with
-  its established session, are never refused for sharing an address;
+- at most `max_connections` open on the port; at most `max_pending` on the port,
+  and `max_pending_per_address` from one client address, that have not yet sent a
+  complete request head (the relay: not yet authenticated). Above any of them the
+  connection is reset at once (RST: no handshake is spent on it and the client's
+  retry starts now). A connection that has sent its first request no longer counts
+  as pending, so agents behind one NAT, each with its established session, are
+  never refused for sharing an address;
+- `max_pending` is what keeps a reconnect storm from collapsing: thousands of TLS
+  handshakes started at once all progress together and all outlive their timeouts,
+  so the work is thrown away and every client dials again. Bounded, the admitted
+  ones finish in time and the rest are told at once, for the price of a reset, to
+  back off;
 - the TLS handshake must end within `handshake_timeout`, and the first request's
   head must be complete within `header_timeout` of the accept; else the
   connection is closed;
@@ -103,6 +109,7 @@ class Limits:
     """What one listening port lets unauthenticated peers hold (README: "Connection limits")."""
 
     max_connections: int = 4096  # open connections on the port
+    max_pending: int = 512  # on the port, not yet past their first request head
     max_pending_per_address: int = 256  # from one address, not yet past their first request head
     handshake_timeout: float = 5.0  # seconds for the TLS handshake
     header_timeout: float = 10.0  # seconds from the accept to the first request's complete head
@@ -112,6 +119,8 @@ class Limits:
         """Raise ValueError naming the limit that makes no sense."""
         if self.max_connections < 1:
             raise ValueError("max_connections must be at least 1")
+        if self.max_pending < 1:
+            raise ValueError("max_pending must be at least 1")
         if self.max_pending_per_address < 1:
             raise ValueError("max_pending_per_address must be at least 1")
         for name in ("handshake_timeout", "header_timeout", "idle_timeout"):
@@ -171,6 +180,7 @@ class Gate:
         self.peak = 0  # the most open since memory was last given back
         self._trim: asyncio.TimerHandle | None = None
         self.pending: Counter[str] = Counter()  # address -> connections before their first request
+        self.pending_total = 0  # the sum of `pending`
         self.refused: Counter[str] = Counter()  # reason -> connections refused or closed by the gate
 
     def admit(self, transport: asyncio.BaseTransport) -> Ticket | None:
@@ -179,12 +189,15 @@ class Gate:
         address = str(peer[0]) if peer else "?"
         if self.open >= self.limits.max_connections:
             reason = "max_connections"
+        elif self.pending_total >= self.limits.max_pending:
+            reason = "max_pending"
         elif self.pending[address] >= self.limits.max_pending_per_address:
             reason = "max_pending_per_address"
         else:
             self.open += 1
             self.peak = max(self.peak, self.open)
             self.pending[address] += 1
+            self.pending_total += 1
             return Ticket(self, address, transport)
         self.refused[reason] += 1
         if self.refused[reason] in (1, 100, 10_000) or self.refused[reason] % 100_000 == 0:
@@ -201,6 +214,7 @@ class Gate:
         return None
 
     def _settle(self, address: str) -> None:
+        self.pending_total -= 1
         self.pending[address] -= 1
         if self.pending[address] <= 0:
             del self.pending[address]
@@ -239,14 +253,15 @@ class GateCollector(Collector):
         yield GaugeMetricFamily(
             f"{p}_connections_pending",
             "Connections that have not yet sent a complete request head.",
-            value=sum(gate.pending.values()),
+            value=gate.pending_total,
         )
         refused = CounterMetricFamily(
             f"{p}_connections_refused",
             "Connections reset or closed by the gate, by reason.",
             labels=["reason"],
         )
-        for reason in ("max_connections", "max_pending_per_address", "handshake", "header_timeout"):
+        reasons = ("max_connections", "max_pending", "max_pending_per_address", "handshake", "header_timeout")
+        for reason in reasons:
             refused.add_metric([reason], gate.refused[reason])
         yield refused
 

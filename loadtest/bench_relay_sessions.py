@@ -143,6 +143,13 @@ class RelayProcess:
             f"https://localhost:{self.port}/metrics", self.ctx, "kubearc_relay_sessions", side="agent"
         )
 
+    def refusals(self) -> dict[str, float]:
+        """Connections the new relay's gate turned away so far, by reason."""
+        name = "kubearc_relay_connections_refused_total"
+        url = f"https://localhost:{self.port}/metrics"
+        reasons = ("max_pending", "max_pending_per_address", "max_connections", "handshake", "header_timeout")
+        return {r: sample(url, self.ctx, name, reason=r) for r in reasons}
+
     def rss_kb(self) -> int:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -264,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(0.2)
             whoami1, slow1 = whoami_stats(hub)
             dials = sum(counters[:]) - dials0
+            resets = relay.refusals()
         finally:
             stop.set()
             for worker in workers:
@@ -288,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
             + (f"{at:.1f} s after it listened" if at is not None else "not within 300 s")
         )
     print(f"  agent dials during the storm: {dials} ({dials / n:.2f} per agent)")
+    turned = ", ".join(f"{reason} {count:.0f}" for reason, count in resets.items() if count)
+    print(f"  connections the new relay turned away: {turned or 'none'}")
     verified = whoami1 - whoami0
     print(
         f"  hub: {verified:.0f} agent verifications, peak {peak:.0f}/s, "

@@ -8,12 +8,17 @@ both need the same loop, and two copies of it drifted before. A `Dialler`:
 - tells a relay that restarts from one that is failing. After a GOAWAY, or when a
   session that worked (stayed up `stable_after` seconds) ends by a clean close or a
   lost connection, it redials at once, after a jitter of up to `redial_jitter`; for
-  `recovery_window` seconds after that, failed redials pause up to `recovery_pause`
+  `recovery_window` seconds after that, redials that find nothing listening
+  (connection refused: the relay is still restarting) pause up to `recovery_pause`
   (uniform: thousands of agents do not come back in lockstep) instead of a growing
-  backoff, so a relay that is back is found within a fraction of a second. Outside
-  that window, failed attempts (and sessions that end before `stable_after`: a relay
-  that drops every session at once is failing) back off with full jitter and a cap
-  (`foundation.retry.RetryPolicy`); only a session that worked resets the backoff;
+  backoff, so a relay that is back is found within a fraction of a second. A relay
+  that is listening but turns the dial away (a reset at its connection limit, a
+  handshake that times out, a 503) is overloaded, not away: that failure, and every
+  failure outside the window (sessions that end before `stable_after` too: a relay
+  that drops every session at once is failing), backs off with full jitter and a cap
+  (`foundation.retry.RetryPolicy`), so a reconnect storm thins out by itself instead
+  of redialling thousands of times a second; only a session that worked resets the
+  backoff;
 - PINGs the relay and drops a session that stops answering: TCP may say a wedged
   connection is fine for many minutes;
 - dials a new session as soon as the relay says GOAWAY (the redial above): new
@@ -47,6 +52,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import ssl
 import time
@@ -96,6 +102,7 @@ class _Attempt:
     retire: asyncio.Event = field(default_factory=asyncio.Event)  # set on GOAWAY: dial the next one now
     up_at: float | None = None  # monotonic time the relay's HELLO arrived; None: it never came up
     misrouted: bool = False  # it reached a replica `landed` did not want
+    unreachable: bool = False  # the dial found nothing listening (connection refused)
 
 
 @dataclass(eq=False)  # held in sets: identity, not value
@@ -117,8 +124,9 @@ class Dialler:
     # at once. One that ends sooner, without GOAWAY, counts as a failed attempt.
     stable_after: float = 1.0
     redial_jitter: float = 0.1  # the first redial after a session that worked waits up to this
-    # For this long after a session that worked ended, failed redials pause up to `recovery_pause`
-    # (uniform) instead of `backoff`'s growing steps; `backoff` takes over after it, from its start.
+    # For this long after a session that worked ended, redials refused (nothing listens) pause up
+    # to `recovery_pause` (uniform) instead of `backoff`'s growing steps; `backoff` takes over for
+    # any other failure and after the window, from its start.
     recovery_window: float = 15.0
     recovery_pause: float = 0.5
     # For this long after a session comes up, opens the relay refuses with CONNECT_FAILED (its
@@ -145,6 +153,7 @@ class Dialler:
         self._usable = asyncio.Event()
         self._attempts: dict[Mux, _Attempt] = {}
         self._retiring = asyncio.Event()
+        self._context: tuple[tuple[int, int] | None, ssl.SSLContext] | None = None
 
     @property
     def live(self) -> int:
@@ -237,7 +246,7 @@ class Dialler:
                     log.info("relay session over; redialling", extra={"who": self.name})
                 else:
                     self.failed_attempts += 1
-                    if now < recovering_until:
+                    if now < recovering_until and attempt.unreachable:
                         pause = self.rng.uniform(0, self.recovery_pause)
                     else:
                         failures += 1
@@ -285,9 +294,12 @@ class Dialler:
         await mux.close()
 
     def _tls(self) -> ssl.SSLContext:
-        if self.ca_file:
-            return ssl.create_default_context(cafile=self.ca_file)
-        return ssl.create_default_context()
+        """The client context, made once per CA file content: loading it cost each dial of a storm
+        a millisecond (and it is read again when the file changes, as a rotated CA does)."""
+        stamp = _stamp(self.ca_file)
+        if self._context is None or self._context[0] != stamp:
+            self._context = (stamp, ssl.create_default_context(cafile=self.ca_file or None))
+        return self._context[1]
 
     async def _session(self, attempt: _Attempt) -> None:
         try:
@@ -307,6 +319,9 @@ class Dialler:
                 assert isinstance(ws, DirectClientConnection)
                 await self._serve(ws, attempt)
         except Exception as exc:  # every failure ends in a backoff and a new attempt
+            attempt.unreachable = isinstance(exc, ConnectionRefusedError) or isinstance(
+                exc.__cause__, ConnectionRefusedError
+            )
             log.warning("relay session ended: %s: %s", type(exc).__name__, exc, extra={"who": self.name})
 
     async def _serve(self, ws: DirectClientConnection, attempt: _Attempt) -> None:
@@ -428,6 +443,17 @@ def replica_of(mux: Mux | None) -> str | None:
         return None
     rid = mux.hello.result().info.get("replicaId")
     return rid if isinstance(rid, str) else None
+
+
+def _stamp(path: str | None) -> tuple[int, int] | None:
+    """What tells one version of a file from the next (mtime, size); None without a file."""
+    if not path:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size)
 
 
 async def _first(*events: asyncio.Event) -> None:

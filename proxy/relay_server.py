@@ -55,13 +55,22 @@ class RelayServer:
         self.relay.metrics.registry.register(GateCollector(self.gate, "kubearc_relay"))
 
     async def _authenticate(self, connection: ServerConnection, request: Request) -> Response | None:
+        assert isinstance(connection, GatedServerConnection)
         path = request.path.split("?", 1)[0]
-        if path == "/healthz":
-            return connection.respond(200, "ok\n")
-        if path == "/metrics":  # counts only: no cluster, user or token appears in them
-            return connection.respond(200, generate_latest(self.relay.metrics.registry).decode())
         if path not in (RELAY_AGENT_PATH, RELAY_CLIENT_PATH):
+            connection.request_seen()
+            if path == "/healthz":
+                return connection.respond(200, "ok\n")
+            if path == "/metrics":  # counts only: no cluster, user or token appears in them
+                return connection.respond(200, generate_latest(self.relay.metrics.registry).decode())
             return connection.respond(404, f"no such relay endpoint {path}\n")
+        try:
+            return await self._admit(connection, request, path)
+        finally:  # answered: the connection is no longer pending at the gate
+            connection.request_seen()
+
+    async def _admit(self, connection: GatedServerConnection, request: Request, path: str) -> Response | None:
+        """None (the upgrade goes on) for a peer the hub vouches for, else the refusal."""
         if self.relay.draining:
             return _plain(connection, 503, "relay is shutting down; connect again")
         try:
@@ -75,7 +84,6 @@ class RelayServer:
         except HubUnavailable as exc:
             return _plain(connection, 503, str(exc))
         # Kept on the connection itself: released with it, whenever the peer goes away.
-        assert isinstance(connection, DirectServerConnection)
         connection.peer_identity = identity
         return None
 

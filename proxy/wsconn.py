@@ -116,15 +116,13 @@ class DirectServerConnection(_Direct, ServerConnection):
 class GatedServerConnection(GatedProtocol, DirectServerConnection):
     """The relay's connections: admitted and put on TLS by a `foundation.gate.Gate`.
 
-    The upgrade request is the connection's first request: once its head is parsed
-    the connection no longer counts against its address's pending limit.
+    The upgrade request is the connection's first request. The relay calls
+    `request_seen` once it has answered it (authenticated or refused), not when its
+    head is parsed: checking an agent costs the hub a request, so a connection
+    counts as pending until then, and a reconnect storm is bounded by `max_pending`
+    all the way to the hub.
     """
 
     def __init__(self, gate: Gate, *args: Any, **kwargs: Any) -> None:
         self.gate = gate
         super().__init__(*args, **kwargs)
-
-    def process_event(self, event: Any) -> None:
-        if self.request is None:
-            self.request_seen()
-        super().process_event(event)

@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from foundation import tokens
 from foundation.gate import Limits
@@ -36,6 +37,7 @@ from tests.floods import client_context, flood, open_by_peer, wait_closed_by_pee
 from tests.guard_doubles import PlainAuthorizer
 from tests.test_guard_server import NoOpinion, write_tls
 from tests.test_tunnel_inprocess import relay_tls
+from tests.test_tunnel_safety import until
 
 pytestmark = pytest.mark.sqlite_only
 
@@ -197,3 +199,82 @@ def test_guards_mtls_port_bounds_idle_connections_and_still_answers_the_apiserve
         assert thread.server.gate.refused["handshake"] >= 20
     finally:
         thread.stop()
+
+
+async def test_a_relay_at_its_pending_cap_resets_newcomers_from_every_address_until_room_is_made(
+    start_hub: Callable[..., RunningHub], tmp_path: Path
+) -> None:
+    """`max_pending` bounds a storm over all addresses; the sessions already up are not touched."""
+    hub = start_hub()
+    cluster = connected(hub, f"storm-{uuid.uuid4().hex[:6]}")
+    assert cluster.identity is not None
+    server_ctx, relay_ca = relay_tls(tmp_path / "relay-tls")
+    limits = Limits(max_pending=PENDING, max_pending_per_address=1000, handshake_timeout=3, header_timeout=3)
+    server = RelayServer(Relay(), HubAuth(hub.url, hub.ca), "127.0.0.1", 0, server_ctx, limits=limits)
+    listening = await server.start()
+    port = listening.sockets[0].getsockname()[1]
+    url = f"wss://localhost:{port}{RELAY_AGENT_PATH}"
+    ctx = ssl.create_default_context(cafile=relay_ca)
+    header = {"Authorization": f"Bearer {tokens.make_agent_token(cluster.identity, hub.url)}"}
+    try:
+        async with connect(url, ssl=ctx, additional_headers=header, local_addr=("127.0.0.3", 0)) as early:
+            idle = await asyncio.to_thread(flood, port, 200, client_context(relay_ca))
+            try:
+                assert len(idle.held) == PENDING and idle.refused == 200 - PENDING
+                assert server.gate.refused["max_pending"] == 200 - PENDING
+                with pytest.raises(OSError):  # another address is reset too: the cap is the port's
+                    async with connect(url, ssl=ctx, additional_headers=header, local_addr=("127.0.0.2", 0)):
+                        pass
+                await early.ping()  # the session that was up before the storm still answers
+                assert await asyncio.to_thread(wait_closed_by_peer, idle.held, 15) == 0
+                async with connect(
+                    url, ssl=ctx, additional_headers=header, local_addr=("127.0.0.2", 0)
+                ) as ws:
+                    assert ws.response is not None and ws.response.status_code == 101
+                assert server.gate.pending_total == 0
+            finally:
+                idle.close()
+    finally:
+        listening.close()
+        await listening.wait_closed()
+
+
+async def test_an_agent_counts_as_pending_at_the_relay_until_the_hub_has_answered_for_it(
+    tmp_path: Path,
+) -> None:
+    """A storm is bounded all the way to the hub: a session waiting for its check holds a place."""
+    answered = asyncio.Event()
+
+    async def stalled_hub(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await answered.wait()  # never answers: the relay's check times out
+        writer.close()
+
+    hub = await asyncio.start_server(stalled_hub, "127.0.0.1", 0)
+    hub_url = f"http://127.0.0.1:{hub.sockets[0].getsockname()[1]}"
+    server_ctx, relay_ca = relay_tls(tmp_path / "relay-tls")
+    server = RelayServer(Relay(), HubAuth(hub_url, timeout=1.5), "127.0.0.1", 0, server_ctx)
+    listening = await server.start()
+    port = listening.sockets[0].getsockname()[1]
+    url = f"wss://localhost:{port}{RELAY_AGENT_PATH}"
+    ctx = ssl.create_default_context(cafile=relay_ca)
+
+    async def dial() -> int:
+        try:
+            async with connect(url, ssl=ctx, additional_headers={"Authorization": "Bearer x.y.z"}):
+                return 101
+        except InvalidStatus as exc:
+            return exc.response.status_code
+
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            answer = tasks.create_task(dial())
+            await until(lambda: server.gate.pending_total == 1, "the dial admitted")
+            await asyncio.sleep(0.3)  # the upgrade's head is long parsed: the hub is being asked
+            assert server.gate.pending_total == 1 and not answer.done()
+        assert answer.result() == 503  # the hub did not answer in time: come back later
+        assert server.gate.pending_total == 0
+    finally:
+        answered.set()
+        listening.close()
+        await listening.wait_closed()
+        hub.close()

@@ -24,6 +24,7 @@ import pytest
 from websockets.asyncio.server import Server, ServerConnection, serve
 
 from foundation.retry import RetryPolicy
+from foundation.transports import reset_transport
 from proxy.dialler import Dialler, RelayCredential
 from proxy.errors import HubUnavailable, StreamError
 from proxy.mux import Mux
@@ -150,6 +151,49 @@ async def test_a_dialler_whose_relay_restarted_redials_without_growing_backoff(
     assert pauses == [redial, *(rng.uniform(0, PAUSE) for _ in range(failed))]
     assert max(pauses) <= PAUSE < max(exponential(failed))  # short pauses where backoff would grow
     assert len(stand_in.sessions) == 2  # the failed redials never reached a relay
+
+
+async def test_a_restarted_relay_that_resets_dials_is_backed_off_from_within_the_recovery_window(
+    tls: tuple[Path, ssl.SSLContext],
+) -> None:
+    """Listening but resetting (a relay at its pending cap in a reconnect storm) is overload, not
+    absence: the redials thin out exponentially instead of coming back every `recovery_pause`."""
+    ca, context = tls
+    stand_in = RelayStandIn()
+    relay = Endpoint(stand_in.handle, context, free_port())
+    await relay.start()
+    resets = 0
+
+    async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal resets
+        resets += 1
+        reset_transport(writer.transport)
+
+    dialler = dialler_to(
+        f"wss://127.0.0.1:{relay.port}/relay/v1/agent",
+        ca,
+        stable_after=0.0,
+        redial_jitter=JITTER,
+        recovery_window=60.0,
+        recovery_pause=PAUSE,
+    )
+    overloaded = None
+    try:
+        async with running(dialler):
+            await until(lambda: dialler.current is not None, "the first session")
+            relay.stop_listening()
+            overloaded = await asyncio.start_server(reset, "127.0.0.1", relay.port)  # listening, resetting
+            await end_session(stand_in, "lost")
+            await until(lambda: dialler.failed_attempts >= 7, "seven redials reset")
+            pauses = list(dialler.pauses)
+    finally:
+        if overloaded is not None:
+            overloaded.close()
+        await relay.close()
+    rng = random.Random(SEED)
+    redial = rng.uniform(0, JITTER)
+    assert pauses == [redial, *(POLICY.pause(n, rng) for n in range(1, len(pauses)))]
+    assert resets >= 7  # each failure reached the listener and was reset there
 
 
 async def test_a_dialler_that_never_had_a_session_backs_off_exponentially(

@@ -91,6 +91,7 @@ def aad_proxy(
     max_body: int = typer.Option(16 * 1024 * 1024, "--max-body", min=1, help="Largest request body (bytes)."),
     # a third: each client connection brings one to the apiserver
     max_connections: int | None = listenopts.max_connections_option("a third"),
+    max_pending: int = listenopts.MaxPendingPortOpt,
     max_pending_per_address: int = listenopts.MaxPendingOpt,
     handshake_timeout: str = listenopts.HandshakeTimeoutOpt,
     header_timeout: str = listenopts.HeaderTimeoutOpt,
@@ -129,7 +130,9 @@ def aad_proxy(
         if authz.enabled:
             check_cluster_resource_id(authz.rules.cluster_resource_id)
         timeouts = (handshake_timeout, header_timeout, idle_timeout)
-        caps = listenopts.limits(max_connections, 1 / 3, max_pending_per_address, *timeouts)
+        caps = listenopts.limits(
+            max_connections, 1 / 3, max_pending_per_address, *timeouts, max_pending=max_pending
+        )
         setup_logging(log_level, log_format)
         chain = authn.build()
     kube = Kube(kubeconfig)

@@ -211,6 +211,7 @@ def guard(
         "30s", envvar="KUBEARC_GUARD_DENY_TTL", help="Longest time a NotAllowed/Denied decision is reused."
     ),
     max_connections: int | None = listenopts.max_connections_option("half"),
+    max_pending: int = listenopts.MaxPendingPortOpt,
     max_pending_per_address: int = listenopts.MaxPendingOpt,
     handshake_timeout: str = listenopts.HandshakeTimeoutOpt,
     header_timeout: str = listenopts.HeaderTimeoutOpt,
@@ -263,7 +264,13 @@ def guard(
             health_port,
             _seconds(deadline, "--deadline"),
             limits=listenopts.limits(
-                max_connections, 0.5, max_pending_per_address, handshake_timeout, header_timeout, idle_timeout
+                max_connections,
+                0.5,
+                max_pending_per_address,
+                handshake_timeout,
+                header_timeout,
+                idle_timeout,
+                max_pending=max_pending,
             ),
         )
         authn.validate()

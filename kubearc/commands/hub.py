@@ -130,6 +130,7 @@ def hub(
     relay_max_connections: int | None = listenopts.max_connections_option(
         "half", "--relay-max-connections", "KUBEARC_RELAY_MAX_CONNECTIONS"
     ),
+    max_pending: int = listenopts.MaxPendingPortOpt,
     max_pending_per_address: int = listenopts.MaxPendingOpt,
     handshake_timeout: str = listenopts.HandshakeTimeoutOpt,
     header_timeout: str = listenopts.HeaderTimeoutOpt,
@@ -147,8 +148,10 @@ def hub(
     setup_logging(log_level, log_format)
     tunnel, grace = tunnel_settings(max_window), drain_seconds(drain)
     timeouts = (max_pending_per_address, handshake_timeout, header_timeout, idle_timeout)
-    api_limits = listenopts.limits(max_connections, 0.25, *timeouts)
-    relay_limits = listenopts.limits(relay_max_connections, 0.5, *timeouts, flag="--relay-max-connections")
+    api_limits = listenopts.limits(max_connections, 0.25, *timeouts, max_pending=max_pending)
+    relay_limits = listenopts.limits(
+        relay_max_connections, 0.5, *timeouts, flag="--relay-max-connections", max_pending=max_pending
+    )
     config = HubConfig(
         state_dir=state_dir or default_state_dir(),
         host=host,

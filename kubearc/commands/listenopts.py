@@ -29,6 +29,14 @@ def max_connections_option(
     )
 
 
+MaxPendingPortOpt: Any = typer.Option(
+    512,
+    "--max-pending",
+    envvar="KUBEARC_MAX_PENDING",
+    help="Connections on the port, from all addresses, that have not yet sent a request (the relay: "
+    "not yet authenticated); above it new ones are reset, so a reconnect storm backs off instead "
+    "of timing out.",
+)
 MaxPendingOpt: Any = typer.Option(
     256,
     "--max-pending-per-address",
@@ -65,11 +73,12 @@ def _seconds(value: str, flag: str) -> float:
 def limits(
     max_connections: int | None,
     share: float,
-    max_pending: int,
+    max_pending_per_address: int,
     handshake_timeout: str,
     header_timeout: str,
     idle_timeout: str,
     flag: str = "--max-connections",
+    max_pending: int = 512,
 ) -> Limits:
     """The flags as `Limits` (a bad value is a usage error); the fd limit is raised first."""
     from foundation.gate import Limits, default_max_connections, raise_fd_limit
@@ -78,10 +87,13 @@ def limits(
     if max_connections is not None and max_connections < 1:
         raise typer.BadParameter("must be at least 1", param_hint=flag)
     if max_pending < 1:
+        raise typer.BadParameter("must be at least 1", param_hint="--max-pending")
+    if max_pending_per_address < 1:
         raise typer.BadParameter("must be at least 1", param_hint="--max-pending-per-address")
     return Limits(
         max_connections=max_connections or default_max_connections(share),
-        max_pending_per_address=max_pending,
+        max_pending=max_pending,
+        max_pending_per_address=max_pending_per_address,
         handshake_timeout=_seconds(handshake_timeout, "--handshake-timeout"),
         header_timeout=_seconds(header_timeout, "--header-timeout"),
         idle_timeout=_seconds(idle_timeout, "--idle-timeout"),

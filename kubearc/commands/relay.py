@@ -65,6 +65,7 @@ def relay(
         "both must run as the same user).",
     ),
     max_connections: int | None = listenopts.max_connections_option("three quarters"),
+    max_pending: int = listenopts.MaxPendingPortOpt,
     max_pending_per_address: int = listenopts.MaxPendingOpt,
     handshake_timeout: str = listenopts.HandshakeTimeoutOpt,
     header_timeout: str = listenopts.HeaderTimeoutOpt,
@@ -88,7 +89,13 @@ def relay(
     settings = tunnel_settings(max_window)
     grace = drain_seconds(drain)
     caps = listenopts.limits(
-        max_connections, 0.75, max_pending_per_address, handshake_timeout, header_timeout, idle_timeout
+        max_connections,
+        0.75,
+        max_pending_per_address,
+        handshake_timeout,
+        header_timeout,
+        idle_timeout,
+        max_pending=max_pending,
     )
     if (tls_cert is None) != (tls_key is None):
         raise typer.BadParameter("give both --tls-cert and --tls-key, or neither")
