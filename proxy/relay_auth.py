@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,8 @@ from foundation.wire import (
     WireError,
 )
 from proxy.errors import HubUnavailable, Unauthorized
+
+HUB_CONNECTIONS = 8  # kept-alive connections to the hub, and checks in flight at once
 
 
 @dataclass(frozen=True)
@@ -49,15 +52,22 @@ class HubAuth:
     timeout: float = 10.0
     _verifier: OidcVerifier | None = field(default=None, repr=False)
     _client: httpx.AsyncClient | None = field(default=None, repr=False)
+    _slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(HUB_CONNECTIONS), repr=False)
 
     def _tls(self) -> ssl.SSLContext | bool:
         return ssl.create_default_context(cafile=self.ca_file) if self.ca_file else True
 
     def _hub(self) -> httpx.AsyncClient:
         """One client with kept-alive connections for every check: a new TLS connection per agent
-        session cost the relay and the hub a handshake each, and made a reconnect storm one."""
+        session cost the relay and the hub a handshake each, and made a reconnect storm one.
+
+        Few connections, and never a queue inside httpx: its pool looks at every connection,
+        and every queued request, each time it hands a connection out, so 32 connections and a
+        storm's thousand waiting checks cost the relay 2-3 ms of CPU per check where 8 behind
+        `_slots` cost 1 ms (`loadtest/README.md`). The checks wait in `_slots`, in order.
+        """
         if self._client is None:
-            limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
+            limits = httpx.Limits(max_connections=HUB_CONNECTIONS, max_keepalive_connections=HUB_CONNECTIONS)
             self._client = httpx.AsyncClient(verify=self._tls(), timeout=self.timeout, limits=limits)
         return self._client
 
@@ -68,9 +78,12 @@ class HubAuth:
 
     async def agent(self, token: str) -> AgentIdentity:
         try:
-            r = await self._hub().get(
-                f"{self.hub_url}{AGENT_WHOAMI_PATH}", headers={"Authorization": f"Bearer {token}"}
-            )
+            async with asyncio.timeout(self.timeout), self._slots:
+                r = await self._hub().get(
+                    f"{self.hub_url}{AGENT_WHOAMI_PATH}", headers={"Authorization": f"Bearer {token}"}
+                )
+        except TimeoutError:
+            raise HubUnavailable(f"the hub did not verify the agent within {self.timeout:.0f}s") from None
         except httpx.HTTPError as exc:
             raise HubUnavailable(f"cannot reach the hub to verify the agent: {exc}") from None
         if r.status_code in (401, 403):
